@@ -1,0 +1,183 @@
+//! Who may join: the decision on a Hello, made without sockets.
+//!
+//! Every worker slot is reserved with a fresh random token before the worker
+//! is started. A Hello is admitted only if its protocol version matches, its
+//! index was reserved, its token is the one issued for that index (compared
+//! in constant time), and no other connection holds that index. A slot is
+//! used once: a worker that left cannot come back under the same index.
+
+use std::collections::BTreeMap;
+
+use subtle::ConstantTimeEq;
+
+use crate::id::ProcId;
+use crate::wire::{Hello, PROTOCOL_VERSION};
+
+/// Why a Hello was refused; the text is sent to the peer as the close reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The worker speaks another protocol version.
+    #[error("protocol version {got} not supported (this allocator speaks {expected})")]
+    Version {
+        /// The version in the Hello.
+        got: u32,
+        /// The version spoken here.
+        expected: u32,
+    },
+    /// No slot was reserved for this index.
+    #[error("unknown worker index {0}")]
+    UnknownIndex(u32),
+    /// The token is not the one issued for this index.
+    #[error("bad token for worker index {0}")]
+    BadToken(u32),
+    /// Another connection already holds this index.
+    #[error("worker index {0} is already connected")]
+    Duplicate(u32),
+    /// This index joined before and has left; slots are used once.
+    #[error("worker index {0} has already left this allocation")]
+    Finished(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Waiting,
+    Joined,
+    Finished,
+}
+
+#[derive(Debug)]
+struct Slot {
+    token: String,
+    procs: Vec<ProcId>,
+    state: SlotState,
+}
+
+/// The reserved worker slots of one allocation and their states.
+#[derive(Debug, Default)]
+pub struct Admission {
+    slots: BTreeMap<u32, Slot>,
+}
+
+impl Admission {
+    /// An allocation with no slots.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reserves slot `index` for a worker holding `token`, to host `procs`.
+    pub fn reserve(&mut self, index: u32, token: String, procs: Vec<ProcId>) {
+        self.slots.insert(
+            index,
+            Slot {
+                token,
+                procs,
+                state: SlotState::Waiting,
+            },
+        );
+    }
+
+    /// The next index never reserved.
+    pub fn next_index(&self) -> u32 {
+        self.slots.keys().next_back().map_or(0, |i| i + 1)
+    }
+
+    /// Decides on a Hello; on success the slot is taken and its procs returned.
+    ///
+    /// The token is checked before the slot's state, so a peer without the
+    /// token learns nothing about whether the index is in use.
+    pub fn admit(&mut self, hello: &Hello) -> Result<Vec<ProcId>, Rejection> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Rejection::Version {
+                got: hello.protocol_version,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        let slot = self
+            .slots
+            .get_mut(&hello.index)
+            .ok_or(Rejection::UnknownIndex(hello.index))?;
+        let token_ok: bool = slot.token.as_bytes().ct_eq(hello.token.as_bytes()).into();
+        if !token_ok {
+            return Err(Rejection::BadToken(hello.index));
+        }
+        match slot.state {
+            SlotState::Waiting => {
+                slot.state = SlotState::Joined;
+                Ok(slot.procs.clone())
+            }
+            SlotState::Joined => Err(Rejection::Duplicate(hello.index)),
+            SlotState::Finished => Err(Rejection::Finished(hello.index)),
+        }
+    }
+
+    /// Marks slot `index` as finished: its worker has left.
+    pub fn finish(&mut self, index: u32) {
+        if let Some(slot) = self.slots.get_mut(&index) {
+            slot.state = SlotState::Finished;
+        }
+    }
+
+    /// Adds a proc to a slot (for procs started after reservation).
+    pub fn add_proc(&mut self, index: u32, proc_id: ProcId) {
+        if let Some(slot) = self.slots.get_mut(&index) {
+            slot.procs.push(proc_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(index: u32, token: &str) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            index,
+            token: token.into(),
+            pid: 1,
+            host: "h".into(),
+        }
+    }
+
+    fn table() -> Admission {
+        let mut a = Admission::new();
+        a.reserve(0, "t0".into(), vec![ProcId::new("a", 0)]);
+        a.reserve(1, "t1".into(), vec![]);
+        a
+    }
+
+    #[test]
+    fn right_token_is_admitted_once() {
+        let mut a = table();
+        assert_eq!(a.admit(&hello(0, "t0")), Ok(vec![ProcId::new("a", 0)]));
+        assert_eq!(a.admit(&hello(0, "t0")), Err(Rejection::Duplicate(0)));
+        a.finish(0);
+        assert_eq!(a.admit(&hello(0, "t0")), Err(Rejection::Finished(0)));
+    }
+
+    #[test]
+    fn wrong_token_unknown_index_and_version_are_refused() {
+        let mut a = table();
+        assert_eq!(a.admit(&hello(1, "t0")), Err(Rejection::BadToken(1)));
+        assert_eq!(a.admit(&hello(1, "")), Err(Rejection::BadToken(1)));
+        assert_eq!(a.admit(&hello(7, "t1")), Err(Rejection::UnknownIndex(7)));
+        let mut h = hello(1, "t1");
+        h.protocol_version = 99;
+        assert!(matches!(a.admit(&h), Err(Rejection::Version { got: 99, .. })));
+        // None of these consumed the slot.
+        assert_eq!(a.admit(&hello(1, "t1")), Ok(vec![]));
+    }
+
+    #[test]
+    fn bad_token_does_not_reveal_that_index_is_taken() {
+        let mut a = table();
+        a.admit(&hello(0, "t0")).unwrap();
+        assert_eq!(a.admit(&hello(0, "guess")), Err(Rejection::BadToken(0)));
+    }
+
+    #[test]
+    fn next_index_follows_reservations() {
+        assert_eq!(Admission::new().next_index(), 0);
+        assert_eq!(table().next_index(), 2);
+    }
+}

@@ -1,0 +1,403 @@
+//! The allocator: launches or admits workers, starts procs on them, and
+//! reports what happens to them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use quicmesh::allocator::{Allocator, AllocatorConfig, Launcher};
+//! let certs = quicmesh::tls::ensure_dev_certs("certs".as_ref())?;
+//! let mut alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
+//! alloc.launch(&Launcher::current_exe()?, 4, 1)?;
+//! while let Some(event) = alloc.next_event().await {
+//!     println!("{event}");
+//! }
+//! # Ok(()) }
+//! ```
+
+mod admission;
+mod connection;
+mod events;
+mod launcher;
+mod server;
+
+pub use admission::{Admission, Rejection};
+pub use events::{AllocEvent, ExitReport, ProcState};
+pub use launcher::Launcher;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::RngCore;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
+use crate::id::{is_valid_name, ProcId};
+use crate::tls::{self, CertPaths};
+use connection::WorkerCommand;
+
+/// Settings of an allocator.
+#[derive(Debug, Clone)]
+pub struct AllocatorConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port on loopback).
+    pub listen: SocketAddr,
+    /// `host:port` workers dial; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// Name workers verify in the allocator's certificate.
+    pub server_name: String,
+    /// Name of the allocation, the first part of every proc id.
+    pub alloc_name: String,
+    /// PEM path of the mesh CA (verifies workers; handed to workers).
+    pub ca: PathBuf,
+    /// PEM path of the allocator's certificate.
+    pub cert: PathBuf,
+    /// PEM path of the allocator's key.
+    pub key: PathBuf,
+    /// PEM path of the certificate handed to launched workers.
+    pub worker_cert: PathBuf,
+    /// PEM path of the key handed to launched workers.
+    pub worker_key: PathBuf,
+    /// Heartbeat settings, sent to workers in Welcome.
+    pub heartbeat: HeartbeatConfig,
+    /// Limits, sent to workers in Welcome.
+    pub limits: Limits,
+    /// Handshake, Hello and stop timeouts.
+    pub transport: TransportConfig,
+}
+
+impl AllocatorConfig {
+    /// Defaults for a mesh using the certificates in `certs`, on `127.0.0.1:0`.
+    pub fn new(certs: &CertPaths) -> Self {
+        AllocatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            server_name: "localhost".into(),
+            alloc_name: "mesh".into(),
+            ca: certs.ca_cert.clone(),
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            worker_cert: certs.worker_cert.clone(),
+            worker_key: certs.worker_key.clone(),
+            heartbeat: HeartbeatConfig::default(),
+            limits: Limits::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// An allocator could not be created or could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    /// A setting is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC endpoint could not be created.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// A worker process could not be started.
+    #[error("cannot start worker {index} ({program}): {source}")]
+    Spawn {
+        /// The worker's index.
+        index: u32,
+        /// The program that failed to start.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No worker with this index is connected.
+    #[error("worker {0} is not connected")]
+    NotConnected(u32),
+}
+
+/// Everything a worker started by other means needs to join (design §4 variables).
+#[derive(Debug, Clone)]
+pub struct JoinTicket {
+    /// The worker's index.
+    pub index: u32,
+    /// The environment to give the worker.
+    pub env: Vec<(&'static str, String)>,
+}
+
+struct ChildSlot {
+    pid: Option<u32>,
+    kill: Arc<Notify>,
+}
+
+/// State shared by the allocator handle and its tasks.
+pub(crate) struct Shared {
+    pub(crate) config: AllocatorConfig,
+    admission: Mutex<Admission>,
+    workers: Mutex<HashMap<u32, mpsc::UnboundedSender<WorkerCommand>>>,
+    children: Mutex<HashMap<u32, ChildSlot>>,
+    events: mpsc::UnboundedSender<AllocEvent>,
+    next_rank: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: AllocEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn lock_admission(&self) -> MutexGuard<'_, Admission> {
+        lock(&self.admission)
+    }
+
+    pub(crate) fn worker_joined(&self, index: u32, commands: mpsc::UnboundedSender<WorkerCommand>) {
+        lock(&self.workers).insert(index, commands);
+    }
+
+    /// Records that worker `index`'s connection ended; kills it if it failed.
+    pub(crate) fn worker_left(&self, index: u32, failed: bool, reason: String) {
+        lock(&self.workers).remove(&index);
+        self.lock_admission().finish(index);
+        if failed {
+            self.kill_child(index);
+        }
+        tracing::info!("worker {index} {}: {reason}", if failed { "lost" } else { "left" });
+        self.emit(AllocEvent::WorkerLeft { index, failed, reason });
+    }
+
+    /// Kills launched worker `index` (no-op for workers started elsewhere).
+    fn kill_child(&self, index: u32) -> bool {
+        match lock(&self.children).get(&index) {
+            Some(slot) => {
+                slot.kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A running allocation: listener, workers, procs and their events.
+pub struct Allocator {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    events: mpsc::UnboundedReceiver<AllocEvent>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Allocator {
+    /// Loads the certificates, binds the listener and starts accepting workers.
+    ///
+    /// Errors: [`AllocatorError::Config`] for an invalid name or heartbeat
+    /// setting, [`AllocatorError::Tls`] naming the certificate file that is
+    /// missing, malformed, expired or mismatched, [`AllocatorError::Transport`]
+    /// if the address cannot be bound.
+    pub async fn bind(config: AllocatorConfig) -> Result<Allocator, AllocatorError> {
+        config.heartbeat.validate()?;
+        if !is_valid_name(&config.alloc_name) {
+            return Err(config::ConfigError::Invalid {
+                name: "allocation name",
+                value: config.alloc_name.clone(),
+                problem: "must be 1-128 characters of [A-Za-z0-9_-]".into(),
+            }
+            .into());
+        }
+        // Workers get these paths: check them now rather than in every worker.
+        tls::load_identity(&config.worker_cert, &config.worker_key)?;
+        let roots = tls::load_roots(&config.ca)?;
+        let identity = tls::load_identity(&config.cert, &config.key)?;
+        let server_tls = tls::server_config(roots, identity)?;
+        let endpoint = crate::transport::server_endpoint(config.listen, server_tls, &config.heartbeat, &config.limits)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| crate::transport::TransportError::Bind { addr: config.listen, source })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config,
+            admission: Mutex::new(Admission::new()),
+            workers: Mutex::new(HashMap::new()),
+            children: Mutex::new(HashMap::new()),
+            events: tx,
+            next_rank: AtomicU32::new(0),
+        });
+        let accept = tokio::spawn(server::accept_loop(shared.clone(), endpoint.clone()));
+        tracing::info!("allocator listening on {local_addr}");
+        Ok(Allocator {
+            shared,
+            endpoint,
+            local_addr,
+            events: rx,
+            tasks: vec![accept],
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The `host:port` workers are told to dial.
+    pub fn advertised_addr(&self) -> String {
+        self.shared.config.advertise.clone().unwrap_or_else(|| self.local_addr.to_string())
+    }
+
+    /// The allocation's configuration.
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.shared.config
+    }
+
+    /// Reserves the next worker index with a fresh token and `procs` procs to start on it.
+    ///
+    /// Start the worker with the ticket's environment, by any means.
+    pub fn reserve(&self, procs: u32) -> JoinTicket {
+        let mut token = [0u8; 32];
+        rand::rng().fill_bytes(&mut token);
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let first = self.shared.next_rank.fetch_add(procs, Ordering::Relaxed);
+        let proc_ids = (first..first + procs)
+            .map(|rank| ProcId::new(self.shared.config.alloc_name.clone(), rank))
+            .collect();
+        let mut admission = self.shared.lock_admission();
+        let index = admission.next_index();
+        admission.reserve(index, token.clone(), proc_ids);
+        drop(admission);
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let c = &self.shared.config;
+        JoinTicket {
+            index,
+            env: vec![
+                (config::ENV_ALLOCATOR_ADDR, self.advertised_addr()),
+                (config::ENV_SERVER_NAME, c.server_name.clone()),
+                (config::ENV_INDEX, index.to_string()),
+                (config::ENV_TOKEN, token),
+                (config::ENV_CA, abs(&c.ca)),
+                (config::ENV_CERT, abs(&c.worker_cert)),
+                (config::ENV_KEY, abs(&c.worker_key)),
+            ],
+        }
+    }
+
+    /// Starts `workers` worker processes with `launcher`, each to host `procs_per_worker` procs.
+    ///
+    /// Returns their indexes. Errors: [`AllocatorError::Spawn`] if a process
+    /// cannot be started (those already started keep running).
+    pub fn launch(&mut self, launcher: &Launcher, workers: u32, procs_per_worker: u32) -> Result<Vec<u32>, AllocatorError> {
+        let mut indexes = Vec::new();
+        for _ in 0..workers {
+            let ticket = self.reserve(procs_per_worker);
+            let index = ticket.index;
+            let mut child = launcher.spawn(index, &ticket.env).map_err(|source| AllocatorError::Spawn {
+                index,
+                program: format!("{launcher:?}"),
+                source,
+            })?;
+            let kill = Arc::new(Notify::new());
+            lock(&self.shared.children).insert(index, ChildSlot { pid: child.id(), kill: kill.clone() });
+            let shared = self.shared.clone();
+            self.tasks.push(tokio::spawn(async move {
+                let status = tokio::select! {
+                    status = child.wait() => status,
+                    _ = kill.notified() => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                };
+                let status = ExitReport::from(status);
+                tracing::info!("worker {index} {status}");
+                shared.emit(AllocEvent::WorkerExited { index, status });
+            }));
+            indexes.push(index);
+        }
+        Ok(indexes)
+    }
+
+    /// Starts one more proc on connected worker `index`; returns its id.
+    ///
+    /// Errors: [`AllocatorError::NotConnected`] if that worker is not connected.
+    pub fn start_proc(&self, index: u32) -> Result<ProcId, AllocatorError> {
+        let rank = self.shared.next_rank.fetch_add(1, Ordering::Relaxed);
+        let proc_id = ProcId::new(self.shared.config.alloc_name.clone(), rank);
+        self.command(index, WorkerCommand::StartProc(proc_id.clone()))?;
+        self.shared.lock_admission().add_proc(index, proc_id.clone());
+        Ok(proc_id)
+    }
+
+    fn command(&self, index: u32, cmd: WorkerCommand) -> Result<(), AllocatorError> {
+        match lock(&self.shared.workers).get(&index) {
+            Some(tx) => tx.send(cmd).map_err(|_| AllocatorError::NotConnected(index)),
+            None => Err(AllocatorError::NotConnected(index)),
+        }
+    }
+
+    /// Tells worker `index` to stop its procs and exit with `code`.
+    ///
+    /// Errors: [`AllocatorError::NotConnected`] if that worker is not connected.
+    pub fn stop_worker(&self, index: u32, code: i32) -> Result<(), AllocatorError> {
+        self.command(index, WorkerCommand::StopAndExit(code))
+    }
+
+    /// Tells worker `index` to exit with `code` at once.
+    ///
+    /// Errors: [`AllocatorError::NotConnected`] if that worker is not connected.
+    pub fn exit_worker(&self, index: u32, code: i32) -> Result<(), AllocatorError> {
+        self.command(index, WorkerCommand::Exit(code))
+    }
+
+    /// Tells every connected worker to stop and exit with `code`; returns how many were told.
+    pub fn stop_all(&self, code: i32) -> usize {
+        let workers = lock(&self.shared.workers);
+        workers
+            .values()
+            .filter(|tx| tx.send(WorkerCommand::StopAndExit(code)).is_ok())
+            .count()
+    }
+
+    /// Indexes of the workers connected now.
+    pub fn connected_workers(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.shared.workers).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The OS process id of launched worker `index`.
+    pub fn worker_pid(&self, index: u32) -> Option<u32> {
+        lock(&self.shared.children).get(&index).and_then(|c| c.pid)
+    }
+
+    /// SIGKILLs launched worker `index`; false if this allocator did not launch it.
+    pub fn kill_worker(&self, index: u32) -> bool {
+        self.shared.kill_child(index)
+    }
+
+    /// The next event; `None` only after the allocator has been shut down.
+    pub async fn next_event(&mut self) -> Option<AllocEvent> {
+        self.events.recv().await
+    }
+
+    /// An event if one is ready now.
+    pub fn try_next_event(&mut self) -> Option<AllocEvent> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl Drop for Allocator {
+    /// Closes every connection and kills every worker process this allocator launched.
+    fn drop(&mut self) {
+        self.endpoint.close(crate::wire::close::SHUTDOWN, b"allocator shut down");
+        for slot in lock(&self.shared.children).values() {
+            if let Some(pid) = slot.pid {
+                // The reaper task owns the Child; a direct SIGKILL makes the
+                // kill immediate even if the runtime is going away with it.
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

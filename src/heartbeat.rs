@@ -1,0 +1,233 @@
+//! Heartbeats: where a silent peer is judged dead.
+//!
+//! Both sides send a [`Heartbeat`] datagram every interval and declare the
+//! peer dead after `timeout` without one. The decision is made by
+//! [`HeartbeatJudge`], plain code that is told "a beat arrived at t" and asked
+//! "is the peer dead at t?", so it is tested without sockets or sleeping.
+//! [`run`] is the thin async driver that moves datagrams and time.
+//!
+//! Only heartbeats count as signs of life, not stream data: a peer whose
+//! event loop is wedged can still have its kernel acknowledge packets, but it
+//! cannot send heartbeats.
+
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+
+use crate::config::HeartbeatConfig;
+use crate::wire::{codec, Heartbeat};
+
+/// Decides whether the peer is alive from when its heartbeats arrived.
+#[derive(Debug, Clone)]
+pub struct HeartbeatJudge {
+    timeout: Duration,
+    last_heard: Instant,
+    beats: u64,
+    highest_seq: Option<u64>,
+}
+
+impl HeartbeatJudge {
+    /// A judge that starts counting silence at `now`.
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        HeartbeatJudge {
+            timeout,
+            last_heard: now,
+            beats: 0,
+            highest_seq: None,
+        }
+    }
+
+    /// Records that `beat` arrived at `now`.
+    ///
+    /// Datagrams may be reordered; a late beat still proves the peer was
+    /// alive, and QUIC's packet protection already rules out replays.
+    pub fn on_beat(&mut self, beat: &Heartbeat, now: Instant) {
+        self.beats += 1;
+        self.highest_seq = Some(self.highest_seq.map_or(beat.seq, |s| s.max(beat.seq)));
+        if now > self.last_heard {
+            self.last_heard = now;
+        }
+    }
+
+    /// The instant at which the peer will be dead unless a beat arrives first.
+    pub fn deadline(&self) -> Instant {
+        self.last_heard + self.timeout
+    }
+
+    /// Whether the peer is dead at `now`.
+    pub fn is_dead(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
+
+    /// How long the peer has been silent at `now`.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_heard)
+    }
+
+    /// Beats received so far.
+    pub fn beats(&self) -> u64 {
+        self.beats
+    }
+
+    /// Highest sequence number received so far.
+    pub fn highest_seq(&self) -> Option<u64> {
+        self.highest_seq
+    }
+}
+
+/// Produces the heartbeats one side sends.
+#[derive(Debug, Clone)]
+pub struct HeartbeatSender {
+    epoch: Instant,
+    next_seq: u64,
+}
+
+impl HeartbeatSender {
+    /// A sender whose timestamps count from `epoch`.
+    pub fn new(epoch: Instant) -> Self {
+        HeartbeatSender { epoch, next_seq: 0 }
+    }
+
+    /// The beat to send at `now`.
+    pub fn next_beat(&mut self, now: Instant) -> Heartbeat {
+        let beat = Heartbeat {
+            seq: self.next_seq,
+            sent_at_micros: now.saturating_duration_since(self.epoch).as_micros() as u64,
+        };
+        self.next_seq += 1;
+        beat
+    }
+}
+
+/// How a heartbeat loop ended.
+#[derive(Debug)]
+pub enum HeartbeatOutcome {
+    /// No heartbeat arrived for the configured timeout.
+    Lost {
+        /// How long the peer had been silent.
+        silent_for: Duration,
+    },
+    /// The connection closed (the reason is in the error).
+    Closed(quinn::ConnectionError),
+    /// The peer sent a datagram that is not a heartbeat: a protocol violation.
+    BadDatagram(String),
+    /// The peer disabled datagrams, so heartbeats cannot flow.
+    DatagramsUnsupported,
+}
+
+/// Sends heartbeats on `conn` and judges the peer's until one of the outcomes.
+///
+/// Runs until the peer is judged dead, the connection closes, or the peer
+/// breaks the protocol; cancel it by dropping the future.
+pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome {
+    if conn.max_datagram_size().is_none() {
+        return HeartbeatOutcome::DatagramsUnsupported;
+    }
+    let start = Instant::now();
+    let mut judge = HeartbeatJudge::new(config.timeout, start);
+    let mut sender = HeartbeatSender::new(start);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = tokio::time::Instant::from_std(judge.deadline());
+        tokio::select! {
+            biased;
+            received = conn.read_datagram() => match received {
+                Ok(bytes) => match codec::decode::<Heartbeat>(&bytes) {
+                    Ok(beat) => judge.on_beat(&beat, Instant::now()),
+                    Err(e) => return HeartbeatOutcome::BadDatagram(e.to_string()),
+                },
+                Err(e) => return HeartbeatOutcome::Closed(e),
+            },
+            _ = ticker.tick() => {
+                let beat = sender.next_beat(Instant::now());
+                match codec::encode(&beat) {
+                    Ok(bytes) => match conn.send_datagram(bytes.into()) {
+                        Ok(()) => {}
+                        Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                            return HeartbeatOutcome::Closed(e)
+                        }
+                        Err(quinn::SendDatagramError::UnsupportedByPeer)
+                        | Err(quinn::SendDatagramError::Disabled) => {
+                            return HeartbeatOutcome::DatagramsUnsupported
+                        }
+                        Err(e) => tracing::debug!("heartbeat not sent: {e}"),
+                    },
+                    Err(e) => tracing::error!("cannot encode heartbeat: {e}"),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if judge.is_dead(now) {
+                    return HeartbeatOutcome::Lost { silent_for: judge.silent_for(now) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn alive_while_beats_keep_coming() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        let mut sender = HeartbeatSender::new(t0);
+        for i in 1..=20u32 {
+            let t = t0 + 250 * MS * i;
+            judge.on_beat(&sender.next_beat(t), t);
+            assert!(!judge.is_dead(t + 1499 * MS));
+        }
+        assert_eq!(judge.beats(), 20);
+        assert_eq!(judge.highest_seq(), Some(19));
+    }
+
+    #[test]
+    fn dead_exactly_at_timeout_of_silence() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        assert!(!judge.is_dead(t0 + 1499 * MS));
+        assert!(judge.is_dead(t0 + 1500 * MS));
+        judge.on_beat(&Heartbeat { seq: 0, sent_at_micros: 0 }, t0 + 1000 * MS);
+        assert_eq!(judge.deadline(), t0 + 2500 * MS);
+        assert_eq!(judge.silent_for(t0 + 1200 * MS), 200 * MS);
+    }
+
+    #[test]
+    fn twenty_percent_loss_is_survived_with_default_settings() {
+        // Deterministic pattern: lose 1 beat in 5, plus a burst of 4 lost in a row.
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        for i in 1..=100u32 {
+            let t = t0 + 250 * MS * i;
+            let lost = i % 5 == 0 || (40..44).contains(&i);
+            if !lost {
+                judge.on_beat(&Heartbeat { seq: i.into(), sent_at_micros: 0 }, t);
+            }
+            assert!(!judge.is_dead(t), "declared dead at beat {i}");
+        }
+    }
+
+    #[test]
+    fn late_reordered_beat_does_not_move_time_backwards() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        judge.on_beat(&Heartbeat { seq: 5, sent_at_micros: 0 }, t0 + 1000 * MS);
+        judge.on_beat(&Heartbeat { seq: 4, sent_at_micros: 0 }, t0 + 900 * MS);
+        assert_eq!(judge.deadline(), t0 + 2500 * MS);
+        assert_eq!(judge.highest_seq(), Some(5));
+    }
+
+    #[test]
+    fn sender_numbers_beats_and_stamps_time() {
+        let t0 = Instant::now();
+        let mut s = HeartbeatSender::new(t0);
+        assert_eq!(s.next_beat(t0).seq, 0);
+        let b = s.next_beat(t0 + 3 * MS);
+        assert_eq!((b.seq, b.sent_at_micros), (1, 3000));
+    }
+}

@@ -1,0 +1,27 @@
+//! quicmesh: a mesh of worker processes over QUIC with mutual TLS.
+//!
+//! A controller program creates an [`Allocator`](allocator::Allocator), which
+//! launches worker processes (or admits workers started elsewhere). Each
+//! worker opens one QUIC connection to the allocator, with a control stream
+//! for commands, datagrams for heartbeats in both directions, and one stream
+//! per proc mailbox. A worker that loses its allocator exits; an allocator
+//! that loses a worker reports its procs as failed.
+//!
+//! Layers, each looking only down: [`allocator`] and [`worker`] over
+//! [`heartbeat`] and [`transport`], over [`wire`], [`tls`], [`config`] and [`id`].
+
+pub mod allocator;
+pub mod config;
+pub mod exit_code;
+pub mod heartbeat;
+pub mod id;
+pub mod logging;
+pub mod relay;
+pub mod tls;
+pub mod transport;
+pub mod wire;
+pub mod worker;
+
+pub use allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
+pub use id::{ActorId, PortId, ProcId};
+pub use worker::bootstrap_or_die;

@@ -1,0 +1,12 @@
+//! Log output: one line per event on stderr, filtered by `RUST_LOG` (default `info`).
+
+/// Installs the default subscriber unless the program already installed one.
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

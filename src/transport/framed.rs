@@ -1,0 +1,135 @@
+//! Length-prefixed frames over QUIC streams.
+//!
+//! [`FramedRecv`] feeds what a stream delivers to a [`FrameDecoder`] and
+//! decodes each complete frame; [`FramedSend`] encodes into a reused buffer
+//! and writes it. All decoding goes through [`crate::wire::codec`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::codec::{self, CodecError, FrameDecoder};
+
+/// A frame could not be read from or written to a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading failed: the stream was reset or the connection lost.
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed: the peer stopped the stream or the connection was lost.
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The bytes are not a valid frame of the expected message.
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
+}
+
+impl StreamError {
+    /// Whether the peer broke the protocol (as opposed to the transport failing).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, StreamError::Codec(_) | StreamError::Truncated(_))
+    }
+}
+
+/// The receiving half of a stream, read one message at a time.
+#[derive(Debug)]
+pub struct FramedRecv {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl FramedRecv {
+    /// Reads frames of at most `max_frame` bytes from `recv`.
+    pub fn new(recv: quinn::RecvStream, max_frame: u32) -> Self {
+        FramedRecv {
+            recv,
+            decoder: FrameDecoder::new(max_frame),
+        }
+    }
+
+    /// Changes the frame limit (raised once a peer is admitted).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.decoder.set_max_frame(max_frame);
+    }
+
+    /// Reads the next frame body; `None` when the peer finished the stream cleanly.
+    ///
+    /// Errors: [`StreamError::Codec`] for an oversized frame (detected from
+    /// its prefix alone), [`StreamError::Truncated`] if the stream ends
+    /// mid-frame, [`StreamError::Read`] if the transport fails.
+    pub async fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, StreamError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await? {
+                Some(chunk) => self.decoder.push(&chunk.bytes),
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(StreamError::Truncated(self.decoder.buffered())),
+            }
+        }
+    }
+
+    /// Reads and decodes the next message; `None` at a clean end of stream.
+    ///
+    /// Errors: as [`FramedRecv::next_frame`], plus [`StreamError::Codec`] when
+    /// the body is not a `T`.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
+        match self.next_frame().await? {
+            Some(frame) => Ok(Some(codec::decode(&frame)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops the stream, telling the peer with `code` that no more will be read.
+    pub fn stop(&mut self, code: quinn::VarInt) {
+        let _ = self.recv.stop(code);
+    }
+}
+
+/// The sending half of a stream, written one message at a time.
+#[derive(Debug)]
+pub struct FramedSend {
+    send: quinn::SendStream,
+    max_frame: u32,
+    buf: Vec<u8>,
+}
+
+impl FramedSend {
+    /// Writes frames of at most `max_frame` bytes to `send`.
+    pub fn new(send: quinn::SendStream, max_frame: u32) -> Self {
+        FramedSend {
+            send,
+            max_frame,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Changes the frame limit.
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// Sets the stream's scheduling priority (higher is sent first).
+    pub fn set_priority(&self, priority: i32) {
+        let _ = self.send.set_priority(priority);
+    }
+
+    /// Encodes and writes one message.
+    ///
+    /// Errors: [`StreamError::Codec`] if the message exceeds the frame limit
+    /// (nothing is written), [`StreamError::Write`] if the stream is gone.
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), StreamError> {
+        self.buf.clear();
+        codec::encode_frame(msg, self.max_frame, &mut self.buf)?;
+        self.send.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Finishes the stream: the peer reads a clean end after the last frame.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}

@@ -1,0 +1,230 @@
+//! The one place where bytes become messages and messages become bytes.
+//!
+//! A *frame* on a stream is a 4-byte big-endian length followed by that many
+//! bytes of body; the body is bincode 2.x (standard configuration, serde).
+//! Datagrams carry one body with no length prefix. Swapping the format means
+//! changing this file only.
+//!
+//! [`FrameDecoder`] is sans-IO: it is fed whatever bytes arrived and hands
+//! back complete frames. It rejects a length above the limit as soon as the
+//! 4-byte prefix is seen, before any memory is set aside for the body, so a
+//! peer cannot make us allocate by announcing a huge frame.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Size of the length prefix of a frame.
+pub const PREFIX_LEN: usize = 4;
+
+/// Hard ceiling on what one decode may allocate, whatever a frame claims.
+const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+
+/// What went wrong turning bytes into a message or back.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A frame's announced or encoded length exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced or encoded length.
+        len: u64,
+        /// The limit in force.
+        max: u32,
+    },
+    /// The body does not decode as the expected message.
+    #[error("undecodable body: {0}")]
+    Decode(String),
+    /// The body decoded but left bytes over, so it is not the expected message.
+    #[error("body has {0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// The message cannot be encoded (a serde error in the value itself).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes `msg` as a body without a length prefix (used for datagrams).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a whole body as one `T`; trailing bytes are an error.
+///
+/// Errors: [`CodecError::Decode`] when the bytes are not a `T`,
+/// [`CodecError::TrailingBytes`] when they hold more than one.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Appends `msg` as one frame (prefix and body) to `out`.
+///
+/// Errors: [`CodecError::TooLarge`] when the body exceeds `max_frame` (then
+/// `out` is left as it was), [`CodecError::Encode`] when serde refuses the value.
+pub fn encode_frame<T: Serialize>(msg: &T, max_frame: u32, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; PREFIX_LEN]);
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, out, config()) {
+        out.truncate(start);
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    let len = out.len() - start - PREFIX_LEN;
+    if len > max_frame as usize {
+        out.truncate(start);
+        return Err(CodecError::TooLarge {
+            len: len as u64,
+            max: max_frame,
+        });
+    }
+    out[start..start + PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encodes `msg` as one frame in a new buffer; errors as [`encode_frame`].
+pub fn frame<T: Serialize>(msg: &T, max_frame: u32) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_frame(msg, max_frame, &mut out)?;
+    Ok(out)
+}
+
+/// Splits a byte stream into frames, without I/O.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_frame: u32,
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects frames whose body exceeds `max_frame` bytes.
+    pub fn new(max_frame: u32) -> Self {
+        FrameDecoder {
+            max_frame,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Changes the limit (e.g. once a peer has been admitted).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// Adds bytes that arrived from the peer.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Returns the next complete frame body, `None` if more bytes are needed.
+    ///
+    /// Errors: [`CodecError::TooLarge`] as soon as a prefix announces a body
+    /// above the limit; the stream cannot be resynchronised after that.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, CodecError> {
+        if self.buf.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
+        let len = u32::from_be_bytes(prefix);
+        if len > self.max_frame {
+            return Err(CodecError::TooLarge {
+                len: len.into(),
+                max: self.max_frame,
+            });
+        }
+        let total = PREFIX_LEN + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.buf.advance(PREFIX_LEN);
+        Ok(Some(self.buf.split_to(len as usize).freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Msg {
+        A { x: u32, s: String },
+        B(Vec<u8>),
+    }
+
+    #[test]
+    fn frames_round_trip_across_arbitrary_splits() {
+        let msgs = vec![Msg::A { x: 7, s: "hi".into() }, Msg::B(vec![1; 1000]), Msg::B(vec![])];
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            encode_frame(m, 1 << 20, &mut bytes).unwrap();
+        }
+        for chunk in [1, 2, 3, 5, 100, 4096] {
+            let mut dec = FrameDecoder::new(1 << 20);
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                dec.push(piece);
+                while let Some(f) = dec.next_frame().unwrap() {
+                    got.push(decode::<Msg>(&f).unwrap());
+                }
+            }
+            assert_eq!(got, msgs);
+            assert_eq!(dec.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_rejected_before_the_body_arrives() {
+        let mut dec = FrameDecoder::new(1024);
+        dec.push(&(1025u32).to_be_bytes());
+        let err = dec.next_frame().unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { len: 1025, max: 1024 }));
+        assert!(dec.buf.capacity() < 1024, "must not reserve space for the announced body");
+    }
+
+    #[test]
+    fn oversized_message_is_refused_and_buffer_untouched() {
+        let mut out = vec![9];
+        let err = encode_frame(&Msg::B(vec![0; 2000]), 1000, &mut out).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { max: 1000, .. }));
+        assert_eq!(out, vec![9]);
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_errors() {
+        assert!(matches!(decode::<Msg>(&[0xff, 0xff, 0xff]), Err(CodecError::Decode(_))));
+        let mut body = encode(&Msg::B(vec![1])).unwrap();
+        body.push(0);
+        assert!(matches!(decode::<Msg>(&body), Err(CodecError::TrailingBytes(1))));
+    }
+
+    #[test]
+    fn huge_claimed_vec_length_does_not_allocate_or_panic() {
+        // Variant B, then a varint length of u64::MAX, then nothing.
+        let body = [1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode::<Msg>(&body).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Msg>(&data);
+            let mut dec = FrameDecoder::new(64);
+            dec.push(&data);
+            while let Ok(Some(f)) = dec.next_frame() {
+                let _ = decode::<Msg>(&f);
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The wire protocol: messages, how they are encoded, and close codes.
+
+pub mod close;
+pub mod codec;
+pub mod messages;
+
+pub use codec::{CodecError, FrameDecoder};
+pub use messages::*;
