@@ -79,10 +79,7 @@ impl HeartbeatConfig {
             return Err(ConfigError::Invalid {
                 name: "heartbeat timeout",
                 value: format!("{:?}", self.timeout),
-                problem: format!(
-                    "must be at least twice the interval ({:?})",
-                    self.interval
-                ),
+                problem: format!("must be at least twice the interval ({:?})", self.interval),
             });
         }
         Ok(())
@@ -168,7 +165,9 @@ impl WorkerEnv {
     ///
     /// This is [`WorkerEnv::from_env`] without the process environment, for
     /// flags that override variables and for tests.
-    pub fn from_lookup(get: impl Fn(&'static str) -> Option<String>) -> Result<WorkerEnv, ConfigError> {
+    pub fn from_lookup(
+        get: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<WorkerEnv, ConfigError> {
         let required = |name: &'static str| -> Result<String, ConfigError> {
             match get(name) {
                 Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
@@ -197,11 +196,13 @@ impl WorkerEnv {
             });
         }
         let index_text = required(ENV_INDEX)?;
-        let index = index_text.parse::<u32>().map_err(|e| ConfigError::Invalid {
-            name: ENV_INDEX,
-            value: index_text.clone(),
-            problem: format!("not a non-negative integer ({e})"),
-        })?;
+        let index = index_text
+            .parse::<u32>()
+            .map_err(|e| ConfigError::Invalid {
+                name: ENV_INDEX,
+                value: index_text.clone(),
+                problem: format!("not a non-negative integer ({e})"),
+            })?;
         let token = required(ENV_TOKEN)?;
         Ok(WorkerEnv {
             allocator_addr,
@@ -260,7 +261,15 @@ mod tests {
 
     #[test]
     fn each_missing_variable_is_named() {
-        for name in [ENV_ALLOCATOR_ADDR, ENV_SERVER_NAME, ENV_INDEX, ENV_TOKEN, ENV_CA, ENV_CERT, ENV_KEY] {
+        for name in [
+            ENV_ALLOCATOR_ADDR,
+            ENV_SERVER_NAME,
+            ENV_INDEX,
+            ENV_TOKEN,
+            ENV_CA,
+            ENV_CERT,
+            ENV_KEY,
+        ] {
             let mut vars = full();
             vars.remove(name);
             let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
@@ -282,7 +291,10 @@ mod tests {
             let mut vars = full();
             vars.insert(name, value.to_string());
             let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
-            assert!(matches!(err, ConfigError::Invalid { name: n, .. } if n == name), "{err}");
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{err}"
+            );
             assert!(err.to_string().contains(name), "{err}");
         }
     }
@@ -303,6 +315,10 @@ mod tests {
             interval: Duration::from_millis(500),
             timeout: Duration::from_millis(600),
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("heartbeat timeout"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("heartbeat timeout"));
     }
 }

@@ -33,3 +33,11 @@ pub fn describe(code: i32) -> &'static str {
         _ => "commanded",
     }
 }
+
+/// Whether `code` is one of the failure codes above (not a clean or commanded exit).
+pub fn is_failure(code: i32) -> bool {
+    matches!(
+        code,
+        UNREACHABLE | CONNECTION_LOST | PROTOCOL | REJECTED | CONFIG | HEARTBEAT_LOST
+    )
+}

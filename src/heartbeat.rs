@@ -6,9 +6,13 @@
 //! "is the peer dead at t?", so it is tested without sockets or sleeping.
 //! [`run`] is the thin async driver that moves datagrams and time.
 //!
-//! Only heartbeats count as signs of life, not stream data: a peer whose
-//! event loop is wedged can still have its kernel acknowledge packets, but it
-//! cannot send heartbeats.
+//! Signs of life are the peer's heartbeats and its acknowledgements of ours.
+//! Both come from the peer's QUIC stack, which runs in the peer process (QUIC
+//! is userspace: unlike TCP, no kernel answers for a frozen process), so a
+//! SIGSTOPped or SIGKILLed peer produces neither. Counting acknowledgements
+//! doubles the evidence per interval: with 20% loss each way, a whole
+//! timeout of silence needs six intervals in a row where the peer's beat
+//! *and* the acknowledgement of ours were lost, instead of six lost beats.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +48,13 @@ impl HeartbeatJudge {
     pub fn on_beat(&mut self, beat: &Heartbeat, now: Instant) {
         self.beats += 1;
         self.highest_seq = Some(self.highest_seq.map_or(beat.seq, |s| s.max(beat.seq)));
+        if now > self.last_heard {
+            self.last_heard = now;
+        }
+    }
+
+    /// Records another sign of life at `now`: the peer acknowledged our packets.
+    pub fn on_acknowledgement(&mut self, now: Instant) {
         if now > self.last_heard {
             self.last_heard = now;
         }
@@ -126,6 +137,7 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
     let start = Instant::now();
     let mut judge = HeartbeatJudge::new(config.timeout, start);
     let mut sender = HeartbeatSender::new(start);
+    let mut acks_seen = conn.stats().frame_rx.acks;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,6 +152,11 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
                 Err(e) => return HeartbeatOutcome::Closed(e),
             },
             _ = ticker.tick() => {
+                let acks = conn.stats().frame_rx.acks;
+                if acks > acks_seen {
+                    acks_seen = acks;
+                    judge.on_acknowledgement(Instant::now());
+                }
                 let beat = sender.next_beat(Instant::now());
                 match codec::encode(&beat) {
                     Ok(bytes) => match conn.send_datagram(bytes.into()) {
@@ -192,7 +209,13 @@ mod tests {
         let mut judge = HeartbeatJudge::new(1500 * MS, t0);
         assert!(!judge.is_dead(t0 + 1499 * MS));
         assert!(judge.is_dead(t0 + 1500 * MS));
-        judge.on_beat(&Heartbeat { seq: 0, sent_at_micros: 0 }, t0 + 1000 * MS);
+        judge.on_beat(
+            &Heartbeat {
+                seq: 0,
+                sent_at_micros: 0,
+            },
+            t0 + 1000 * MS,
+        );
         assert_eq!(judge.deadline(), t0 + 2500 * MS);
         assert_eq!(judge.silent_for(t0 + 1200 * MS), 200 * MS);
     }
@@ -206,7 +229,13 @@ mod tests {
             let t = t0 + 250 * MS * i;
             let lost = i % 5 == 0 || (40..44).contains(&i);
             if !lost {
-                judge.on_beat(&Heartbeat { seq: i.into(), sent_at_micros: 0 }, t);
+                judge.on_beat(
+                    &Heartbeat {
+                        seq: i.into(),
+                        sent_at_micros: 0,
+                    },
+                    t,
+                );
             }
             assert!(!judge.is_dead(t), "declared dead at beat {i}");
         }
@@ -216,10 +245,32 @@ mod tests {
     fn late_reordered_beat_does_not_move_time_backwards() {
         let t0 = Instant::now();
         let mut judge = HeartbeatJudge::new(1500 * MS, t0);
-        judge.on_beat(&Heartbeat { seq: 5, sent_at_micros: 0 }, t0 + 1000 * MS);
-        judge.on_beat(&Heartbeat { seq: 4, sent_at_micros: 0 }, t0 + 900 * MS);
+        judge.on_beat(
+            &Heartbeat {
+                seq: 5,
+                sent_at_micros: 0,
+            },
+            t0 + 1000 * MS,
+        );
+        judge.on_beat(
+            &Heartbeat {
+                seq: 4,
+                sent_at_micros: 0,
+            },
+            t0 + 900 * MS,
+        );
         assert_eq!(judge.deadline(), t0 + 2500 * MS);
         assert_eq!(judge.highest_seq(), Some(5));
+    }
+
+    #[test]
+    fn acknowledgements_keep_the_peer_alive_but_do_not_count_as_beats() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        judge.on_acknowledgement(t0 + 1000 * MS);
+        assert!(!judge.is_dead(t0 + 2000 * MS));
+        assert!(judge.is_dead(t0 + 2500 * MS));
+        assert_eq!(judge.beats(), 0);
     }
 
     #[test]

@@ -202,7 +202,16 @@ mod tests {
 
     #[test]
     fn bad_ids_are_rejected_with_a_reason() {
-        for bad in ["", "demo", "demo[", "demo[x]", "[3]", "de mo[3]", "demo[3]x", "demo[99999999999]"] {
+        for bad in [
+            "",
+            "demo",
+            "demo[",
+            "demo[x]",
+            "[3]",
+            "de mo[3]",
+            "demo[3]x",
+            "demo[99999999999]",
+        ] {
             let e = bad.parse::<ProcId>().unwrap_err();
             assert!(e.to_string().contains("invalid proc id"), "{bad}: {e}");
         }

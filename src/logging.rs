@@ -1,5 +1,7 @@
 //! Log output: one line per event on stderr, filtered by `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 /// Installs the default subscriber unless the program already installed one.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -7,6 +9,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

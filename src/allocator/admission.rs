@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(a.admit(&hello(7, "t1")), Err(Rejection::UnknownIndex(7)));
         let mut h = hello(1, "t1");
         h.protocol_version = 99;
-        assert!(matches!(a.admit(&h), Err(Rejection::Version { got: 99, .. })));
+        assert!(matches!(
+            a.admit(&h),
+            Err(Rejection::Version { got: 99, .. })
+        ));
         // None of these consumed the slot.
         assert_eq!(a.admit(&hello(1, "t1")), Ok(vec![]));
     }

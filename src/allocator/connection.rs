@@ -33,7 +33,10 @@ enum Plan {
     /// Keep running.
     Serve,
     /// Told to stop: `Leaving` should follow within the stop timeout.
-    Stopping { code: i32, until: tokio::time::Instant },
+    Stopping {
+        code: i32,
+        until: tokio::time::Instant,
+    },
     /// Told to exit at once: the connection will drop.
     Exiting { code: i32 },
 }
@@ -97,16 +100,17 @@ impl WorkerSession {
                 state,
             })
         };
-        let set_state = |procs: &mut BTreeMap<ProcId, ProcSlot>, proc_id: &ProcId, state: ProcState| -> bool {
-            match procs.get_mut(proc_id) {
-                Some(slot) if !slot.state.is_terminal() && slot.state != state => {
-                    slot.state = state.clone();
-                    emit(proc_id, state);
-                    true
+        let set_state =
+            |procs: &mut BTreeMap<ProcId, ProcSlot>, proc_id: &ProcId, state: ProcState| -> bool {
+                match procs.get_mut(proc_id) {
+                    Some(slot) if !slot.state.is_terminal() && slot.state != state => {
+                        slot.state = state.clone();
+                        emit(proc_id, state);
+                        true
+                    }
+                    _ => false,
                 }
-                _ => false,
-            }
-        };
+            };
 
         let welcome = AllocatorToWorker::Welcome(Welcome {
             heartbeat: shared.config.heartbeat,
@@ -118,7 +122,12 @@ impl WorkerSession {
         }
         if end.is_none() {
             for proc_id in initial_procs {
-                if let Err(e) = control_send.send(&AllocatorToWorker::StartProc { proc_id: proc_id.clone() }).await {
+                if let Err(e) = control_send
+                    .send(&AllocatorToWorker::StartProc {
+                        proc_id: proc_id.clone(),
+                    })
+                    .await
+                {
                     end = Some(End::failed(format!("cannot send StartProc: {e}")));
                     break;
                 }
@@ -174,7 +183,7 @@ impl WorkerSession {
                     Ok(Some(WorkerToAllocator::Leaving { code, reason })) => {
                         end = Some(End {
                             failed: false,
-                            reason: format!("left: {reason} (exit code {code})"),
+                            reason: format!("{reason} (exit code {code})"),
                             close: Some((close::NORMAL, "goodbye".into())),
                         });
                     }
@@ -252,9 +261,13 @@ impl WorkerSession {
                 continue;
             }
             let state = if end.failed {
-                ProcState::Failed { reason: end.reason.clone() }
+                ProcState::Failed {
+                    reason: end.reason.clone(),
+                }
             } else {
-                ProcState::Stopped { reason: end.reason.clone() }
+                ProcState::Stopped {
+                    reason: end.reason.clone(),
+                }
             };
             slot.state = state.clone();
             emit(proc_id, state);
@@ -294,7 +307,11 @@ async fn read_mailbox_open(
     match tokio::time::timeout(MAILBOX_OPEN_TIMEOUT, recv.next::<MailboxOpen>()).await {
         Ok(Ok(Some(open))) => Ok((open.proc_id, FramedSend::new(send, max_frame), recv)),
         Ok(Ok(None)) => Err("mailbox stream ended before naming its proc".into()),
-        Ok(Err(e)) => Err(format!("mailbox stream does not start with a proc name: {e}")),
-        Err(_) => Err(format!("mailbox stream named no proc within {MAILBOX_OPEN_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!(
+            "mailbox stream does not start with a proc name: {e}"
+        )),
+        Err(_) => Err(format!(
+            "mailbox stream named no proc within {MAILBOX_OPEN_TIMEOUT:?}"
+        )),
     }
 }

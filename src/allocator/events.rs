@@ -78,7 +78,11 @@ impl From<std::io::Result<ExitStatus>> for ExitReport {
 impl fmt::Display for ExitReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExitReport::Code(c) => write!(f, "exited with code {c} ({})", crate::exit_code::describe(*c)),
+            ExitReport::Code(c) => write!(
+                f,
+                "exited with code {c} ({})",
+                crate::exit_code::describe(*c)
+            ),
             ExitReport::Signal(s) => write!(f, "killed by signal {s}"),
             ExitReport::Unknown => write!(f, "exit status unknown"),
         }
@@ -136,18 +140,36 @@ pub enum AllocEvent {
 impl fmt::Display for AllocEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AllocEvent::Proc { proc_id, worker, state } => {
+            AllocEvent::Proc {
+                proc_id,
+                worker,
+                state,
+            } => {
                 write!(f, "proc {proc_id} {} (worker {worker})", state.word())?;
                 match state.reason() {
                     Some(r) => write!(f, ": {r}"),
                     None => Ok(()),
                 }
             }
-            AllocEvent::WorkerJoined { index, pid, host, addr } => {
-                write!(f, "worker {index} joined (pid {pid} on {host}, from {addr})")
+            AllocEvent::WorkerJoined {
+                index,
+                pid,
+                host,
+                addr,
+            } => {
+                write!(
+                    f,
+                    "worker {index} joined (pid {pid} on {host}, from {addr})"
+                )
             }
-            AllocEvent::WorkerRejected { addr, reason } => write!(f, "connection from {addr} rejected: {reason}"),
-            AllocEvent::WorkerLeft { index, failed, reason } => {
+            AllocEvent::WorkerRejected { addr, reason } => {
+                write!(f, "connection from {addr} rejected: {reason}")
+            }
+            AllocEvent::WorkerLeft {
+                index,
+                failed,
+                reason,
+            } => {
                 let how = if *failed { "lost" } else { "left" };
                 write!(f, "worker {index} {how}: {reason}")
             }

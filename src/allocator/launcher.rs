@@ -91,10 +91,17 @@ impl Launcher {
     }
 
     /// Starts one worker with the given design §4 variables.
-    pub(crate) fn spawn(&self, index: u32, vars: &[(&'static str, String)]) -> std::io::Result<tokio::process::Child> {
+    pub(crate) fn spawn(
+        &self,
+        index: u32,
+        vars: &[(&'static str, String)],
+    ) -> std::io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(self.expand_args(index, vars))
-            .envs(vars.iter().map(|(n, v)| (OsString::from(n), OsString::from(v))))
+            .envs(
+                vars.iter()
+                    .map(|(n, v)| (OsString::from(n), OsString::from(v))),
+            )
             .envs(self.envs.iter().map(|(n, v)| (n, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -166,7 +173,14 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_per_worker() {
-        let l = Launcher::program("ssh").args(["node{index}", "env", "{env}", "quicmesh", "worker", "--token={token}"]);
+        let l = Launcher::program("ssh").args([
+            "node{index}",
+            "env",
+            "{env}",
+            "quicmesh",
+            "worker",
+            "--token={token}",
+        ]);
         let vars = vec![
             (crate::config::ENV_ALLOCATOR_ADDR, "10.0.0.1:9".to_string()),
             (crate::config::ENV_TOKEN, "abc".to_string()),

@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::RngCore;
-use tokio::sync::{mpsc, Notify};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
@@ -125,7 +127,8 @@ pub struct JoinTicket {
 
 struct ChildSlot {
     pid: Option<u32>,
-    kill: Arc<Notify>,
+    /// Asks the reaper to SIGKILL the child after the given grace period.
+    kill: mpsc::UnboundedSender<Duration>,
 }
 
 /// State shared by the allocator handle and its tasks.
@@ -156,24 +159,36 @@ impl Shared {
     }
 
     /// Records that worker `index`'s connection ended; kills it if it failed.
+    ///
+    /// A failed worker gets one heartbeat timeout (at least 1 s) to exit by
+    /// itself, which it does when it is merely cut off (and then reports
+    /// why in its exit code); a frozen one is SIGKILLed and reaped after that.
     pub(crate) fn worker_left(&self, index: u32, failed: bool, reason: String) {
         lock(&self.workers).remove(&index);
         self.lock_admission().finish(index);
         if failed {
-            self.kill_child(index);
+            self.kill_child(
+                index,
+                self.config.heartbeat.timeout.max(Duration::from_secs(1)),
+            );
         }
-        tracing::info!("worker {index} {}: {reason}", if failed { "lost" } else { "left" });
-        self.emit(AllocEvent::WorkerLeft { index, failed, reason });
+        tracing::info!(
+            "worker {index} {}: {reason}",
+            if failed { "lost" } else { "left" }
+        );
+        self.emit(AllocEvent::WorkerLeft {
+            index,
+            failed,
+            reason,
+        });
     }
 
-    /// Kills launched worker `index` (no-op for workers started elsewhere).
-    fn kill_child(&self, index: u32) -> bool {
+    /// Kills launched worker `index` unless it exits within `grace`
+    /// (false for workers started elsewhere or already reaped).
+    fn kill_child(&self, index: u32, grace: Duration) -> bool {
         match lock(&self.children).get(&index) {
-            Some(slot) => {
-                slot.kill.notify_one();
-                true
-            }
-            None => false,
+            Some(slot) if slot.pid.is_some() => slot.kill.send(grace).is_ok(),
+            _ => false,
         }
     }
 }
@@ -209,10 +224,19 @@ impl Allocator {
         let roots = tls::load_roots(&config.ca)?;
         let identity = tls::load_identity(&config.cert, &config.key)?;
         let server_tls = tls::server_config(roots, identity)?;
-        let endpoint = crate::transport::server_endpoint(config.listen, server_tls, &config.heartbeat, &config.limits)?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|source| crate::transport::TransportError::Bind { addr: config.listen, source })?;
+        let endpoint = crate::transport::server_endpoint(
+            config.listen,
+            server_tls,
+            &config.heartbeat,
+            &config.limits,
+        )?;
+        let local_addr =
+            endpoint
+                .local_addr()
+                .map_err(|source| crate::transport::TransportError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config,
@@ -240,7 +264,11 @@ impl Allocator {
 
     /// The `host:port` workers are told to dial.
     pub fn advertised_addr(&self) -> String {
-        self.shared.config.advertise.clone().unwrap_or_else(|| self.local_addr.to_string())
+        self.shared
+            .config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.local_addr.to_string())
     }
 
     /// The allocation's configuration.
@@ -263,7 +291,12 @@ impl Allocator {
         let index = admission.next_index();
         admission.reserve(index, token.clone(), proc_ids);
         drop(admission);
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let abs = |p: &Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
         let c = &self.shared.config;
         JoinTicket {
             index,
@@ -283,27 +316,47 @@ impl Allocator {
     ///
     /// Returns their indexes. Errors: [`AllocatorError::Spawn`] if a process
     /// cannot be started (those already started keep running).
-    pub fn launch(&mut self, launcher: &Launcher, workers: u32, procs_per_worker: u32) -> Result<Vec<u32>, AllocatorError> {
+    pub fn launch(
+        &mut self,
+        launcher: &Launcher,
+        workers: u32,
+        procs_per_worker: u32,
+    ) -> Result<Vec<u32>, AllocatorError> {
         let mut indexes = Vec::new();
         for _ in 0..workers {
             let ticket = self.reserve(procs_per_worker);
             let index = ticket.index;
-            let mut child = launcher.spawn(index, &ticket.env).map_err(|source| AllocatorError::Spawn {
+            let mut child =
+                launcher
+                    .spawn(index, &ticket.env)
+                    .map_err(|source| AllocatorError::Spawn {
+                        index,
+                        program: format!("{launcher:?}"),
+                        source,
+                    })?;
+            let (kill, mut kill_requests) = mpsc::unbounded_channel::<Duration>();
+            lock(&self.shared.children).insert(
                 index,
-                program: format!("{launcher:?}"),
-                source,
-            })?;
-            let kill = Arc::new(Notify::new());
-            lock(&self.shared.children).insert(index, ChildSlot { pid: child.id(), kill: kill.clone() });
+                ChildSlot {
+                    pid: child.id(),
+                    kill,
+                },
+            );
             let shared = self.shared.clone();
             self.tasks.push(tokio::spawn(async move {
                 let status = tokio::select! {
                     status = child.wait() => status,
-                    _ = kill.notified() => {
-                        let _ = child.start_kill();
-                        child.wait().await
-                    }
+                    Some(grace) = kill_requests.recv() => tokio::select! {
+                        status = child.wait() => status,
+                        _ = tokio::time::sleep(grace) => {
+                            let _ = child.start_kill();
+                            child.wait().await
+                        }
+                    },
                 };
+                if let Some(slot) = lock(&shared.children).get_mut(&index) {
+                    slot.pid = None;
+                }
                 let status = ExitReport::from(status);
                 tracing::info!("worker {index} {status}");
                 shared.emit(AllocEvent::WorkerExited { index, status });
@@ -320,13 +373,17 @@ impl Allocator {
         let rank = self.shared.next_rank.fetch_add(1, Ordering::Relaxed);
         let proc_id = ProcId::new(self.shared.config.alloc_name.clone(), rank);
         self.command(index, WorkerCommand::StartProc(proc_id.clone()))?;
-        self.shared.lock_admission().add_proc(index, proc_id.clone());
+        self.shared
+            .lock_admission()
+            .add_proc(index, proc_id.clone());
         Ok(proc_id)
     }
 
     fn command(&self, index: u32, cmd: WorkerCommand) -> Result<(), AllocatorError> {
         match lock(&self.shared.workers).get(&index) {
-            Some(tx) => tx.send(cmd).map_err(|_| AllocatorError::NotConnected(index)),
+            Some(tx) => tx
+                .send(cmd)
+                .map_err(|_| AllocatorError::NotConnected(index)),
             None => Err(AllocatorError::NotConnected(index)),
         }
     }
@@ -366,9 +423,10 @@ impl Allocator {
         lock(&self.shared.children).get(&index).and_then(|c| c.pid)
     }
 
-    /// SIGKILLs launched worker `index`; false if this allocator did not launch it.
+    /// SIGKILLs launched worker `index` now; false if this allocator did not
+    /// launch it or it has already exited.
     pub fn kill_worker(&self, index: u32) -> bool {
-        self.shared.kill_child(index)
+        self.shared.kill_child(index, Duration::ZERO)
     }
 
     /// The next event; `None` only after the allocator has been shut down.
@@ -385,7 +443,8 @@ impl Allocator {
 impl Drop for Allocator {
     /// Closes every connection and kills every worker process this allocator launched.
     fn drop(&mut self) {
-        self.endpoint.close(crate::wire::close::SHUTDOWN, b"allocator shut down");
+        self.endpoint
+            .close(crate::wire::close::SHUTDOWN, b"allocator shut down");
         for slot in lock(&self.shared.children).values() {
             if let Some(pid) = slot.pid {
                 // The reaper task owns the Child; a direct SIGKILL makes the

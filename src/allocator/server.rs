@@ -21,10 +21,15 @@ use crate::wire::{close, WorkerToAllocator};
 
 /// Accepts connections until the endpoint is closed.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let pending = Arc::new(Semaphore::new(shared.config.transport.max_pending_handshakes));
+    let pending = Arc::new(Semaphore::new(
+        shared.config.transport.max_pending_handshakes,
+    ));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!("refusing connection from {}: too many handshakes in progress", incoming.remote_address());
+            tracing::warn!(
+                "refusing connection from {}: too many handshakes in progress",
+                incoming.remote_address()
+            );
             incoming.refuse();
             continue;
         };
@@ -62,25 +67,43 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         Err(reason)
     };
     if conn.max_datagram_size().is_none() {
-        return refuse(close::PROTOCOL, "peer does not accept datagrams; heartbeats impossible".into());
+        return refuse(
+            close::PROTOCOL,
+            "peer does not accept datagrams; heartbeats impossible".into(),
+        );
     }
     let hello = tokio::time::timeout_at(deadline, async {
-        let (send, recv) = conn.accept_bi().await.map_err(|e| format!("connection lost before Hello: {e}"))?;
+        let (send, recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| format!("connection lost before Hello: {e}"))?;
         let mut recv = FramedRecv::new(recv, MAX_PRE_ADMISSION_FRAME);
         let first = recv.next::<WorkerToAllocator>().await;
         Ok::<_, String>((send, recv, first))
     })
     .await;
     let (send, recv, first) = match hello {
-        Err(_) => return refuse(close::HELLO_TIMEOUT, format!("no Hello within {timeout:?} of the handshake")),
+        Err(_) => {
+            return refuse(
+                close::HELLO_TIMEOUT,
+                format!("no Hello within {timeout:?} of the handshake"),
+            )
+        }
         Ok(Err(reason)) => return Err(reason),
         Ok(Ok(parts)) => parts,
     };
     let hello = match first {
         Ok(Some(WorkerToAllocator::Hello(h))) => h,
-        Ok(Some(other)) => return refuse(close::PROTOCOL, format!("first frame must be Hello, got {}", frame_name(&other))),
+        Ok(Some(other)) => {
+            return refuse(
+                close::PROTOCOL,
+                format!("first frame must be Hello, got {}", frame_name(&other)),
+            )
+        }
         Ok(None) => return refuse(close::PROTOCOL, "control stream ended before Hello".into()),
-        Err(StreamError::Read(e)) => return Err(format!("control stream failed before Hello: {e}")),
+        Err(StreamError::Read(e)) => {
+            return Err(format!("control stream failed before Hello: {e}"))
+        }
         Err(e) => return refuse(close::PROTOCOL, format!("invalid Hello: {e}")),
     };
     let admitted = shared.lock_admission().admit(&hello);
@@ -90,7 +113,12 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     };
     let (tx, rx) = mpsc::unbounded_channel();
     shared.worker_joined(hello.index, tx);
-    tracing::info!("worker {} admitted (pid {} on {}, from {addr})", hello.index, hello.pid, hello.host);
+    tracing::info!(
+        "worker {} admitted (pid {} on {}, from {addr})",
+        hello.index,
+        hello.pid,
+        hello.host
+    );
     shared.emit(AllocEvent::WorkerJoined {
         index: hello.index,
         pid: hello.pid,

@@ -76,14 +76,19 @@ pub enum ConnectError {
 ///
 /// `idle_timeout` must exceed the heartbeat timeout; the effective idle
 /// timeout is the smaller of the two sides' values.
-fn transport_config(limits: &Limits, idle_timeout: Duration) -> Result<quinn::TransportConfig, TransportError> {
+fn transport_config(
+    limits: &Limits,
+    idle_timeout: Duration,
+) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     let idle = IdleTimeout::try_from(idle_timeout).map_err(|_| {
         TransportError::Setting(format!("idle timeout {idle_timeout:?} is too large"))
     })?;
     t.max_idle_timeout(Some(idle));
     // One bidi stream per proc plus the control stream, with headroom.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_procs_per_worker.saturating_add(8)));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(
+        limits.max_procs_per_worker.saturating_add(8),
+    ));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     // Heartbeats keep the connection busy; QUIC keep-alives would only hide a dead peer.
     t.keep_alive_interval(None);
@@ -113,7 +118,10 @@ pub fn server_endpoint(
 ) -> Result<Endpoint, TransportError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, idle_timeout_for(heartbeat))?));
+    config.transport_config(Arc::new(transport_config(
+        limits,
+        idle_timeout_for(heartbeat),
+    )?));
     // Make a client prove its address before we hold handshake state for it.
     config.retry_token_lifetime(Duration::from_secs(15));
     Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
@@ -123,7 +131,11 @@ pub fn server_endpoint(
 ///
 /// The worker's idle timeout is generous (60 s); the allocator's, being
 /// smaller, is the one in force.
-pub fn client_endpoint(tls: rustls::ClientConfig, peer: SocketAddr, limits: &Limits) -> Result<Endpoint, TransportError> {
+pub fn client_endpoint(
+    tls: rustls::ClientConfig,
+    peer: SocketAddr,
+    limits: &Limits,
+) -> Result<Endpoint, TransportError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(limits, Duration::from_secs(60))?));
@@ -131,7 +143,8 @@ pub fn client_endpoint(tls: rustls::ClientConfig, peer: SocketAddr, limits: &Lim
         IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
         IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
     };
-    let mut endpoint = Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

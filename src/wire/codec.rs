@@ -68,7 +68,11 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 ///
 /// Errors: [`CodecError::TooLarge`] when the body exceeds `max_frame` (then
 /// `out` is left as it was), [`CodecError::Encode`] when serde refuses the value.
-pub fn encode_frame<T: Serialize>(msg: &T, max_frame: u32, out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub fn encode_frame<T: Serialize>(
+    msg: &T,
+    max_frame: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     if let Err(e) = bincode::serde::encode_into_std_write(msg, out, config()) {
@@ -165,7 +169,14 @@ mod tests {
 
     #[test]
     fn frames_round_trip_across_arbitrary_splits() {
-        let msgs = vec![Msg::A { x: 7, s: "hi".into() }, Msg::B(vec![1; 1000]), Msg::B(vec![])];
+        let msgs = vec![
+            Msg::A {
+                x: 7,
+                s: "hi".into(),
+            },
+            Msg::B(vec![1; 1000]),
+            Msg::B(vec![]),
+        ];
         let mut bytes = Vec::new();
         for m in &msgs {
             encode_frame(m, 1 << 20, &mut bytes).unwrap();
@@ -189,8 +200,17 @@ mod tests {
         let mut dec = FrameDecoder::new(1024);
         dec.push(&(1025u32).to_be_bytes());
         let err = dec.next_frame().unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { len: 1025, max: 1024 }));
-        assert!(dec.buf.capacity() < 1024, "must not reserve space for the announced body");
+        assert!(matches!(
+            err,
+            CodecError::TooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ));
+        assert!(
+            dec.buf.capacity() < 1024,
+            "must not reserve space for the announced body"
+        );
     }
 
     #[test]
@@ -203,10 +223,16 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_errors() {
-        assert!(matches!(decode::<Msg>(&[0xff, 0xff, 0xff]), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<Msg>(&[0xff, 0xff, 0xff]),
+            Err(CodecError::Decode(_))
+        ));
         let mut body = encode(&Msg::B(vec![1])).unwrap();
         body.push(0);
-        assert!(matches!(decode::<Msg>(&body), Err(CodecError::TrailingBytes(1))));
+        assert!(matches!(
+            decode::<Msg>(&body),
+            Err(CodecError::TrailingBytes(1))
+        ));
     }
 
     #[test]

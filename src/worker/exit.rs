@@ -32,7 +32,13 @@ impl WorkerExit {
 
 impl fmt::Display for WorkerExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exit code {} ({}): {}", self.code, exit_code::describe(self.code), self.reason)
+        write!(
+            f,
+            "exit code {} ({}): {}",
+            self.code,
+            exit_code::describe(self.code),
+            self.reason
+        )
     }
 }
 
@@ -46,19 +52,29 @@ fn reason_text(bytes: &[u8]) -> String {
 /// else, a TLS alert included, means the handshake failed (69).
 pub fn before_welcome(err: &ConnectionError) -> WorkerExit {
     match err {
-        ConnectionError::ApplicationClosed(c) if c.error_code == close::REJECTED => WorkerExit::new(
-            exit_code::REJECTED,
-            format!("rejected by the allocator: {}", reason_text(&c.reason)),
-        ),
-        ConnectionError::ApplicationClosed(c) if c.error_code == close::PROTOCOL => WorkerExit::new(
-            exit_code::PROTOCOL,
-            format!("allocator reports a protocol violation: {}", reason_text(&c.reason)),
-        ),
+        ConnectionError::ApplicationClosed(c) if c.error_code == close::REJECTED => {
+            WorkerExit::new(
+                exit_code::REJECTED,
+                format!("rejected by the allocator: {}", reason_text(&c.reason)),
+            )
+        }
+        ConnectionError::ApplicationClosed(c) if c.error_code == close::PROTOCOL => {
+            WorkerExit::new(
+                exit_code::PROTOCOL,
+                format!(
+                    "allocator reports a protocol violation: {}",
+                    reason_text(&c.reason)
+                ),
+            )
+        }
         ConnectionError::ConnectionClosed(c) => WorkerExit::new(
             exit_code::UNREACHABLE,
             format!("handshake failed, allocator closed the connection: {c}"),
         ),
-        other => WorkerExit::new(exit_code::UNREACHABLE, format!("handshake with the allocator failed: {other}")),
+        other => WorkerExit::new(
+            exit_code::UNREACHABLE,
+            format!("handshake with the allocator failed: {other}"),
+        ),
     }
 }
 
@@ -74,9 +90,15 @@ pub fn after_welcome(err: &ConnectionError) -> WorkerExit {
                     format!("allocator stopped hearing our heartbeats: {reason}"),
                 )
             } else if code == close::PROTOCOL {
-                WorkerExit::new(exit_code::PROTOCOL, format!("allocator reports a protocol violation: {reason}"))
+                WorkerExit::new(
+                    exit_code::PROTOCOL,
+                    format!("allocator reports a protocol violation: {reason}"),
+                )
             } else if code == close::REJECTED {
-                WorkerExit::new(exit_code::REJECTED, format!("rejected by the allocator: {reason}"))
+                WorkerExit::new(
+                    exit_code::REJECTED,
+                    format!("rejected by the allocator: {reason}"),
+                )
             } else {
                 WorkerExit::new(
                     exit_code::CONNECTION_LOST,
@@ -84,7 +106,10 @@ pub fn after_welcome(err: &ConnectionError) -> WorkerExit {
                 )
             }
         }
-        other => WorkerExit::new(exit_code::CONNECTION_LOST, format!("connection to the allocator lost: {other}")),
+        other => WorkerExit::new(
+            exit_code::CONNECTION_LOST,
+            format!("connection to the allocator lost: {other}"),
+        ),
     }
 }
 
@@ -109,16 +134,37 @@ mod tests {
 
     #[test]
     fn other_failures_before_welcome_are_69() {
-        assert_eq!(before_welcome(&ConnectionError::TimedOut).code, exit_code::UNREACHABLE);
-        assert_eq!(before_welcome(&ConnectionError::Reset).code, exit_code::UNREACHABLE);
+        assert_eq!(
+            before_welcome(&ConnectionError::TimedOut).code,
+            exit_code::UNREACHABLE
+        );
+        assert_eq!(
+            before_welcome(&ConnectionError::Reset).code,
+            exit_code::UNREACHABLE
+        );
     }
 
     #[test]
     fn after_welcome_codes() {
-        assert_eq!(after_welcome(&app(close::HEARTBEAT_LOST, "x")).code, exit_code::HEARTBEAT_LOST);
-        assert_eq!(after_welcome(&app(close::PROTOCOL, "x")).code, exit_code::PROTOCOL);
-        assert_eq!(after_welcome(&app(close::SHUTDOWN, "bye")).code, exit_code::CONNECTION_LOST);
-        assert_eq!(after_welcome(&ConnectionError::TimedOut).code, exit_code::CONNECTION_LOST);
-        assert_eq!(after_welcome(&ConnectionError::Reset).code, exit_code::CONNECTION_LOST);
+        assert_eq!(
+            after_welcome(&app(close::HEARTBEAT_LOST, "x")).code,
+            exit_code::HEARTBEAT_LOST
+        );
+        assert_eq!(
+            after_welcome(&app(close::PROTOCOL, "x")).code,
+            exit_code::PROTOCOL
+        );
+        assert_eq!(
+            after_welcome(&app(close::SHUTDOWN, "bye")).code,
+            exit_code::CONNECTION_LOST
+        );
+        assert_eq!(
+            after_welcome(&ConnectionError::TimedOut).code,
+            exit_code::CONNECTION_LOST
+        );
+        assert_eq!(
+            after_welcome(&ConnectionError::Reset).code,
+            exit_code::CONNECTION_LOST
+        );
     }
 }

@@ -18,12 +18,12 @@ pub use procs::{ProcTable, ProcTableError};
 
 use std::time::Duration;
 
+use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
 use crate::config::{TransportConfig, WorkerEnv, ENV_ALLOCATOR_ADDR};
 use crate::exit_code;
 use crate::tls;
 use crate::transport::{self, FramedRecv, FramedSend, StreamError};
 use crate::wire::{AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION};
-use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
 
 /// Priority of the control stream: above every mailbox stream, so bulk
 /// traffic cannot delay commands.
@@ -50,7 +50,7 @@ pub fn bootstrap_or_die() {
 
 /// Logs `exit` in one line and ends the process with its code.
 pub fn finish(exit: WorkerExit) -> ! {
-    if exit.code == exit_code::OK {
+    if !exit_code::is_failure(exit.code) {
         tracing::info!("worker exiting: {exit}");
     } else {
         tracing::error!("worker exiting: {exit}");
@@ -66,7 +66,10 @@ pub fn run_blocking(env: WorkerEnv) -> WorkerExit {
         .build()
     {
         Ok(rt) => rt.block_on(run(env)),
-        Err(e) => WorkerExit::new(exit_code::CONFIG, format!("cannot start tokio runtime: {e}")),
+        Err(e) => WorkerExit::new(
+            exit_code::CONFIG,
+            format!("cannot start tokio runtime: {e}"),
+        ),
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         match std::thread::spawn(job).join() {
@@ -88,7 +91,9 @@ pub async fn run(env: WorkerEnv) -> WorkerExit {
 
 /// [`run`] with explicit transport timeouts.
 pub async fn run_with(env: WorkerEnv, transport_config: TransportConfig) -> WorkerExit {
-    let config_err = |e: &dyn std::fmt::Display| WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"));
+    let config_err = |e: &dyn std::fmt::Display| {
+        WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
+    };
     let roots = match tls::load_roots(&env.ca) {
         Ok(r) => r,
         Err(e) => return config_err(&e),
@@ -111,7 +116,14 @@ pub async fn run_with(env: WorkerEnv, transport_config: TransportConfig) -> Work
         Err(e) => return WorkerExit::new(exit_code::UNREACHABLE, e.to_string()),
     };
     let deadline = tokio::time::Instant::now() + transport_config.connect_timeout;
-    let conn = match transport::connect(&endpoint, addr, &env.server_name, transport_config.connect_timeout).await {
+    let conn = match transport::connect(
+        &endpoint,
+        addr,
+        &env.server_name,
+        transport_config.connect_timeout,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(transport::ConnectError::Handshake { source, .. }) => return before_welcome(&source),
         Err(e) => return WorkerExit::new(exit_code::UNREACHABLE, e.to_string()),
@@ -128,7 +140,10 @@ pub async fn run_with(env: WorkerEnv, transport_config: TransportConfig) -> Work
             conn.close(crate::wire::close::NORMAL, b"no Welcome in time");
             return WorkerExit::new(
                 exit_code::UNREACHABLE,
-                format!("no Welcome from the allocator at {addr} within {:?}", transport_config.connect_timeout),
+                format!(
+                    "no Welcome from the allocator at {addr} within {:?}",
+                    transport_config.connect_timeout
+                ),
             );
         }
     };
@@ -163,21 +178,38 @@ async fn join(
             StreamError::Read(quinn::ReadError::ConnectionLost(c))
             | StreamError::Write(quinn::WriteError::ConnectionLost(c)) => lost(&c),
             e if e.is_protocol_violation() => {
-                conn.close(crate::wire::close::PROTOCOL, &crate::wire::close::reason_bytes(&e.to_string()));
-                WorkerExit::new(exit_code::PROTOCOL, format!("allocator sent an invalid frame: {e}"))
+                conn.close(
+                    crate::wire::close::PROTOCOL,
+                    &crate::wire::close::reason_bytes(&e.to_string()),
+                );
+                WorkerExit::new(
+                    exit_code::PROTOCOL,
+                    format!("allocator sent an invalid frame: {e}"),
+                )
             }
             e => match conn.close_reason() {
                 Some(c) => lost(&c),
-                None => WorkerExit::new(exit_code::UNREACHABLE, format!("control stream failed before Welcome: {e}")),
+                None => WorkerExit::new(
+                    exit_code::UNREACHABLE,
+                    format!("control stream failed before Welcome: {e}"),
+                ),
             },
         }
     };
-    send.send(&WorkerToAllocator::Hello(hello)).await.map_err(on_stream_error)?;
+    send.send(&WorkerToAllocator::Hello(hello))
+        .await
+        .map_err(on_stream_error)?;
     match recv.next::<AllocatorToWorker>().await {
         Ok(Some(AllocatorToWorker::Welcome(w))) => {
             if let Err(e) = w.heartbeat.validate() {
-                conn.close(crate::wire::close::PROTOCOL, &crate::wire::close::reason_bytes(&e.to_string()));
-                return Err(WorkerExit::new(exit_code::PROTOCOL, format!("allocator sent unusable settings: {e}")));
+                conn.close(
+                    crate::wire::close::PROTOCOL,
+                    &crate::wire::close::reason_bytes(&e.to_string()),
+                );
+                return Err(WorkerExit::new(
+                    exit_code::PROTOCOL,
+                    format!("allocator sent unusable settings: {e}"),
+                ));
             }
             send.set_max_frame(w.limits.max_frame);
             recv.set_max_frame(w.limits.max_frame);
@@ -185,7 +217,10 @@ async fn join(
         }
         Ok(Some(other)) => {
             let why = format!("expected Welcome, got {other:?}");
-            conn.close(crate::wire::close::PROTOCOL, &crate::wire::close::reason_bytes(&why));
+            conn.close(
+                crate::wire::close::PROTOCOL,
+                &crate::wire::close::reason_bytes(&why),
+            );
             Err(WorkerExit::new(exit_code::PROTOCOL, why))
         }
         Ok(None) => Err(lost(&conn.closed().await)),

@@ -52,10 +52,16 @@ impl Session {
     pub(super) async fn run(mut self) -> WorkerExit {
         let heartbeats = heartbeat::run(self.conn.clone(), self.welcome.heartbeat);
         tokio::pin!(heartbeats);
-        let (mut sigterm, mut sigint) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        let (mut sigterm, mut sigint) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(t), Ok(i)) => (t, i),
             (Err(e), _) | (_, Err(e)) => {
-                return WorkerExit::new(exit_code::CONFIG, format!("cannot install signal handlers: {e}"))
+                return WorkerExit::new(
+                    exit_code::CONFIG,
+                    format!("cannot install signal handlers: {e}"),
+                )
             }
         };
         loop {
@@ -76,11 +82,14 @@ impl Session {
         match outcome {
             HeartbeatOutcome::Lost { silent_for } => {
                 let why = format!("no heartbeat from the allocator for {silent_for:?}");
-                self.conn.close(close::HEARTBEAT_LOST, &close::reason_bytes(&why));
+                self.conn
+                    .close(close::HEARTBEAT_LOST, &close::reason_bytes(&why));
                 WorkerExit::new(exit_code::HEARTBEAT_LOST, why)
             }
             HeartbeatOutcome::Closed(e) => after_welcome(&e),
-            HeartbeatOutcome::BadDatagram(e) => self.violation(format!("invalid heartbeat datagram: {e}")),
+            HeartbeatOutcome::BadDatagram(e) => {
+                self.violation(format!("invalid heartbeat datagram: {e}"))
+            }
             HeartbeatOutcome::DatagramsUnsupported => {
                 self.violation("allocator does not accept datagrams, heartbeats impossible".into())
             }
@@ -93,17 +102,26 @@ impl Session {
     }
 
     /// Handles one control-stream event; `Some` when the worker must exit.
-    async fn on_control(&mut self, msg: Result<Option<AllocatorToWorker>, StreamError>) -> Option<WorkerExit> {
+    async fn on_control(
+        &mut self,
+        msg: Result<Option<AllocatorToWorker>, StreamError>,
+    ) -> Option<WorkerExit> {
         match msg {
             Ok(Some(AllocatorToWorker::StartProc { proc_id })) => self.start_proc(proc_id).await,
-            Ok(Some(AllocatorToWorker::StopAndExit { code })) => {
-                Some(self.leave(code, &format!("StopAndExit({code}) from the allocator")).await)
-            }
+            Ok(Some(AllocatorToWorker::StopAndExit { code })) => Some(
+                self.leave(code, &format!("StopAndExit({code}) from the allocator"))
+                    .await,
+            ),
             Ok(Some(AllocatorToWorker::Exit { code })) => {
                 self.conn.close(close::NORMAL, b"exiting on command");
-                Some(WorkerExit::new(code, format!("Exit({code}) from the allocator")))
+                Some(WorkerExit::new(
+                    code,
+                    format!("Exit({code}) from the allocator"),
+                ))
             }
-            Ok(Some(AllocatorToWorker::Welcome(_))) => Some(self.violation("second Welcome on the control stream".into())),
+            Ok(Some(AllocatorToWorker::Welcome(_))) => {
+                Some(self.violation("second Welcome on the control stream".into()))
+            }
             Ok(None) => {
                 // The allocator finished the control stream: it is going away.
                 let closed = tokio::time::timeout(LEAVE_ACK_TIMEOUT, self.conn.closed()).await;
@@ -111,21 +129,34 @@ impl Session {
                     Ok(e) => after_welcome(&e),
                     Err(_) => {
                         self.conn.close(close::PROTOCOL, b"control stream finished");
-                        WorkerExit::new(exit_code::CONNECTION_LOST, "allocator finished the control stream")
+                        WorkerExit::new(
+                            exit_code::CONNECTION_LOST,
+                            "allocator finished the control stream",
+                        )
                     }
                 })
             }
             Err(StreamError::Read(quinn::ReadError::ConnectionLost(e))) => Some(after_welcome(&e)),
-            Err(e) if e.is_protocol_violation() => Some(self.violation(format!("invalid control frame: {e}"))),
-            Err(e) => Some(WorkerExit::new(exit_code::CONNECTION_LOST, format!("control stream failed: {e}"))),
+            Err(e) if e.is_protocol_violation() => {
+                Some(self.violation(format!("invalid control frame: {e}")))
+            }
+            Err(e) => Some(WorkerExit::new(
+                exit_code::CONNECTION_LOST,
+                format!("control stream failed: {e}"),
+            )),
         }
     }
 
     async fn send(&mut self, msg: &WorkerToAllocator) -> Option<WorkerExit> {
         match self.control_send.send(msg).await {
             Ok(()) => None,
-            Err(StreamError::Write(quinn::WriteError::ConnectionLost(e))) => Some(after_welcome(&e)),
-            Err(e) => Some(WorkerExit::new(exit_code::CONNECTION_LOST, format!("control stream failed: {e}"))),
+            Err(StreamError::Write(quinn::WriteError::ConnectionLost(e))) => {
+                Some(after_welcome(&e))
+            }
+            Err(e) => Some(WorkerExit::new(
+                exit_code::CONNECTION_LOST,
+                format!("control stream failed: {e}"),
+            )),
         }
     }
 
@@ -133,16 +164,20 @@ impl Session {
     async fn start_proc(&mut self, proc_id: ProcId) -> Option<WorkerExit> {
         if let Err(e) = self.procs.check_new(&proc_id) {
             let reason = e.to_string();
-            return self.send(&WorkerToAllocator::ProcFailed { proc_id, reason }).await;
+            return self
+                .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
+                .await;
         }
         let max_frame = self.welcome.limits.max_frame;
         let opened = async {
             let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
             let mut send = FramedSend::new(send, max_frame);
             send.set_priority(MAILBOX_PRIORITY);
-            send.send(&MailboxOpen { proc_id: proc_id.clone() })
-                .await
-                .map_err(|e| e.to_string())?;
+            send.send(&MailboxOpen {
+                proc_id: proc_id.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             Ok::<_, String>(ProcEntry {
                 mailbox_send: send,
                 mailbox_recv: FramedRecv::new(recv, max_frame),
@@ -152,26 +187,40 @@ impl Session {
         match opened {
             Ok(entry) => {
                 if let Err(e) = self.procs.insert(proc_id.clone(), entry) {
-                    return self.send(&WorkerToAllocator::ProcFailed { proc_id, reason: e.to_string() }).await;
+                    return self
+                        .send(&WorkerToAllocator::ProcFailed {
+                            proc_id,
+                            reason: e.to_string(),
+                        })
+                        .await;
                 }
                 tracing::debug!("worker {}: proc {proc_id} started", self.index);
                 let agent = format!("{}:{}", super::host_name(), std::process::id());
-                self.send(&WorkerToAllocator::StartedProc { proc_id, agent }).await
+                self.send(&WorkerToAllocator::StartedProc { proc_id, agent })
+                    .await
             }
             Err(reason) => {
                 let reason = format!("cannot open mailbox stream: {reason}");
-                self.send(&WorkerToAllocator::ProcFailed { proc_id, reason }).await
+                self.send(&WorkerToAllocator::ProcFailed { proc_id, reason })
+                    .await
             }
         }
     }
 
     /// Stops every proc, tells the allocator, waits for its goodbye, returns `code`.
     async fn leave(&mut self, code: i32, why: &str) -> WorkerExit {
-        tracing::info!("worker {}: stopping {} procs ({why})", self.index, self.procs.len());
+        tracing::info!(
+            "worker {}: stopping {} procs ({why})",
+            self.index,
+            self.procs.len()
+        );
         for (proc_id, mut entry) in self.procs.drain() {
             entry.mailbox_send.finish();
-            let reason = format!("stopped: {why}");
-            if let Some(exit) = self.send(&WorkerToAllocator::ProcStopped { proc_id, reason }).await {
+            let reason = why.to_string();
+            if let Some(exit) = self
+                .send(&WorkerToAllocator::ProcStopped { proc_id, reason })
+                .await
+            {
                 return exit;
             }
         }
@@ -188,7 +237,10 @@ impl Session {
         match tokio::time::timeout(LEAVE_ACK_TIMEOUT, self.conn.closed()).await {
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!("worker {}: allocator did not acknowledge Leaving within {LEAVE_ACK_TIMEOUT:?}", self.index);
+                tracing::warn!(
+                    "worker {}: allocator did not acknowledge Leaving within {LEAVE_ACK_TIMEOUT:?}",
+                    self.index
+                );
                 self.conn.close(close::NORMAL, b"leaving");
             }
         }

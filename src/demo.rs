@@ -1,0 +1,185 @@
+//! `quicmesh demo`: a local mesh with generated certificates, start to stop.
+//!
+//! Generates certificates if absent, listens, launches workers (this same
+//! executable, as `quicmesh worker`), prints every event, holds the mesh up,
+//! stops everything with `StopAndExit(0)` and reports each exit status. It
+//! exits 0 only if every proc ran and stopped in order and every worker
+//! exited 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use quicmesh::allocator::{
+    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
+};
+use quicmesh::id::ProcId;
+
+/// Flags of `quicmesh demo`.
+#[derive(Parser, Debug)]
+pub struct DemoArgs {
+    /// Number of worker processes.
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Procs started on each worker.
+    #[arg(long, default_value_t = 2)]
+    procs_per_worker: u32,
+    /// Certificate directory; development certificates are generated there if absent.
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// Seconds to keep the mesh up once every proc runs.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Seconds allowed for every proc to be running.
+    #[arg(long, default_value_t = 60)]
+    start_timeout: u64,
+}
+
+pub fn main(args: DemoArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quicmesh demo: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("quicmesh demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the demo has seen so far.
+#[derive(Default)]
+struct Tally {
+    procs: BTreeMap<ProcId, ProcState>,
+    exits: BTreeMap<u32, ExitReport>,
+    ever_failed: BTreeSet<ProcId>,
+}
+
+impl Tally {
+    fn record(&mut self, event: &AllocEvent) {
+        println!("{event}");
+        match event {
+            AllocEvent::Proc { proc_id, state, .. } => {
+                if matches!(state, ProcState::Failed { .. }) {
+                    self.ever_failed.insert(proc_id.clone());
+                }
+                self.procs.insert(proc_id.clone(), state.clone());
+            }
+            AllocEvent::WorkerExited { index, status } => {
+                self.exits.insert(*index, *status);
+            }
+            _ => {}
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.procs
+            .values()
+            .filter(|s| **s == ProcState::Running)
+            .count()
+    }
+}
+
+async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    let had_certs = quicmesh::tls::CertPaths::in_dir(&args.certs).all_exist();
+    let certs = quicmesh::tls::ensure_dev_certs(&args.certs)?;
+    println!(
+        "certificates: {} ({})",
+        args.certs.display(),
+        if had_certs { "existing" } else { "generated" }
+    );
+    let mut config = AllocatorConfig::new(&certs);
+    config.listen = args.listen;
+    config.alloc_name = "demo".into();
+    let mut alloc = Allocator::bind(config).await?;
+    println!("listening on {}", alloc.local_addr());
+
+    let launcher = Launcher::current_exe()?.arg("worker");
+    alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    let expected = (args.workers * args.procs_per_worker) as usize;
+    let mut tally = Tally::default();
+
+    let started = tokio::time::timeout(Duration::from_secs(args.start_timeout), async {
+        while tally.running() < expected && tally.ever_failed.is_empty() && tally.exits.is_empty() {
+            match alloc.next_event().await {
+                Some(e) => tally.record(&e),
+                None => break,
+            }
+        }
+    })
+    .await;
+    let all_running = started.is_ok() && tally.running() == expected;
+    if all_running {
+        println!(
+            "mesh up: {} workers, {expected} procs running",
+            args.workers
+        );
+        let hold = tokio::time::sleep(Duration::from_secs(args.hold));
+        tokio::pin!(hold);
+        loop {
+            tokio::select! {
+                _ = &mut hold => break,
+                _ = tokio::signal::ctrl_c() => { println!("interrupted, stopping"); break }
+                e = alloc.next_event() => match e {
+                    Some(e) => tally.record(&e),
+                    None => break,
+                },
+            }
+        }
+    } else {
+        println!(
+            "mesh did not come up: {} of {expected} procs running",
+            tally.running()
+        );
+    }
+
+    let told = alloc.stop_all(0);
+    println!("stopping: StopAndExit(0) sent to {told} workers");
+    let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+        while tally.exits.len() < args.workers as usize {
+            match alloc.next_event().await {
+                Some(e) => tally.record(&e),
+                None => break,
+            }
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        println!("not every worker exited within 30 s");
+    }
+    let clean_exits = tally
+        .exits
+        .values()
+        .filter(|s| **s == ExitReport::Code(0))
+        .count();
+    let stopped_procs = tally
+        .procs
+        .values()
+        .filter(|s| matches!(s, ProcState::Stopped { .. }))
+        .count();
+    println!(
+        "summary: {expected} procs, {} running at peak, {stopped_procs} stopped in order, {} failed; {clean_exits}/{} workers exited 0",
+        if all_running { expected } else { tally.running() },
+        tally.ever_failed.len(),
+        args.workers
+    );
+    Ok(all_running
+        && tally.ever_failed.is_empty()
+        && stopped_procs == expected
+        && clean_exits == args.workers as usize)
+}

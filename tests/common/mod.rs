@@ -1,0 +1,373 @@
+//! Shared scaffolding of the integration tests: certificates in a temporary
+//! directory, an allocator whose workers are real `quicmesh worker`
+//! processes, event waiting with generous deadlines, and process checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use quicmesh::allocator::{
+    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
+};
+use quicmesh::tls::CertPaths;
+
+/// Deadline for things that normally take milliseconds (generous for a loaded 2-core box).
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// The `quicmesh` binary built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_quicmesh")
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "quicmesh-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fresh development certificates in their own directory.
+pub fn certs(tag: &str) -> (TempDir, CertPaths) {
+    let dir = TempDir::new(tag);
+    let paths = quicmesh::tls::generate_dev_certs(dir.path(), &[], false).expect("generate certs");
+    (dir, paths)
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            // The state follows the command name, which is in parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, Some('Z') | Some('X'))
+        }
+    }
+}
+
+/// Waits up to `within` for every pid to end; panics naming the survivors.
+pub async fn assert_gone(pids: &[u32], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| !process_gone(*p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for pid in &alive {
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+            panic!("processes still running after {within:?}: {alive:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}) failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// An allocator under test, with every event it reported kept in `seen`.
+pub struct TestMesh {
+    pub alloc: Allocator,
+    pub certs: CertPaths,
+    pub seen: Vec<AllocEvent>,
+    launched: Vec<u32>,
+    _dir: TempDir,
+}
+
+impl TestMesh {
+    pub async fn new(tag: &str) -> TestMesh {
+        Self::with_config(tag, |_| {}).await
+    }
+
+    pub async fn with_config(tag: &str, adjust: impl FnOnce(&mut AllocatorConfig)) -> TestMesh {
+        let (dir, certs) = certs(tag);
+        let mut config = AllocatorConfig::new(&certs);
+        config.alloc_name = tag.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+        adjust(&mut config);
+        let alloc = Allocator::bind(config).await.expect("bind allocator");
+        TestMesh {
+            alloc,
+            certs,
+            seen: Vec::new(),
+            launched: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// The launcher for real worker processes of this crate's binary.
+    pub fn launcher() -> Launcher {
+        Launcher::program(bin())
+            .arg("worker")
+            .env("RUST_LOG", "info")
+    }
+
+    /// Launches `n` workers with `procs` procs each.
+    pub fn launch(&mut self, n: u32, procs: u32) -> Vec<u32> {
+        let idx = self
+            .alloc
+            .launch(&Self::launcher(), n, procs)
+            .expect("launch workers");
+        self.launched.extend(&idx);
+        idx
+    }
+
+    /// Launches one worker that dials `addr` (a relay) instead of the allocator.
+    pub fn launch_via(&mut self, addr: std::net::SocketAddr, procs: u32) -> u32 {
+        let launcher = Self::launcher().env(quicmesh::config::ENV_ALLOCATOR_ADDR, addr.to_string());
+        let idx = self
+            .alloc
+            .launch(&launcher, 1, procs)
+            .expect("launch worker");
+        self.launched.extend(&idx);
+        idx[0]
+    }
+
+    pub fn pid(&self, index: u32) -> u32 {
+        self.alloc.worker_pid(index).expect("worker pid")
+    }
+
+    /// Waits for the first new event matching `pred`; panics with the log on timeout.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&AllocEvent) -> bool,
+    ) -> AllocEvent {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+                Ok(Some(e)) => {
+                    eprintln!("event: {e}");
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!("event stream ended while waiting for {what}"),
+                Err(_) => panic!(
+                    "no {what} within {within:?}; events so far:\n{}",
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Returns an already-seen event matching `pred`, or waits for one.
+    pub async fn ensure(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&AllocEvent) -> bool,
+    ) -> AllocEvent {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        self.wait_for(within, what, pred).await
+    }
+
+    /// Collects every event for `dur`.
+    pub async fn collect_for(&mut self, dur: Duration) -> Vec<AllocEvent> {
+        let deadline = tokio::time::Instant::now() + dur;
+        let mut got = Vec::new();
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+            eprintln!("event: {e}");
+            self.seen.push(e.clone());
+            got.push(e);
+        }
+        got
+    }
+
+    pub fn log(&self) -> String {
+        self.seen.iter().map(|e| format!("  {e}\n")).collect()
+    }
+
+    /// Waits until `n` procs (counted since the start) are running.
+    pub async fn wait_running(&mut self, n: usize) {
+        let mut count = self.seen.iter().filter(|e| is_state(e, "running")).count();
+        while count < n {
+            self.wait_for(SOON, &format!("{n} running procs"), |e| {
+                is_state(e, "running")
+            })
+            .await;
+            count += 1;
+        }
+    }
+
+    /// Waits for worker `index`'s process to end and returns how.
+    pub async fn wait_exit(&mut self, index: u32, within: Duration) -> ExitReport {
+        if let Some(s) = self.exit_of(index) {
+            return s;
+        }
+        match self
+            .wait_for(
+                within,
+                &format!("exit of worker {index}"),
+                |e| matches!(e, AllocEvent::WorkerExited { index: i, .. } if *i == index),
+            )
+            .await
+        {
+            AllocEvent::WorkerExited { status, .. } => status,
+            _ => unreachable!(),
+        }
+    }
+
+    /// How worker `index` exited, if it has been reported.
+    pub fn exit_of(&self, index: u32) -> Option<ExitReport> {
+        self.seen.iter().find_map(|e| match e {
+            AllocEvent::WorkerExited { index: i, status } if *i == index => Some(*status),
+            _ => None,
+        })
+    }
+
+    /// Every proc state reported for worker `index`.
+    pub fn states_of(&self, index: u32) -> Vec<ProcState> {
+        self.seen
+            .iter()
+            .filter_map(|e| match e {
+                AllocEvent::Proc { worker, state, .. } if *worker == index => Some(state.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asserts that worker `index` never had a proc fail, left, or exited.
+    pub fn assert_healthy(&self, index: u32) {
+        for e in &self.seen {
+            let bad = match e {
+                AllocEvent::Proc { worker, state, .. } => *worker == index && state.is_terminal(),
+                AllocEvent::WorkerLeft { index: i, .. }
+                | AllocEvent::WorkerExited { index: i, .. } => *i == index,
+                _ => false,
+            };
+            assert!(
+                !bad,
+                "worker {index} was disturbed: {e}\nall events:\n{}",
+                self.log()
+            );
+        }
+        assert!(
+            self.alloc.connected_workers().contains(&index),
+            "worker {index} is no longer connected\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops every worker with `StopAndExit(code)` and checks each exits with it.
+    pub async fn stop_all_and_check(&mut self, code: i32) {
+        let connected = self.alloc.connected_workers();
+        self.alloc.stop_all(code);
+        for index in connected {
+            let status = self.wait_exit(index, SOON).await;
+            assert_eq!(
+                status,
+                ExitReport::Code(code),
+                "worker {index}\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Drops the allocator and checks that no worker process it launched is left.
+    pub async fn finish(self) {
+        let pids: Vec<u32> = self
+            .launched
+            .iter()
+            .filter_map(|i| self.alloc.worker_pid(*i))
+            .collect();
+        drop(self.alloc);
+        assert_gone(&pids, Duration::from_secs(10)).await;
+    }
+}
+
+/// Whether `e` reports a proc entering the state named `word`.
+pub fn is_state(e: &AllocEvent, word: &str) -> bool {
+    matches!(e, AllocEvent::Proc { state, .. } if state.word() == word)
+}
+
+/// A child process killed (and reaped) when dropped, whatever the test did.
+pub struct ChildGuard(pub Option<tokio::process::Child>);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().and_then(|c| c.id()).expect("child pid")
+    }
+
+    /// Waits up to `within` for the exit status.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.0.as_mut().expect("child");
+        tokio::time::timeout(within, child.wait())
+            .await
+            .expect("child did not exit in time")
+            .expect("wait for child")
+    }
+
+    /// Waits for the child to exit and returns its status and everything it wrote on stderr.
+    pub async fn output(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let child = self.0.take().expect("child");
+        let out = tokio::time::timeout(within, child.wait_with_output())
+            .await
+            .expect("child did not exit in time")
+            .expect("collect child output");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.try_wait();
+        }
+    }
+}
+
+/// Starts `quicmesh worker` with exactly `env` (nothing inherited but PATH), stderr captured.
+pub fn spawn_worker(env: &[(&str, String)]) -> ChildGuard {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    ChildGuard(Some(cmd.spawn().expect("spawn quicmesh worker")))
+}

@@ -1,0 +1,162 @@
+//! Workers under faults: lost packets, partitions, signals.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{is_state, signal, TestMesh, SOON};
+use quicmesh::allocator::{AllocEvent, ExitReport};
+use quicmesh::relay::Relay;
+
+/// Heartbeat timeout (default) plus a margin generous enough for a loaded machine.
+const DETECT: Duration = Duration::from_millis(1500 + 8000);
+
+fn failed_with(e: &AllocEvent, worker: u32, reason: &str) -> bool {
+    matches!(e, AllocEvent::Proc { worker: w, state, .. }
+        if *w == worker && state.word() == "failed" && state.reason().is_some_and(|r| r.contains(reason)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_worker_exits_on_lost_heartbeats_others_unaffected() {
+    let mut mesh = TestMesh::new("blackhole").await;
+    let mut relays = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let relay = Relay::start(mesh.alloc.local_addr()).await.expect("relay");
+        workers.push(mesh.launch_via(relay.local_addr(), 1));
+        relays.push(relay);
+    }
+    mesh.wait_running(3).await;
+
+    let start = Instant::now();
+    relays[1].set_blackhole(true);
+    let victim = workers[1];
+    mesh.wait_for(DETECT, "heartbeat-lost failure", |e| {
+        failed_with(e, victim, "heartbeat lost")
+    })
+    .await;
+    let detected = start.elapsed();
+    let status = mesh.wait_exit(victim, DETECT).await;
+    assert_eq!(
+        status,
+        ExitReport::Code(quicmesh::exit_code::HEARTBEAT_LOST),
+        "{}",
+        mesh.log()
+    );
+    assert!(
+        detected >= Duration::from_millis(1000),
+        "declared dead too early: {detected:?}"
+    );
+    assert!(
+        start.elapsed() < DETECT,
+        "worker exit took {:?}",
+        start.elapsed()
+    );
+
+    mesh.collect_for(Duration::from_secs(1)).await;
+    mesh.assert_healthy(workers[0]);
+    mesh.assert_healthy(workers[2]);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_percent_loss_for_twenty_seconds_is_survived() {
+    let mut mesh = TestMesh::new("loss").await;
+    let mut relays = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::start(mesh.alloc.local_addr()).await.expect("relay");
+        workers.push(mesh.launch_via(relay.local_addr(), 1));
+        relays.push(relay);
+    }
+    mesh.wait_running(2).await;
+    for r in &relays {
+        r.set_loss(0.2);
+    }
+    mesh.collect_for(Duration::from_secs(20)).await;
+    for &w in &workers {
+        mesh.assert_healthy(w);
+    }
+    for r in &relays {
+        let s = r.stats();
+        assert!(
+            s.dropped > 0 && s.forwarded > s.dropped,
+            "relay did not apply loss: {s:?}"
+        );
+    }
+    // Orderly stop still works through the lossy path.
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_procs_in_order_and_exits_zero() {
+    let mut mesh = TestMesh::new("sigterm").await;
+    let workers = mesh.launch(2, 2);
+    mesh.wait_running(4).await;
+    signal(mesh.pid(workers[0]), libc::SIGTERM);
+    assert_eq!(
+        mesh.wait_exit(workers[0], SOON).await,
+        ExitReport::Code(0),
+        "{}",
+        mesh.log()
+    );
+    let states = mesh.states_of(workers[0]);
+    assert_eq!(
+        states.iter().filter(|s| s.word() == "stopped").count(),
+        2,
+        "{states:?}"
+    );
+    assert!(states.iter().all(|s| s.word() != "failed"), "{states:?}");
+    mesh.collect_for(Duration::from_secs(1)).await;
+    mesh.assert_healthy(workers[1]);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_is_reported_failed_and_others_keep_running() {
+    let mut mesh = TestMesh::new("sigkill").await;
+    let workers = mesh.launch(3, 1);
+    mesh.wait_running(3).await;
+    signal(mesh.pid(workers[1]), libc::SIGKILL);
+    let victim = workers[1];
+    mesh.wait_for(DETECT, "failure of the killed worker", |e| {
+        matches!(e, AllocEvent::Proc { worker, .. } if *worker == victim) && is_state(e, "failed")
+    })
+    .await;
+    assert_eq!(
+        mesh.wait_exit(victim, SOON).await,
+        ExitReport::Signal(libc::SIGKILL)
+    );
+    mesh.collect_for(Duration::from_secs(1)).await;
+    mesh.assert_healthy(workers[0]);
+    mesh.assert_healthy(workers[2]);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstopped_worker_is_detected_killed_and_reaped() {
+    let mut mesh = TestMesh::new("sigstop").await;
+    let workers = mesh.launch(2, 1);
+    mesh.wait_running(2).await;
+    let victim = workers[0];
+    let pid = mesh.pid(victim);
+    signal(pid, libc::SIGSTOP);
+    mesh.wait_for(DETECT, "heartbeat-lost failure", |e| {
+        failed_with(e, victim, "heartbeat lost")
+    })
+    .await;
+    // A frozen worker cannot exit by itself: the allocator kills and reaps it.
+    assert_eq!(
+        mesh.wait_exit(victim, DETECT).await,
+        ExitReport::Signal(libc::SIGKILL)
+    );
+    assert!(common::process_gone(pid));
+    mesh.collect_for(Duration::from_secs(1)).await;
+    mesh.assert_healthy(workers[1]);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
