@@ -93,6 +93,9 @@ pub struct Limits {
     pub max_frame: u32,
     /// Most procs one worker may host (also bounds its mailbox streams).
     pub max_procs_per_worker: u32,
+    /// Byte budget of each mailbox queue: an actor's mailbox, a proc's
+    /// outbound queue, and the allocator's undelivered envelopes per proc.
+    pub mailbox_bytes: u32,
 }
 
 impl Default for Limits {
@@ -100,6 +103,7 @@ impl Default for Limits {
         Limits {
             max_frame: 16 * 1024 * 1024,
             max_procs_per_worker: 1024,
+            mailbox_bytes: 32 * 1024 * 1024,
         }
     }
 }

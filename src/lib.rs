@@ -10,18 +10,24 @@
 //! Layers, each looking only down: [`allocator`] and [`worker`] over
 //! [`heartbeat`] and [`transport`], over [`wire`], [`tls`], [`config`] and [`id`].
 
+pub mod actor;
 pub mod allocator;
 pub mod config;
 pub mod exit_code;
 pub mod heartbeat;
 pub mod id;
 pub mod logging;
+pub mod mailbox;
+pub mod mesh;
+pub mod queue;
 pub mod relay;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 pub mod worker;
 
+pub use actor::{Actor, ActorRef, Client, Context, PortRef, Registry};
 pub use allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
 pub use id::{ActorId, PortId, ProcId};
+pub use mesh::{ActorMesh, ProcMesh};
 pub use worker::bootstrap_or_die;

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::Worker(args) => {
             let exit = match args.env() {
-                Ok(env) => worker::run_blocking(env),
+                Ok(env) => worker::run_blocking(env, quicmesh::actor::builtin::registry()),
                 Err(e) => WorkerExit::new(
                     quicmesh::exit_code::CONFIG,
                     format!("configuration error: {e}"),

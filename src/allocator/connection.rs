@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::events::{AllocEvent, ProcState};
+use super::link::ProcLink;
 use super::Shared;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
@@ -23,6 +24,7 @@ const MAILBOX_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) enum WorkerCommand {
     StartProc(ProcId),
+    StopProc(ProcId),
     StopAndExit(i32),
     Exit(i32),
 }
@@ -33,17 +35,15 @@ enum Plan {
     /// Keep running.
     Serve,
     /// Told to stop: `Leaving` should follow within the stop timeout.
-    Stopping {
-        code: i32,
-        until: tokio::time::Instant,
-    },
+    Stopping { until: tokio::time::Instant },
     /// Told to exit at once: the connection will drop.
     Exiting { code: i32 },
 }
 
 struct ProcSlot {
     state: ProcState,
-    mailbox: Option<(FramedSend, FramedRecv)>,
+    link: Arc<ProcLink>,
+    attached: bool,
 }
 
 /// The allocator's side of one worker's connection.
@@ -74,6 +74,67 @@ impl End {
     }
 }
 
+/// The procs of one worker and their links.
+struct Procs {
+    shared: Arc<Shared>,
+    worker: u32,
+    slots: BTreeMap<ProcId, ProcSlot>,
+}
+
+impl Procs {
+    fn create(&mut self, proc_id: &ProcId) {
+        let link = ProcLink::new(
+            proc_id.clone(),
+            self.shared.config.limits.mailbox_bytes as usize,
+        );
+        self.shared.router.add(link.clone());
+        self.slots.insert(
+            proc_id.clone(),
+            ProcSlot {
+                state: ProcState::Created,
+                link,
+                attached: false,
+            },
+        );
+        self.emit(proc_id, ProcState::Created);
+    }
+
+    fn emit(&self, proc_id: &ProcId, state: ProcState) {
+        self.shared.emit(AllocEvent::Proc {
+            proc_id: proc_id.clone(),
+            worker: self.worker,
+            state,
+        });
+    }
+
+    /// Moves a proc to `state`; a terminal state closes its link (after the
+    /// worker's side of the stream is drained, if `drain`).
+    fn set(&mut self, proc_id: &ProcId, state: ProcState, drain: Option<Duration>) {
+        let Some(slot) = self.slots.get_mut(proc_id) else {
+            return;
+        };
+        if slot.state.is_terminal() || slot.state == state {
+            return;
+        }
+        slot.state = state.clone();
+        let link = slot.link.clone();
+        self.emit(proc_id, state.clone());
+        if let Some(reason) = state.reason() {
+            let reason = match &state {
+                ProcState::Stopped { .. } => format!("proc {proc_id} stopped: {reason}"),
+                _ => format!("proc {proc_id} failed: {reason}"),
+            };
+            let router = self.shared.router.clone();
+            tokio::spawn(async move {
+                if let Some(within) = drain {
+                    link.drained(within).await;
+                }
+                link.close(&reason, &router).await;
+            });
+        }
+    }
+}
+
 impl WorkerSession {
     /// Serves the worker until its connection ends, then reports its procs.
     pub(crate) async fn run(self) {
@@ -86,31 +147,18 @@ impl WorkerSession {
             mut commands,
             initial_procs,
         } = self;
-        let mut procs: BTreeMap<ProcId, ProcSlot> = BTreeMap::new();
+        let mut procs = Procs {
+            shared: shared.clone(),
+            worker: index,
+            slots: BTreeMap::new(),
+        };
         let mut plan = Plan::Serve;
         let max_frame = shared.config.limits.max_frame;
+        let drain_time = shared.config.transport.stop_timeout;
         control_send.set_max_frame(max_frame);
         control_recv.set_max_frame(max_frame);
         control_send.set_priority(crate::worker::CONTROL_PRIORITY);
-
-        let emit = |proc_id: &ProcId, state: ProcState| {
-            shared.emit(AllocEvent::Proc {
-                proc_id: proc_id.clone(),
-                worker: index,
-                state,
-            })
-        };
-        let set_state =
-            |procs: &mut BTreeMap<ProcId, ProcSlot>, proc_id: &ProcId, state: ProcState| -> bool {
-                match procs.get_mut(proc_id) {
-                    Some(slot) if !slot.state.is_terminal() && slot.state != state => {
-                        slot.state = state.clone();
-                        emit(proc_id, state);
-                        true
-                    }
-                    _ => false,
-                }
-            };
+        let (link_failures_tx, mut link_failures) = mpsc::unbounded_channel::<(ProcId, String)>();
 
         let welcome = AllocatorToWorker::Welcome(Welcome {
             heartbeat: shared.config.heartbeat,
@@ -122,23 +170,14 @@ impl WorkerSession {
         }
         if end.is_none() {
             for proc_id in initial_procs {
-                if let Err(e) = control_send
-                    .send(&AllocatorToWorker::StartProc {
-                        proc_id: proc_id.clone(),
-                    })
-                    .await
-                {
+                let start = AllocatorToWorker::StartProc {
+                    proc_id: proc_id.clone(),
+                };
+                if let Err(e) = control_send.send(&start).await {
                     end = Some(End::failed(format!("cannot send StartProc: {e}")));
                     break;
                 }
-                procs.insert(
-                    proc_id.clone(),
-                    ProcSlot {
-                        state: ProcState::Created,
-                        mailbox: None,
-                    },
-                );
-                emit(&proc_id, ProcState::Created);
+                procs.create(&proc_id);
             }
         }
 
@@ -148,7 +187,7 @@ impl WorkerSession {
 
         while end.is_none() {
             let stop_deadline = match plan {
-                Plan::Stopping { until, .. } => until,
+                Plan::Stopping { until } => until,
                 _ => tokio::time::Instant::now() + Duration::from_secs(3600),
             };
             tokio::select! {
@@ -167,20 +206,33 @@ impl WorkerSession {
                 }
                 msg = control_recv.next::<WorkerToAllocator>() => match msg {
                     Ok(Some(WorkerToAllocator::StartedProc { proc_id, agent })) => {
-                        if !procs.contains_key(&proc_id) {
+                        if !procs.slots.contains_key(&proc_id) {
                             end = Some(violation(format!("StartedProc for unknown proc {proc_id}")));
                         } else {
                             tracing::debug!("proc {proc_id} running on {agent}");
-                            set_state(&mut procs, &proc_id, ProcState::Running);
+                            procs.set(&proc_id, ProcState::Running, None);
                         }
                     }
                     Ok(Some(WorkerToAllocator::ProcFailed { proc_id, reason })) => {
-                        set_state(&mut procs, &proc_id, ProcState::Failed { reason });
+                        procs.set(&proc_id, ProcState::Failed { reason }, None);
                     }
                     Ok(Some(WorkerToAllocator::ProcStopped { proc_id, reason })) => {
-                        set_state(&mut procs, &proc_id, ProcState::Stopped { reason });
+                        procs.set(&proc_id, ProcState::Stopped { reason }, Some(drain_time));
+                    }
+                    Ok(Some(WorkerToAllocator::ActorFailed { actor_id, reason })) => {
+                        if procs.slots.contains_key(&actor_id.proc_id) {
+                            shared.emit(AllocEvent::ActorFailed { actor_id, reason });
+                        } else {
+                            end = Some(violation(format!("ActorFailed for {actor_id}, not on this worker")));
+                        }
                     }
                     Ok(Some(WorkerToAllocator::Leaving { code, reason })) => {
+                        // Read what the worker flushed on its mailbox streams before closing.
+                        for slot in procs.slots.values() {
+                            if slot.attached {
+                                slot.link.drained(drain_time).await;
+                            }
+                        }
                         end = Some(End {
                             failed: false,
                             reason: format!("{reason} (exit code {code})"),
@@ -193,14 +245,21 @@ impl WorkerSession {
                     Err(e) if e.is_protocol_violation() => end = Some(violation(format!("invalid control frame: {e}"))),
                     Err(e) => end = Some(End::failed(format!("control stream failed: {e}"))),
                 },
+                Some((proc_id, reason)) = link_failures.recv() => {
+                    tracing::warn!("worker {index}: proc {proc_id}: {reason}");
+                    procs.set(&proc_id, ProcState::Failed { reason }, None);
+                    let _ = control_send.send(&AllocatorToWorker::StopProc { proc_id }).await;
+                }
                 cmd = commands.recv() => match cmd {
                     Some(WorkerCommand::StartProc(proc_id)) => {
                         match control_send.send(&AllocatorToWorker::StartProc { proc_id: proc_id.clone() }).await {
-                            Ok(()) => {
-                                procs.insert(proc_id.clone(), ProcSlot { state: ProcState::Created, mailbox: None });
-                                emit(&proc_id, ProcState::Created);
-                            }
+                            Ok(()) => procs.create(&proc_id),
                             Err(e) => end = Some(End::failed(format!("cannot send StartProc: {e}"))),
+                        }
+                    }
+                    Some(WorkerCommand::StopProc(proc_id)) => {
+                        if let Err(e) = control_send.send(&AllocatorToWorker::StopProc { proc_id }).await {
+                            end = Some(End::failed(format!("cannot send StopProc: {e}")));
                         }
                     }
                     Some(WorkerCommand::StopAndExit(code)) => {
@@ -208,7 +267,7 @@ impl WorkerSession {
                             end = Some(End::failed(format!("cannot send StopAndExit: {e}")));
                         } else {
                             let until = tokio::time::Instant::now() + shared.config.transport.stop_timeout;
-                            plan = Plan::Stopping { code, until };
+                            plan = Plan::Stopping { until };
                         }
                     }
                     Some(WorkerCommand::Exit(code)) => {
@@ -233,14 +292,22 @@ impl WorkerSession {
                     Err(e) => end = Some(connection_ended(&e, plan)),
                 },
                 Some(opened) = opening.join_next(), if !opening.is_empty() => match opened {
-                    Ok(Ok((proc_id, send, recv))) => match procs.get_mut(&proc_id) {
-                        Some(slot) if slot.mailbox.is_none() && !slot.state.is_terminal() => {
-                            slot.mailbox = Some((send, recv));
+                    Ok(Ok((proc_id, mut send, mut recv))) => match procs.slots.get_mut(&proc_id) {
+                        Some(slot) if !slot.attached && !slot.state.is_terminal() => {
+                            slot.attached = true;
+                            slot.link.attach(send, recv, shared.router.clone(), link_failures_tx.clone());
                         }
-                        Some(_) => end = Some(violation(format!("second mailbox stream for proc {proc_id}"))),
-                        None => end = Some(violation(format!("mailbox stream for proc {proc_id}, which this worker does not host"))),
+                        other => {
+                            let why = match other {
+                                Some(_) => format!("second mailbox stream for proc {proc_id}"),
+                                None => format!("mailbox stream for proc {proc_id}, which this worker does not host"),
+                            };
+                            send.reset(close::PROTOCOL);
+                            recv.stop(close::PROTOCOL);
+                            reject_stream(&shared, index, why);
+                        }
                     },
-                    Ok(Err(why)) => end = Some(violation(why)),
+                    Ok(Err(why)) => reject_stream(&shared, index, why),
                     Err(e) => tracing::error!("mailbox open task failed: {e}"),
                 },
                 _ = tokio::time::sleep_until(stop_deadline), if matches!(plan, Plan::Stopping { .. }) => {
@@ -256,10 +323,8 @@ impl WorkerSession {
         if let Some((code, reason)) = &end.close {
             conn.close(*code, &close::reason_bytes(reason));
         }
-        for (proc_id, slot) in procs.iter_mut() {
-            if slot.state.is_terminal() {
-                continue;
-            }
+        let ids: Vec<ProcId> = procs.slots.keys().cloned().collect();
+        for proc_id in ids {
             let state = if end.failed {
                 ProcState::Failed {
                     reason: end.reason.clone(),
@@ -269,11 +334,16 @@ impl WorkerSession {
                     reason: end.reason.clone(),
                 }
             };
-            slot.state = state.clone();
-            emit(proc_id, state);
+            procs.set(&proc_id, state, None);
         }
         shared.worker_left(index, end.failed, end.reason);
     }
+}
+
+/// A mailbox stream was refused; the worker's other procs are not affected.
+fn reject_stream(shared: &Shared, worker: u32, reason: String) {
+    tracing::warn!("worker {worker}: mailbox stream rejected: {reason}");
+    shared.emit(AllocEvent::MailboxRejected { worker, reason });
 }
 
 /// A protocol violation by the worker: close with the reason, fail its procs.
@@ -298,20 +368,22 @@ fn connection_ended(err: &quinn::ConnectionError, plan: Plan) -> End {
 }
 
 /// Reads the first frame of a mailbox stream the worker opened.
+///
+/// On failure the stream is abandoned with the PROTOCOL code.
 async fn read_mailbox_open(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     max_frame: u32,
 ) -> Result<(ProcId, FramedSend, FramedRecv), String> {
     let mut recv = FramedRecv::new(recv, max_frame);
-    match tokio::time::timeout(MAILBOX_OPEN_TIMEOUT, recv.next::<MailboxOpen>()).await {
-        Ok(Ok(Some(open))) => Ok((open.proc_id, FramedSend::new(send, max_frame), recv)),
-        Ok(Ok(None)) => Err("mailbox stream ended before naming its proc".into()),
-        Ok(Err(e)) => Err(format!(
-            "mailbox stream does not start with a proc name: {e}"
-        )),
-        Err(_) => Err(format!(
-            "mailbox stream named no proc within {MAILBOX_OPEN_TIMEOUT:?}"
-        )),
-    }
+    let mut send = FramedSend::new(send, max_frame);
+    let why = match tokio::time::timeout(MAILBOX_OPEN_TIMEOUT, recv.next::<MailboxOpen>()).await {
+        Ok(Ok(Some(open))) => return Ok((open.proc_id, send, recv)),
+        Ok(Ok(None)) => "mailbox stream ended before naming its proc".to_string(),
+        Ok(Err(e)) => format!("mailbox stream does not start with a proc name: {e}"),
+        Err(_) => format!("mailbox stream named no proc within {MAILBOX_OPEN_TIMEOUT:?}"),
+    };
+    send.reset(close::PROTOCOL);
+    recv.stop(close::PROTOCOL);
+    Err(why)
 }

@@ -128,6 +128,20 @@ pub enum AllocEvent {
         /// Why.
         reason: String,
     },
+    /// An actor failed (handler error or panic) and was stopped; its proc keeps running.
+    ActorFailed {
+        /// The actor.
+        actor_id: crate::id::ActorId,
+        /// Its error or panic message.
+        reason: String,
+    },
+    /// A worker opened a mailbox stream that was refused (the worker's other procs are unaffected).
+    MailboxRejected {
+        /// The worker's index.
+        worker: u32,
+        /// Why.
+        reason: String,
+    },
     /// A worker process launched by this allocator ended.
     WorkerExited {
         /// Its index.
@@ -174,6 +188,12 @@ impl fmt::Display for AllocEvent {
                 write!(f, "worker {index} {how}: {reason}")
             }
             AllocEvent::WorkerExited { index, status } => write!(f, "worker {index} {status}"),
+            AllocEvent::ActorFailed { actor_id, reason } => {
+                write!(f, "actor {actor_id} failed: {reason}")
+            }
+            AllocEvent::MailboxRejected { worker, reason } => {
+                write!(f, "worker {worker}: mailbox stream rejected: {reason}")
+            }
         }
     }
 }

@@ -17,11 +17,14 @@ mod admission;
 mod connection;
 mod events;
 mod launcher;
+mod link;
+mod router;
 mod server;
 
 pub use admission::{Admission, Rejection};
 pub use events::{AllocEvent, ExitReport, ProcState};
 pub use launcher::Launcher;
+pub use link::LinkStats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,9 +38,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::actor::{Client, Outgoing, Proc, ProcConfig, Registry};
 use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
 use crate::id::{is_valid_name, ProcId};
 use crate::tls::{self, CertPaths};
+use crate::wire::Undeliverable;
 use connection::WorkerCommand;
 
 /// Settings of an allocator.
@@ -67,6 +72,8 @@ pub struct AllocatorConfig {
     pub limits: Limits,
     /// Handshake, Hello and stop timeouts.
     pub transport: TransportConfig,
+    /// Actor types the controller's own proc can spawn on request.
+    pub registry: Registry,
 }
 
 impl AllocatorConfig {
@@ -85,6 +92,7 @@ impl AllocatorConfig {
             heartbeat: HeartbeatConfig::default(),
             limits: Limits::default(),
             transport: TransportConfig::default(),
+            registry: Registry::new(),
         }
     }
 }
@@ -139,6 +147,8 @@ pub(crate) struct Shared {
     children: Mutex<HashMap<u32, ChildSlot>>,
     events: mpsc::UnboundedSender<AllocEvent>,
     next_rank: AtomicU32,
+    pub(crate) router: Arc<router::Router>,
+    proc_workers: Mutex<HashMap<ProcId, u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,6 +193,13 @@ impl Shared {
         });
     }
 
+    fn note_procs(&self, index: u32, procs: &[ProcId]) {
+        let mut map = lock(&self.proc_workers);
+        for p in procs {
+            map.insert(p.clone(), index);
+        }
+    }
+
     /// Kills launched worker `index` unless it exits within `grace`
     /// (false for workers started elsewhere or already reaped).
     fn kill_child(&self, index: u32, grace: Duration) -> bool {
@@ -200,6 +217,8 @@ pub struct Allocator {
     local_addr: SocketAddr,
     events: mpsc::UnboundedReceiver<AllocEvent>,
     tasks: Vec<JoinHandle<()>>,
+    client: Client,
+    returned: Option<mpsc::UnboundedReceiver<Undeliverable>>,
 }
 
 impl Allocator {
@@ -238,7 +257,20 @@ impl Allocator {
                     source,
                 })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let controller_id = ProcId::new(format!("{}_ctl", config.alloc_name), 0);
+        let proc_config = ProcConfig {
+            mailbox_bytes: config.limits.mailbox_bytes as usize,
+            ..ProcConfig::default()
+        };
+        let (controller, outputs) = Proc::new(
+            controller_id,
+            Arc::new(config.registry.clone()),
+            proc_config,
+        );
+        let router = Arc::new(router::Router::new(controller.clone()));
         let shared = Arc::new(Shared {
+            router: router.clone(),
+            proc_workers: Mutex::new(HashMap::new()),
             config,
             admission: Mutex::new(Admission::new()),
             workers: Mutex::new(HashMap::new()),
@@ -247,13 +279,17 @@ impl Allocator {
             next_rank: AtomicU32::new(0),
         });
         let accept = tokio::spawn(server::accept_loop(shared.clone(), endpoint.clone()));
+        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(pump_controller(shared.clone(), outputs, returned_tx));
         tracing::info!("allocator listening on {local_addr}");
         Ok(Allocator {
+            client: controller.client("controller"),
             shared,
             endpoint,
             local_addr,
             events: rx,
-            tasks: vec![accept],
+            tasks: vec![accept, pump],
+            returned: Some(returned_rx),
         })
     }
 
@@ -284,11 +320,12 @@ impl Allocator {
         rand::rng().fill_bytes(&mut token);
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         let first = self.shared.next_rank.fetch_add(procs, Ordering::Relaxed);
-        let proc_ids = (first..first + procs)
+        let proc_ids: Vec<ProcId> = (first..first + procs)
             .map(|rank| ProcId::new(self.shared.config.alloc_name.clone(), rank))
             .collect();
         let mut admission = self.shared.lock_admission();
         let index = admission.next_index();
+        self.shared.note_procs(index, &proc_ids);
         admission.reserve(index, token.clone(), proc_ids);
         drop(admission);
         let abs = |p: &Path| {
@@ -376,7 +413,53 @@ impl Allocator {
         self.shared
             .lock_admission()
             .add_proc(index, proc_id.clone());
+        self.shared
+            .note_procs(index, std::slice::from_ref(&proc_id));
         Ok(proc_id)
+    }
+
+    /// Stops proc `proc_id`: its actors' stop hooks run, then it is reported `Stopped`.
+    ///
+    /// Errors: [`AllocatorError::NotConnected`] if its worker is not connected
+    /// (or the proc is unknown: the index is then `u32::MAX`).
+    pub fn stop_proc(&self, proc_id: &ProcId) -> Result<(), AllocatorError> {
+        let index = self
+            .worker_of(proc_id)
+            .ok_or(AllocatorError::NotConnected(u32::MAX))?;
+        self.command(index, WorkerCommand::StopProc(proc_id.clone()))
+    }
+
+    /// The index of the worker hosting `proc_id`.
+    pub fn worker_of(&self, proc_id: &ProcId) -> Option<u32> {
+        lock(&self.shared.proc_workers).get(proc_id).copied()
+    }
+
+    /// Every proc of the allocation so far, by rank.
+    pub fn procs(&self) -> Vec<ProcId> {
+        let mut procs: Vec<ProcId> = lock(&self.shared.proc_workers).keys().cloned().collect();
+        procs.sort_by_key(|p| p.rank);
+        procs
+    }
+
+    /// The controller's handle for sending messages, asking, and spawning actors.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The controller's own proc, to host actors in this process.
+    pub fn controller_proc(&self) -> &Proc {
+        self.client.proc()
+    }
+
+    /// The envelopes the controller's client sent that came back undeliverable
+    /// (asks are failed directly and do not appear here). Can be taken once.
+    pub fn take_returned(&mut self) -> Option<mpsc::UnboundedReceiver<Undeliverable>> {
+        self.returned.take()
+    }
+
+    /// Delivery counters of the mailbox towards `proc_id`.
+    pub fn link_stats(&self, proc_id: &ProcId) -> Option<LinkStats> {
+        self.shared.router.link(proc_id).map(|l| l.stats())
     }
 
     fn command(&self, index: u32, cmd: WorkerCommand) -> Result<(), AllocatorError> {
@@ -457,6 +540,29 @@ impl Drop for Allocator {
         }
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Moves what leaves the controller's proc: envelopes to the router, failures to events.
+async fn pump_controller(
+    shared: Arc<Shared>,
+    mut outputs: crate::actor::ProcOutputs,
+    returned: mpsc::UnboundedSender<Undeliverable>,
+) {
+    loop {
+        tokio::select! {
+            item = outputs.outbound.recv() => match item {
+                Some((Outgoing::Envelope(env), _permit)) => shared.router.route(env).await,
+                Some((Outgoing::Returned(u), _permit)) => shared.router.return_to_sender(u),
+                None => break,
+            },
+            Some(f) = outputs.failures.recv() => {
+                shared.emit(AllocEvent::ActorFailed { actor_id: f.actor_id, reason: f.reason });
+            }
+            Some(u) = outputs.returned.recv() => {
+                let _ = returned.send(u);
+            }
         }
     }
 }

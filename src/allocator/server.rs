@@ -144,5 +144,6 @@ fn frame_name(msg: &WorkerToAllocator) -> &'static str {
         WorkerToAllocator::ProcFailed { .. } => "ProcFailed",
         WorkerToAllocator::ProcStopped { .. } => "ProcStopped",
         WorkerToAllocator::Leaving { .. } => "Leaving",
+        WorkerToAllocator::ActorFailed { .. } => "ActorFailed",
     }
 }

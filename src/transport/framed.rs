@@ -122,10 +122,43 @@ impl FramedSend {
     /// Errors: [`StreamError::Codec`] if the message exceeds the frame limit
     /// (nothing is written), [`StreamError::Write`] if the stream is gone.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), StreamError> {
-        self.buf.clear();
+        self.flush().await?;
         codec::encode_frame(msg, self.max_frame, &mut self.buf)?;
-        self.send.write_all(&self.buf).await?;
+        self.flush().await
+    }
+
+    /// Encodes one message into the write buffer without writing it (see [`FramedSend::flush`]).
+    ///
+    /// Batching several frames into one write lets QUIC pack small messages
+    /// into one packet. Errors: [`CodecError::TooLarge`] (nothing buffered).
+    pub fn buffer<T: Serialize>(&mut self, msg: &T) -> Result<(), CodecError> {
+        codec::encode_frame(msg, self.max_frame, &mut self.buf)
+    }
+
+    /// Bytes buffered and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything buffered.
+    ///
+    /// Errors: [`StreamError::Write`] if the stream is gone (the buffer is kept).
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        if !self.buf.is_empty() {
+            self.send.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
         Ok(())
+    }
+
+    /// Abandons the stream with `code`: unsent data is discarded.
+    pub fn reset(&mut self, code: quinn::VarInt) {
+        let _ = self.send.reset(code);
+    }
+
+    /// Waits until the peer has received everything (after [`FramedSend::finish`]) or stopped the stream.
+    pub async fn stopped(&mut self) {
+        let _ = self.send.stopped().await;
     }
 
     /// Finishes the stream: the peer reads a clean end after the last frame.

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HeartbeatConfig, Limits};
-use crate::id::ProcId;
+use crate::id::{ActorId, PortId, ProcId};
 
 /// Version of this protocol; a Hello with another version is rejected.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -62,6 +62,13 @@ pub enum WorkerToAllocator {
         /// Why it stopped.
         reason: String,
     },
+    /// An actor failed (its handler returned an error or panicked) and was stopped.
+    ActorFailed {
+        /// The actor.
+        actor_id: ActorId,
+        /// What went wrong.
+        reason: String,
+    },
     /// The worker has stopped all its procs and is about to exit with `code`.
     ///
     /// Sent after `StopAndExit` (as its acknowledgement) or on SIGTERM/SIGINT.
@@ -88,6 +95,11 @@ pub enum AllocatorToWorker {
         /// Exit code to use.
         code: i32,
     },
+    /// Stop one proc: its actors' stop hooks run, then `ProcStopped` follows.
+    StopProc {
+        /// The proc to stop.
+        proc_id: ProcId,
+    },
     /// Exit with `code` at once.
     Exit {
         /// Exit code to use.
@@ -109,4 +121,107 @@ pub struct Heartbeat {
 pub struct MailboxOpen {
     /// The proc.
     pub proc_id: ProcId,
+}
+
+/// Where an envelope is going.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Dest {
+    /// An actor's mailbox.
+    Actor(ActorId),
+    /// A reply port.
+    Port(PortId),
+    /// The proc itself: a [`SystemMsg`] such as a spawn request.
+    Proc(ProcId),
+}
+
+impl Dest {
+    /// The proc hosting the destination.
+    pub fn proc_id(&self) -> &ProcId {
+        match self {
+            Dest::Actor(a) => &a.proc_id,
+            Dest::Port(p) => &p.actor_id.proc_id,
+            Dest::Proc(p) => p,
+        }
+    }
+}
+
+impl std::fmt::Display for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dest::Actor(a) => write!(f, "{a}"),
+            Dest::Port(p) => write!(f, "{p}"),
+            Dest::Proc(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// A message on its way to an actor, a port or a proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique among the envelopes sent from the sender's proc.
+    pub id: u64,
+    /// The sending actor (or controller client); undeliverable envelopes go back to it.
+    pub from: ActorId,
+    /// The destination.
+    pub to: Dest,
+    /// If this envelope is an `ask`, the sender's reply port, failed at once if the envelope comes back.
+    pub return_port: Option<u64>,
+    /// The message, encoded by [`crate::wire::codec`].
+    pub payload: Vec<u8>,
+}
+
+/// An envelope returned to its sender, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undeliverable {
+    /// The envelope as it was sent.
+    pub envelope: Envelope,
+    /// Why it could not be delivered: proc failed, actor not found, connection lost, too large...
+    pub reason: String,
+}
+
+/// Frames on a mailbox stream, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxFrame {
+    /// A message for this proc (towards the worker) or from it (towards the allocator).
+    Envelope(Envelope),
+    /// Cumulative: this many `Envelope` frames received on this stream have been
+    /// processed (delivered to their actor, or returned as undeliverable before this ack).
+    Ack {
+        /// Count of processed envelopes, from the start of the stream.
+        processed: u64,
+    },
+    /// An envelope returned to its sender.
+    Undeliverable(Undeliverable),
+}
+
+/// Requests addressed to a proc itself (`Dest::Proc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SystemMsg {
+    /// Spawn an actor of a registered type; the reply is `Result<ActorId, String>`.
+    Spawn {
+        /// The registered name of the actor type.
+        actor_type: String,
+        /// The new actor's name on the proc.
+        name: String,
+        /// The actor's parameters, encoded by the codec.
+        params: Vec<u8>,
+    },
+    /// Stop an actor (its stop hook runs); the reply is `Result<(), String>`.
+    StopActor {
+        /// The actor's name on the proc.
+        name: String,
+    },
+    /// Report the proc's queue occupancy; the reply is [`ProcStats`].
+    Stats,
+}
+
+/// A proc's occupancy, answered to [`SystemMsg::Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcStats {
+    /// Actors hosted.
+    pub actors: u32,
+    /// Bytes queued in the proc's actor mailboxes and outbound queue.
+    pub queued_bytes: u64,
+    /// Largest `queued_bytes` ever seen.
+    pub peak_queued_bytes: u64,
 }

@@ -10,11 +10,17 @@
 //! worker and exits; otherwise it returns and `main` goes on as controller.
 
 mod exit;
+mod hosted;
 mod procs;
 mod session;
 
 pub use exit::{after_welcome, before_welcome, WorkerExit};
+pub use hosted::HostedProc;
 pub use procs::{ProcTable, ProcTableError};
+
+use std::sync::Arc;
+
+use crate::actor::Registry;
 
 use std::time::Duration;
 
@@ -36,13 +42,14 @@ pub const CONTROL_PRIORITY: i32 = 100;
 /// process exits with the worker's exit code; on a configuration error it
 /// exits 78 naming the variable. Call it before anything else in `main`; it
 /// starts its own tokio runtime (on a separate thread if one is running).
-pub fn bootstrap_or_die() {
+/// `registry` holds the actor types the controller may spawn here.
+pub fn bootstrap_or_die(registry: &Registry) {
     if std::env::var_os(ENV_ALLOCATOR_ADDR).is_none() {
         return;
     }
     crate::logging::init();
     let exit = match WorkerEnv::from_env() {
-        Ok(env) => run_blocking(env),
+        Ok(env) => run_blocking(env, registry.clone()),
         Err(e) => WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}")),
     };
     finish(exit)
@@ -59,13 +66,13 @@ pub fn finish(exit: WorkerExit) -> ! {
 }
 
 /// Runs a worker to its end on a new runtime, from synchronous code.
-pub fn run_blocking(env: WorkerEnv) -> WorkerExit {
+pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
     let job = move || match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run(env)),
+        Ok(rt) => rt.block_on(run(env, registry)),
         Err(e) => WorkerExit::new(
             exit_code::CONFIG,
             format!("cannot start tokio runtime: {e}"),
@@ -85,12 +92,16 @@ pub fn run_blocking(env: WorkerEnv) -> WorkerExit {
 ///
 /// Never fails: every way the run can end is a [`WorkerExit`] with the exit
 /// code of [`crate::exit_code`] and a reason.
-pub async fn run(env: WorkerEnv) -> WorkerExit {
-    run_with(env, TransportConfig::default()).await
+pub async fn run(env: WorkerEnv, registry: Registry) -> WorkerExit {
+    run_with(env, TransportConfig::default(), registry).await
 }
 
 /// [`run`] with explicit transport timeouts.
-pub async fn run_with(env: WorkerEnv, transport_config: TransportConfig) -> WorkerExit {
+pub async fn run_with(
+    env: WorkerEnv,
+    transport_config: TransportConfig,
+    registry: Registry,
+) -> WorkerExit {
     let config_err = |e: &dyn std::fmt::Display| {
         WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
     };
@@ -148,9 +159,16 @@ pub async fn run_with(env: WorkerEnv, transport_config: TransportConfig) -> Work
         }
     };
     tracing::info!("worker {} joined allocator at {addr}", env.index);
-    let exit = session::Session::new(conn, control_send, control_recv, welcome, env.index)
-        .run()
-        .await;
+    let exit = session::Session::new(
+        conn,
+        control_send,
+        control_recv,
+        welcome,
+        env.index,
+        Arc::new(registry),
+    )
+    .run()
+    .await;
     // Let close frames reach the allocator before the process ends.
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
     exit

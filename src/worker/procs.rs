@@ -1,21 +1,9 @@
-//! The procs a worker hosts, each with its mailbox stream.
-//!
-//! For now a proc is its identity and the two halves of its mailbox stream;
-//! the actor runtime hangs its actors off the same entry.
+//! The procs a worker hosts, by id, with a limit on their number.
 
 use std::collections::BTreeMap;
 
+use super::hosted::HostedProc;
 use crate::id::ProcId;
-use crate::transport::{FramedRecv, FramedSend};
-
-/// One proc hosted by this worker.
-#[derive(Debug)]
-pub struct ProcEntry {
-    /// Sending half of the proc's mailbox stream.
-    pub mailbox_send: FramedSend,
-    /// Receiving half of the proc's mailbox stream.
-    pub mailbox_recv: FramedRecv,
-}
 
 /// Why a proc cannot be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,9 +17,9 @@ pub enum ProcTableError {
 }
 
 /// The procs of this worker, by id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ProcTable {
-    procs: BTreeMap<ProcId, ProcEntry>,
+    procs: BTreeMap<ProcId, HostedProc>,
     max: u32,
 }
 
@@ -56,14 +44,19 @@ impl ProcTable {
     }
 
     /// Adds a proc; errors as [`ProcTable::check_new`].
-    pub fn insert(&mut self, proc_id: ProcId, entry: ProcEntry) -> Result<(), ProcTableError> {
+    pub fn insert(&mut self, proc_id: ProcId, entry: HostedProc) -> Result<(), ProcTableError> {
         self.check_new(&proc_id)?;
         self.procs.insert(proc_id, entry);
         Ok(())
     }
 
+    /// Removes one proc.
+    pub fn remove(&mut self, proc_id: &ProcId) -> Option<HostedProc> {
+        self.procs.remove(proc_id)
+    }
+
     /// Removes and returns every proc, in id order.
-    pub fn drain(&mut self) -> Vec<(ProcId, ProcEntry)> {
+    pub fn drain(&mut self) -> Vec<(ProcId, HostedProc)> {
         std::mem::take(&mut self.procs).into_iter().collect()
     }
 

@@ -5,8 +5,14 @@ use std::time::Duration;
 use quinn::Connection;
 use tokio::signal::unix::{signal, SignalKind};
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
 use super::exit::{after_welcome, WorkerExit};
-use super::procs::{ProcEntry, ProcTable};
+use super::hosted::HostedProc;
+use super::procs::ProcTable;
+use crate::actor::{ProcConfig, Registry};
 use crate::exit_code;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
@@ -27,6 +33,9 @@ pub(super) struct Session {
     welcome: Welcome,
     index: u32,
     procs: ProcTable,
+    registry: Arc<Registry>,
+    events_tx: mpsc::UnboundedSender<WorkerToAllocator>,
+    events_rx: mpsc::UnboundedReceiver<WorkerToAllocator>,
 }
 
 impl Session {
@@ -36,8 +45,10 @@ impl Session {
         control_recv: FramedRecv,
         welcome: Welcome,
         index: u32,
+        registry: Arc<Registry>,
     ) -> Self {
         let procs = ProcTable::new(welcome.limits.max_procs_per_worker);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         Session {
             conn,
             control_send,
@@ -45,6 +56,9 @@ impl Session {
             welcome,
             index,
             procs,
+            registry,
+            events_tx,
+            events_rx,
         }
     }
 
@@ -69,6 +83,11 @@ impl Session {
                 outcome = &mut heartbeats => return self.on_heartbeat_end(outcome),
                 msg = self.control_recv.next::<AllocatorToWorker>() => {
                     if let Some(exit) = self.on_control(msg).await {
+                        return exit;
+                    }
+                }
+                Some(event) = self.events_rx.recv() => {
+                    if let Some(exit) = self.send(&event).await {
                         return exit;
                     }
                 }
@@ -108,6 +127,18 @@ impl Session {
     ) -> Option<WorkerExit> {
         match msg {
             Ok(Some(AllocatorToWorker::StartProc { proc_id })) => self.start_proc(proc_id).await,
+            Ok(Some(AllocatorToWorker::StopProc { proc_id })) => {
+                let Some(hosted) = self.procs.remove(&proc_id) else {
+                    let reason = format!("no proc {proc_id} on this worker");
+                    return self
+                        .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
+                        .await;
+                };
+                hosted.stop().await;
+                let reason = "stopped on request".to_string();
+                self.send(&WorkerToAllocator::ProcStopped { proc_id, reason })
+                    .await
+            }
             Ok(Some(AllocatorToWorker::StopAndExit { code })) => Some(
                 self.leave(code, &format!("StopAndExit({code}) from the allocator"))
                     .await,
@@ -178,15 +209,24 @@ impl Session {
             })
             .await
             .map_err(|e| e.to_string())?;
-            Ok::<_, String>(ProcEntry {
-                mailbox_send: send,
-                mailbox_recv: FramedRecv::new(recv, max_frame),
-            })
+            Ok::<_, String>((send, FramedRecv::new(recv, max_frame)))
         }
         .await;
         match opened {
-            Ok(entry) => {
-                if let Err(e) = self.procs.insert(proc_id.clone(), entry) {
+            Ok((send, recv)) => {
+                let config = ProcConfig {
+                    mailbox_bytes: self.welcome.limits.mailbox_bytes as usize,
+                    ..ProcConfig::default()
+                };
+                let hosted = HostedProc::start(
+                    proc_id.clone(),
+                    self.registry.clone(),
+                    config,
+                    send,
+                    recv,
+                    self.events_tx.clone(),
+                );
+                if let Err(e) = self.procs.insert(proc_id.clone(), hosted) {
                     return self
                         .send(&WorkerToAllocator::ProcFailed {
                             proc_id,
@@ -214,8 +254,15 @@ impl Session {
             self.index,
             self.procs.len()
         );
-        for (proc_id, mut entry) in self.procs.drain() {
-            entry.mailbox_send.finish();
+        // Stop every proc at once; each flushes its own stream.
+        let stopping: Vec<_> = self
+            .procs
+            .drain()
+            .into_iter()
+            .map(|(proc_id, hosted)| (proc_id, tokio::spawn(hosted.stop())))
+            .collect();
+        for (proc_id, task) in stopping {
+            let _ = task.await;
             let reason = why.to_string();
             if let Some(exit) = self
                 .send(&WorkerToAllocator::ProcStopped { proc_id, reason })

@@ -1,0 +1,262 @@
+//! Actor types built into the `quicmesh` binary, for the demo, tests and benchmarks.
+//!
+//! [`registry`] returns them all; `quicmesh worker` can spawn any of them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Actor, ActorRef, Context, PortRef, Registry};
+
+/// Every built-in actor type.
+pub fn registry() -> Registry {
+    Registry::new()
+        .with::<Echo>()
+        .with::<Counter>()
+        .with::<Sleeper>()
+        .with::<Faulty>()
+        .with::<RingNode>()
+}
+
+/// Replies with what it is sent.
+pub struct Echo;
+
+/// Messages of [`Echo`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum EchoMsg {
+    /// Reply with the same bytes.
+    Echo(Vec<u8>, PortRef<Vec<u8>>),
+    /// Forward the bytes to another echo actor, then reply with its answer.
+    Relay(Vec<u8>, ActorRef<Echo>, PortRef<Vec<u8>>),
+}
+
+impl Actor for Echo {
+    const NAME: &'static str = "echo";
+    type Message = EchoMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Echo)
+    }
+
+    async fn handle(&mut self, msg: EchoMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            EchoMsg::Echo(bytes, reply) => reply.send(ctx.client(), bytes).await?,
+            EchoMsg::Relay(bytes, other, reply) => {
+                let answer = other
+                    .ask(ctx.client(), |port| EchoMsg::Echo(bytes, port))
+                    .await?;
+                reply.send(ctx.client(), answer).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts numbered messages and checks they arrive in order, once each.
+#[derive(Default)]
+pub struct Counter {
+    next: u64,
+    received: u64,
+    out_of_order: u64,
+    bytes: u64,
+}
+
+/// Messages of [`Counter`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CounterMsg {
+    /// The `seq`-th message of the sender (from 0); `pad` is ignored.
+    Count {
+        /// Sequence number.
+        seq: u64,
+        /// Payload to make the message bigger.
+        pad: Vec<u8>,
+    },
+    /// Reply with the tally so far.
+    Report(PortRef<CounterReport>),
+}
+
+/// What a [`Counter`] has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterReport {
+    /// Messages received.
+    pub received: u64,
+    /// Messages whose sequence number was not the next expected one.
+    pub out_of_order: u64,
+    /// Next expected sequence number.
+    pub next: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+}
+
+impl Actor for Counter {
+    const NAME: &'static str = "counter";
+    type Message = CounterMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Counter::default())
+    }
+
+    async fn handle(&mut self, msg: CounterMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            CounterMsg::Count { seq, pad } => {
+                self.received += 1;
+                self.bytes += pad.len() as u64;
+                if seq != self.next {
+                    self.out_of_order += 1;
+                }
+                self.next = seq + 1;
+            }
+            CounterMsg::Report(port) => {
+                let report = CounterReport {
+                    received: self.received,
+                    out_of_order: self.out_of_order,
+                    next: self.next,
+                    bytes: self.bytes,
+                };
+                port.send(ctx.client(), report).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes its time over each message: for isolation and backpressure tests.
+pub struct Sleeper;
+
+/// Messages of [`Sleeper`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SleeperMsg {
+    /// Block this actor for `ms` milliseconds (async sleep), then reply.
+    Sleep {
+        /// Milliseconds.
+        ms: u64,
+        /// Optional reply port.
+        reply: Option<PortRef<()>>,
+    },
+    /// Padding to fill the mailbox; takes `ms` milliseconds each.
+    Fill {
+        /// Milliseconds per message.
+        ms: u64,
+        /// Payload.
+        pad: Vec<u8>,
+    },
+}
+
+impl Actor for Sleeper {
+    const NAME: &'static str = "sleeper";
+    type Message = SleeperMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Sleeper)
+    }
+
+    async fn handle(&mut self, msg: SleeperMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            SleeperMsg::Sleep { ms, reply } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if let Some(reply) = reply {
+                    reply.send(ctx.client(), ()).await?;
+                }
+            }
+            SleeperMsg::Fill { ms, .. } => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+        Ok(())
+    }
+}
+
+/// Fails on command: for failure-reporting tests.
+pub struct Faulty;
+
+/// Messages of [`Faulty`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FaultyMsg {
+    /// Panic with this message.
+    Panic(String),
+    /// Return an error with this message.
+    Fail(String),
+    /// Reply `()` (proves it is alive).
+    Ping(PortRef<()>),
+}
+
+impl Actor for Faulty {
+    const NAME: &'static str = "faulty";
+    type Message = FaultyMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Faulty)
+    }
+
+    async fn handle(&mut self, msg: FaultyMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            FaultyMsg::Panic(why) => panic!("{why}"),
+            FaultyMsg::Fail(why) => Err(anyhow::anyhow!(why)),
+            FaultyMsg::Ping(port) => Ok(port.send(ctx.client(), ()).await?),
+        }
+    }
+}
+
+/// One node of a ring: passes a token to the next node, adding its rank.
+pub struct RingNode {
+    rank: u32,
+    next: Option<ActorRef<RingNode>>,
+}
+
+/// Messages of [`RingNode`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RingMsg {
+    /// Set the next node of the ring.
+    Link(ActorRef<RingNode>, PortRef<()>),
+    /// The token: `hops` left to go; `sum` of ranks seen; `done` gets the final sum.
+    Token {
+        /// Hops still to make.
+        hops: u32,
+        /// Sum of the ranks of the nodes visited.
+        sum: u64,
+        /// Where the final sum goes.
+        done: PortRef<u64>,
+    },
+}
+
+impl Actor for RingNode {
+    const NAME: &'static str = "ring";
+    type Message = RingMsg;
+    type Params = u32;
+
+    fn new(rank: u32) -> anyhow::Result<Self> {
+        Ok(RingNode { rank, next: None })
+    }
+
+    async fn handle(&mut self, msg: RingMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            RingMsg::Link(next, ack) => {
+                self.next = Some(next);
+                ack.send(ctx.client(), ()).await?;
+            }
+            RingMsg::Token { hops, sum, done } => {
+                let sum = sum + u64::from(self.rank);
+                if hops == 0 {
+                    done.send(ctx.client(), sum).await?;
+                } else {
+                    let next = self
+                        .next
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("ring node {} not linked", self.rank))?;
+                    next.tell(
+                        ctx.client(),
+                        RingMsg::Token {
+                            hops: hops - 1,
+                            sum,
+                            done,
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

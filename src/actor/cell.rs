@@ -1,0 +1,139 @@
+//! One actor's task: takes messages from its mailbox, runs its handler,
+//! and contains its failures.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::proc::Proc;
+use super::{Actor, Context};
+use crate::queue::QueueReceiver;
+use crate::wire::{codec, Envelope, Undeliverable};
+
+/// What arrives in an actor's mailbox.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// A message for the actor.
+    Message(Envelope),
+    /// A message the actor sent, returned undeliverable.
+    Returned(Undeliverable),
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs `actor` until it is stopped or fails.
+///
+/// On a handler error or panic the actor is stopped at once (no stop hook:
+/// its state may be broken); the envelope being handled goes back to its
+/// sender if it was an ask, and so does everything still in the mailbox.
+pub(crate) async fn run<A: Actor>(
+    mut actor: A,
+    ctx: Context,
+    mut mailbox: QueueReceiver<Delivery>,
+    stop: CancellationToken,
+    proc: Proc,
+) {
+    let mut failure = match AssertUnwindSafe(actor.on_start(&ctx)).catch_unwind().await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("start hook failed: {e:#}")),
+        Err(p) => Some(format!("start hook panicked: {}", panic_message(&*p))),
+    };
+    while failure.is_none() {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            d = mailbox.recv() => d,
+        };
+        let Some((delivery, _permit)) = next else {
+            break;
+        };
+        match delivery {
+            Delivery::Message(mut env) => {
+                let payload = std::mem::take(&mut env.payload);
+                let msg = match codec::decode::<A::Message>(&payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        env.payload = payload;
+                        let reason = format!("message does not decode as {}: {e}", A::NAME);
+                        proc.return_to_sender(Undeliverable {
+                            envelope: env,
+                            reason,
+                        });
+                        continue;
+                    }
+                };
+                let outcome = AssertUnwindSafe(actor.handle(msg, &ctx))
+                    .catch_unwind()
+                    .await;
+                let why = match outcome {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("handler error: {e:#}"),
+                    Err(p) => format!("handler panicked: {}", panic_message(&*p)),
+                };
+                if env.return_port.is_some() {
+                    env.payload = payload;
+                    let reason = format!("actor {} failed: {why}", ctx.id());
+                    proc.return_to_sender(Undeliverable {
+                        envelope: env,
+                        reason,
+                    });
+                }
+                failure = Some(why);
+            }
+            Delivery::Returned(u) => {
+                if let Err(p) = AssertUnwindSafe(actor.on_undeliverable(u, &ctx))
+                    .catch_unwind()
+                    .await
+                {
+                    failure = Some(format!(
+                        "undeliverable hook panicked: {}",
+                        panic_message(&*p)
+                    ));
+                }
+            }
+        }
+    }
+    // No new deliveries from here on; then the stop hook; then return the rest.
+    proc.actor_ended(ctx.id(), None);
+    mailbox.close();
+    if failure.is_none() {
+        let hook = AssertUnwindSafe(actor.on_stop(&ctx)).catch_unwind();
+        match tokio::time::timeout(proc.config().stop_timeout, hook).await {
+            Ok(Ok(())) => {}
+            Ok(Err(p)) => {
+                tracing::warn!("{}: stop hook panicked: {}", ctx.id(), panic_message(&*p))
+            }
+            Err(_) => tracing::warn!(
+                "{}: stop hook exceeded {:?}",
+                ctx.id(),
+                proc.config().stop_timeout
+            ),
+        }
+    }
+    let reason = match &failure {
+        Some(why) => format!("actor {} failed: {why}", ctx.id()),
+        None => format!("actor {} stopped", ctx.id()),
+    };
+    while let Some((delivery, _)) = mailbox.try_recv() {
+        if let Delivery::Message(env) = delivery {
+            proc.return_to_sender(Undeliverable {
+                envelope: env,
+                reason: reason.clone(),
+            });
+        }
+    }
+    if failure.is_some() {
+        proc.actor_ended(ctx.id(), failure);
+    }
+}

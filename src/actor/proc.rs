@@ -1,0 +1,560 @@
+//! A proc: hosts actors and reply ports, delivers envelopes, sends them out.
+//!
+//! Delivery decisions are made here and nowhere else: an envelope for this
+//! proc goes to its actor's mailbox, to a reply port, or to the proc itself
+//! (spawn, stop, stats); anything that cannot be delivered is returned to its
+//! sender with the reason, through [`Proc::return_to_sender`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::cell::{self, Delivery};
+use super::client::{Client, SendError};
+use super::refs::ActorRef;
+use super::registry::Registry;
+use super::{Actor, Context};
+use crate::id::{is_valid_name, ActorId, ProcId};
+use crate::queue::{self, QueueError, QueueReceiver, QueueSender};
+use crate::wire::{codec, Dest, Envelope, ProcStats, SystemMsg, Undeliverable};
+
+/// What a proc sends out of itself (to its mailbox stream or the router).
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A message for an actor, port or proc elsewhere.
+    Envelope(Envelope),
+    /// A message returned to a sender elsewhere.
+    Returned(Undeliverable),
+}
+
+impl Outgoing {
+    /// Bytes the item counts against queue budgets.
+    pub fn cost(&self) -> usize {
+        match self {
+            Outgoing::Envelope(e) => e.payload.len(),
+            Outgoing::Returned(u) => u.envelope.payload.len(),
+        }
+    }
+}
+
+/// An actor that failed, as reported to the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorFailure {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its error or panic message.
+    pub reason: String,
+}
+
+/// Settings of a proc.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcConfig {
+    /// Byte budget of each actor's mailbox and of the proc's outbound queue.
+    pub mailbox_bytes: usize,
+    /// How long an actor's stop hook may take.
+    pub stop_timeout: Duration,
+    /// Default timeout of `ask`.
+    pub ask_timeout: Duration,
+}
+
+impl Default for ProcConfig {
+    fn default() -> Self {
+        ProcConfig {
+            mailbox_bytes: 8 * 1024 * 1024,
+            stop_timeout: Duration::from_secs(5),
+            ask_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct ActorSlot {
+    pid: u64,
+    mailbox: QueueSender<Delivery>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+struct PortSlot {
+    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    target: ProcId,
+}
+
+struct Inner {
+    id: ProcId,
+    config: ProcConfig,
+    registry: Arc<Registry>,
+    outbound: QueueSender<Outgoing>,
+    failures: mpsc::UnboundedSender<ActorFailure>,
+    returned: mpsc::UnboundedSender<Undeliverable>,
+    actors: Mutex<HashMap<String, ActorSlot>>,
+    ports: Mutex<HashMap<u64, PortSlot>>,
+    next_pid: AtomicU64,
+    next_port: AtomicU64,
+    next_envelope: AtomicU64,
+}
+
+/// A proc: a set of actors with one way in and one way out; cheap to clone.
+#[derive(Clone)]
+pub struct Proc {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The receiving ends a proc's host drains.
+pub struct ProcOutputs {
+    /// Envelopes and returns leaving the proc.
+    pub outbound: QueueReceiver<Outgoing>,
+    /// Actors that failed.
+    pub failures: mpsc::UnboundedReceiver<ActorFailure>,
+    /// Returned envelopes whose sender is not an actor here (e.g. the controller's client).
+    pub returned: mpsc::UnboundedReceiver<Undeliverable>,
+}
+
+// Delivery hands an undeliverable envelope back by value in `Err`, so that
+// it can be returned to its sender without a copy; that makes the error large.
+#[allow(clippy::result_large_err)]
+impl Proc {
+    /// A new proc with no actors, and the outputs its host must drain.
+    pub fn new(id: ProcId, registry: Arc<Registry>, config: ProcConfig) -> (Proc, ProcOutputs) {
+        let (outbound_tx, outbound_rx) = queue::bounded(config.mailbox_bytes);
+        let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
+        let proc = Proc {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                registry,
+                outbound: outbound_tx,
+                failures: failures_tx,
+                returned: returned_tx,
+                actors: Mutex::new(HashMap::new()),
+                ports: Mutex::new(HashMap::new()),
+                next_pid: AtomicU64::new(0),
+                next_port: AtomicU64::new(1),
+                next_envelope: AtomicU64::new(0),
+            }),
+        };
+        let outputs = ProcOutputs {
+            outbound: outbound_rx,
+            failures: failures_rx,
+            returned: returned_rx,
+        };
+        (proc, outputs)
+    }
+
+    /// This proc's id.
+    pub fn id(&self) -> &ProcId {
+        &self.inner.id
+    }
+
+    /// This proc's settings.
+    pub fn config(&self) -> &ProcConfig {
+        &self.inner.config
+    }
+
+    /// A client sending as `name` from this proc (not an actor: returns go to [`ProcOutputs::returned`]).
+    pub fn client(&self, name: &str) -> Client {
+        Client::new(self.clone(), self.id().actor(name, 0))
+    }
+
+    /// Spawns actor `A` named `name` here.
+    ///
+    /// Errors (as text, returned to remote spawners): invalid or taken name,
+    /// or the actor's constructor failed.
+    pub fn spawn<A: Actor>(&self, name: &str, params: A::Params) -> Result<ActorRef<A>, String> {
+        if !is_valid_name(name) {
+            return Err(format!(
+                "invalid actor name {name:?}: use 1-128 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        let actor = A::new(params).map_err(|e| format!("{} constructor failed: {e:#}", A::NAME))?;
+        let mut actors = lock(&self.inner.actors);
+        if actors.contains_key(name) {
+            return Err(format!("actor {name} already exists on {}", self.id()));
+        }
+        let pid = self.inner.next_pid.fetch_add(1, Ordering::Relaxed);
+        let id = self.id().actor(name, pid);
+        let (mailbox, rx) = queue::bounded(self.inner.config.mailbox_bytes);
+        let stop = CancellationToken::new();
+        let stop_rx = stop.clone();
+        let ctx = Context::new(Client::new(self.clone(), id.clone()));
+        let task = tokio::spawn(cell::run(actor, ctx, rx, stop_rx, self.clone()));
+        actors.insert(
+            name.to_string(),
+            ActorSlot {
+                pid,
+                mailbox,
+                stop,
+                task: Some(task),
+            },
+        );
+        Ok(ActorRef::attest(id))
+    }
+
+    /// Spawns the actor type registered as `actor_type` from encoded parameters.
+    pub(crate) fn spawn_registered(
+        &self,
+        actor_type: &str,
+        name: &str,
+        params: &[u8],
+    ) -> Result<ActorId, String> {
+        let registry = self.inner.registry.clone();
+        registry.spawn(self, actor_type, name, params)
+    }
+
+    /// Makes an envelope from `from` to `to` with a fresh id.
+    pub(crate) fn envelope(
+        &self,
+        from: &ActorId,
+        to: Dest,
+        payload: Vec<u8>,
+        return_port: Option<u64>,
+    ) -> Envelope {
+        Envelope {
+            id: self.inner.next_envelope.fetch_add(1, Ordering::Relaxed),
+            from: from.clone(),
+            to,
+            return_port,
+            payload,
+        }
+    }
+
+    /// Sends an envelope: delivered here if it is for this proc, else queued out (waiting for room).
+    pub(crate) async fn send(&self, env: Envelope) -> Result<(), SendError> {
+        if env.to.proc_id() == self.id() {
+            if let Err(u) = self.deliver(env).await {
+                self.return_to_sender(u);
+            }
+            return Ok(());
+        }
+        let cost = env.payload.len();
+        match self
+            .inner
+            .outbound
+            .send(Outgoing::Envelope(env), cost)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(SendError::Closed),
+        }
+    }
+
+    /// Sends an envelope if there is room now.
+    pub(crate) fn try_send(&self, env: Envelope) -> Result<(), SendError> {
+        if env.to.proc_id() == self.id() {
+            return match self.try_deliver(env) {
+                Ok(()) => Ok(()),
+                Err(None) => Err(SendError::Full),
+                Err(Some(u)) => {
+                    self.return_to_sender(u);
+                    Ok(())
+                }
+            };
+        }
+        let cost = env.payload.len();
+        match self.inner.outbound.try_send(Outgoing::Envelope(env), cost) {
+            Ok(()) => Ok(()),
+            Err(QueueError::Full(_)) => Err(SendError::Full),
+            Err(QueueError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    fn undeliverable(env: Envelope, reason: impl Into<String>) -> Undeliverable {
+        Undeliverable {
+            envelope: env,
+            reason: reason.into(),
+        }
+    }
+
+    /// Delivers an envelope addressed to this proc, waiting for room in the actor's mailbox.
+    ///
+    /// Errors: the envelope back, with why it cannot be delivered (actor not
+    /// found or stopped, port closed, not for this proc).
+    pub async fn deliver(&self, env: Envelope) -> Result<(), Undeliverable> {
+        match &env.to {
+            Dest::Actor(actor) => {
+                if actor.proc_id != *self.id() {
+                    return Err(Self::undeliverable(
+                        env,
+                        format!("not for this proc ({})", self.id()),
+                    ));
+                }
+                let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+                    Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
+                    _ => {
+                        let reason = format!("actor {actor} not found");
+                        return Err(Self::undeliverable(env, reason));
+                    }
+                };
+                let cost = env.payload.len();
+                match mailbox.send(Delivery::Message(env), cost).await {
+                    Ok(()) => Ok(()),
+                    Err(
+                        QueueError::Closed(Delivery::Message(env))
+                        | QueueError::Full(Delivery::Message(env)),
+                    ) => {
+                        let reason = format!("actor {} stopped", env.to);
+                        Err(Self::undeliverable(env, reason))
+                    }
+                    Err(_) => Ok(()),
+                }
+            }
+            Dest::Port(_) | Dest::Proc(_) => self.deliver_now(env),
+        }
+    }
+
+    /// Delivers without waiting; `Err(None)` when the actor's mailbox is full.
+    fn try_deliver(&self, env: Envelope) -> Result<(), Option<Undeliverable>> {
+        let Dest::Actor(actor) = &env.to else {
+            return self.deliver_now(env).map_err(Some);
+        };
+        let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+            Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
+            _ => {
+                let reason = format!("actor {actor} not found");
+                return Err(Some(Self::undeliverable(env, reason)));
+            }
+        };
+        let cost = env.payload.len();
+        match mailbox.try_send(Delivery::Message(env), cost) {
+            Ok(()) => Ok(()),
+            Err(QueueError::Full(_)) => Err(None),
+            Err(QueueError::Closed(Delivery::Message(env))) => {
+                let reason = format!("actor {} stopped", env.to);
+                Err(Some(Self::undeliverable(env, reason)))
+            }
+            Err(QueueError::Closed(_)) => Ok(()),
+        }
+    }
+
+    /// Delivers to a port or to the proc itself.
+    fn deliver_now(&self, env: Envelope) -> Result<(), Undeliverable> {
+        match &env.to {
+            Dest::Port(port) => {
+                let slot = lock(&self.inner.ports).remove(&port.port);
+                match slot {
+                    Some(slot) => {
+                        let _ = slot.reply.send(Ok(env.payload));
+                        Ok(())
+                    }
+                    None => {
+                        let reason = format!("port {port} is closed");
+                        Err(Self::undeliverable(env, reason))
+                    }
+                }
+            }
+            Dest::Proc(p) if p == self.id() => {
+                self.system(env);
+                Ok(())
+            }
+            _ => {
+                let reason = format!("not for this proc ({})", self.id());
+                Err(Self::undeliverable(env, reason))
+            }
+        }
+    }
+
+    /// Handles a request addressed to the proc itself and answers its port.
+    fn system(&self, env: Envelope) {
+        let (msg, reply) = match codec::decode::<(SystemMsg, crate::id::PortId)>(&env.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = format!("not a proc request: {e}");
+                self.return_to_sender(Self::undeliverable(env, reason));
+                return;
+            }
+        };
+        let answer = match msg {
+            SystemMsg::Spawn {
+                actor_type,
+                name,
+                params,
+            } => codec::encode(&self.spawn_registered(&actor_type, &name, &params)),
+            SystemMsg::StopActor { name } => {
+                let this = self.clone();
+                let from = env.from.clone();
+                tokio::spawn(async move {
+                    let result = this.stop_actor(&name).await;
+                    this.reply(&from, reply, codec::encode(&result));
+                });
+                return;
+            }
+            SystemMsg::Stats => codec::encode(&self.stats()),
+        };
+        self.reply(&env.from, reply, answer);
+    }
+
+    fn reply(
+        &self,
+        to: &ActorId,
+        port: crate::id::PortId,
+        answer: Result<Vec<u8>, codec::CodecError>,
+    ) {
+        let _ = to;
+        match answer {
+            Ok(payload) => {
+                let env =
+                    self.envelope(&self.id().actor("proc", 0), Dest::Port(port), payload, None);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _ = this.send(env).await;
+                });
+            }
+            Err(e) => tracing::error!("cannot encode proc reply: {e}"),
+        }
+    }
+
+    /// Returns an undeliverable envelope to its sender, wherever that is.
+    pub fn return_to_sender(&self, u: Undeliverable) {
+        if u.envelope.from.proc_id == *self.id() {
+            self.returned(u);
+        } else if let Err(
+            QueueError::Closed(Outgoing::Returned(u)) | QueueError::Full(Outgoing::Returned(u)),
+        ) = self.inner.outbound.send_unbudgeted(Outgoing::Returned(u))
+        {
+            tracing::debug!(
+                "dropping return of envelope to {}: proc closed ({})",
+                u.envelope.to,
+                u.reason
+            );
+        }
+    }
+
+    /// Takes back an envelope sent from this proc: fails its ask, or hands it to its sender.
+    pub fn returned(&self, u: Undeliverable) {
+        if let Some(port) = u.envelope.return_port {
+            if let Some(slot) = lock(&self.inner.ports).remove(&port) {
+                let _ = slot.reply.send(Err(u.reason));
+                return;
+            }
+        }
+        let sender = lock(&self.inner.actors)
+            .get(&u.envelope.from.name)
+            .filter(|s| s.pid == u.envelope.from.pid)
+            .map(|s| s.mailbox.clone());
+        let u = match sender {
+            Some(mailbox) => match mailbox.send_unbudgeted(Delivery::Returned(u)) {
+                Ok(()) => return,
+                Err(
+                    QueueError::Closed(Delivery::Returned(u))
+                    | QueueError::Full(Delivery::Returned(u)),
+                ) => u,
+                Err(_) => return,
+            },
+            None => u,
+        };
+        if u.envelope.return_port.is_none() {
+            let _ = self.inner.returned.send(u);
+        }
+    }
+
+    /// Opens a one-shot reply port for an ask to an actor on `target`.
+    pub(crate) fn open_port(
+        &self,
+        target: ProcId,
+    ) -> (u64, oneshot::Receiver<Result<Vec<u8>, String>>) {
+        let port = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.ports).insert(port, PortSlot { reply: tx, target });
+        (port, rx)
+    }
+
+    /// Closes a reply port (the ask is over).
+    pub(crate) fn close_port(&self, port: u64) {
+        lock(&self.inner.ports).remove(&port);
+    }
+
+    /// Fails every pending ask to an actor on `target` (that proc has failed).
+    pub fn fail_asks_to(&self, target: &ProcId, reason: &str) {
+        let mut ports = lock(&self.inner.ports);
+        let doomed: Vec<u64> = ports
+            .iter()
+            .filter(|(_, s)| s.target == *target)
+            .map(|(p, _)| *p)
+            .collect();
+        for port in doomed {
+            if let Some(slot) = ports.remove(&port) {
+                let _ = slot.reply.send(Err(reason.to_string()));
+            }
+        }
+    }
+
+    /// Called by an actor's task when it ends: forget it, report a failure.
+    pub(crate) fn actor_ended(&self, id: &ActorId, failure: Option<String>) {
+        let mut actors = lock(&self.inner.actors);
+        if actors.get(&id.name).is_some_and(|s| s.pid == id.pid) {
+            actors.remove(&id.name);
+        }
+        drop(actors);
+        if let Some(reason) = failure {
+            tracing::warn!("actor {id} failed: {reason}");
+            let _ = self.inner.failures.send(ActorFailure {
+                actor_id: id.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// Stops actor `name` (its stop hook runs) and waits for it.
+    ///
+    /// Errors: no such actor.
+    pub async fn stop_actor(&self, name: &str) -> Result<(), String> {
+        let task = {
+            let mut actors = lock(&self.inner.actors);
+            match actors.get_mut(name) {
+                Some(slot) => {
+                    slot.stop.cancel();
+                    slot.task.take()
+                }
+                None => return Err(format!("actor {name} not found on {}", self.id())),
+            }
+        };
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Stops every actor (stop hooks run, each within the stop timeout) and waits for them.
+    pub async fn stop_all(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut actors = lock(&self.inner.actors);
+            actors
+                .values_mut()
+                .filter_map(|slot| {
+                    slot.stop.cancel();
+                    slot.task.take()
+                })
+                .collect()
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Queue occupancy of this proc.
+    pub fn stats(&self) -> ProcStats {
+        let actors = lock(&self.inner.actors);
+        let (mut used, mut peak) = (
+            self.inner.outbound.used_bytes(),
+            self.inner.outbound.peak_bytes(),
+        );
+        for slot in actors.values() {
+            used += slot.mailbox.used_bytes();
+            peak = peak.max(slot.mailbox.peak_bytes());
+        }
+        ProcStats {
+            actors: actors.len() as u32,
+            queued_bytes: used,
+            peak_queued_bytes: peak,
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Where an envelope goes: the controller's own proc, or a worker's proc.
+//!
+//! [`Router::destination`] is the decision, plain code over the table of
+//! links; [`Router::route`] carries it out and returns to its sender anything
+//! that cannot go where it was sent, with the reason (unknown proc, proc
+//! failed or stopped).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::link::ProcLink;
+use crate::actor::{Outgoing, Proc};
+use crate::id::ProcId;
+use crate::queue::QueueError;
+use crate::wire::{Envelope, Undeliverable};
+
+/// Where an envelope or a return must go.
+pub(crate) enum Destination {
+    /// The controller's proc, in this process.
+    Controller,
+    /// A worker's proc, through its mailbox stream.
+    Link(Arc<ProcLink>),
+    /// Nowhere: the reason says why.
+    Nowhere(String),
+}
+
+/// The allocator's routing table.
+pub(crate) struct Router {
+    controller: Proc,
+    links: RwLock<HashMap<ProcId, Arc<ProcLink>>>,
+}
+
+impl Router {
+    pub(crate) fn new(controller: Proc) -> Self {
+        Router {
+            controller,
+            links: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn controller(&self) -> &Proc {
+        &self.controller
+    }
+
+    /// Adds the link of a newly created proc.
+    pub(crate) fn add(&self, link: Arc<ProcLink>) {
+        self.links
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link.proc_id.clone(), link);
+    }
+
+    /// The link of `proc_id`, if it was ever created.
+    pub(crate) fn link(&self, proc_id: &ProcId) -> Option<Arc<ProcLink>> {
+        self.links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(proc_id)
+            .cloned()
+    }
+
+    /// Decides where anything addressed to `proc_id` goes.
+    pub(crate) fn destination(&self, proc_id: &ProcId) -> Destination {
+        if proc_id == self.controller.id() {
+            return Destination::Controller;
+        }
+        match self.link(proc_id) {
+            Some(link) => match link.closed_reason() {
+                Some(reason) => Destination::Nowhere(reason),
+                None => Destination::Link(link),
+            },
+            None => Destination::Nowhere(format!("unknown proc {proc_id}")),
+        }
+    }
+
+    /// Sends `env` on towards its destination, waiting for room; returns it to its sender if it cannot go.
+    pub(crate) async fn route(&self, env: Envelope) {
+        let reason = match self.destination(env.to.proc_id()) {
+            Destination::Controller => match self.controller.deliver(env).await {
+                Ok(()) => return,
+                Err(u) => return self.return_to_sender(u),
+            },
+            Destination::Link(link) => {
+                let cost = env.payload.len();
+                match link.queue().send(Outgoing::Envelope(env), cost).await {
+                    Ok(()) => return,
+                    Err(
+                        QueueError::Closed(Outgoing::Envelope(env))
+                        | QueueError::Full(Outgoing::Envelope(env)),
+                    ) => {
+                        let reason = link
+                            .closed_reason()
+                            .unwrap_or_else(|| format!("proc {} closed", link.proc_id));
+                        return self.return_to_sender(Undeliverable {
+                            envelope: env,
+                            reason,
+                        });
+                    }
+                    Err(_) => return,
+                }
+            }
+            Destination::Nowhere(reason) => reason,
+        };
+        self.return_to_sender(Undeliverable {
+            envelope: env,
+            reason,
+        });
+    }
+
+    /// Sends a returned envelope back to the proc of its sender (dropped if that proc is gone too).
+    pub(crate) fn return_to_sender(&self, u: Undeliverable) {
+        match self.destination(&u.envelope.from.proc_id) {
+            Destination::Controller => self.controller.returned(u),
+            Destination::Link(link) => {
+                if link.queue().send_unbudgeted(Outgoing::Returned(u)).is_err() {
+                    tracing::debug!("return dropped: sender's proc closed");
+                }
+            }
+            Destination::Nowhere(why) => {
+                tracing::debug!(
+                    "return of envelope to {} dropped: sender unreachable ({why})",
+                    u.envelope.to
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A proc's mailbox stream: batched writes and cumulative acknowledgements.
+//!
+//! Both ends of a mailbox stream run [`write_loop`] for their direction. It
+//! takes what the proc (or the router) queued, encodes as many frames as are
+//! ready into one buffer and writes them at once, so small messages share
+//! packets. Each side counts the envelopes it has *processed* from the other
+//! side (delivered to an actor, or returned as undeliverable) in an
+//! [`AckState`], and the writer sends that count as `Ack` frames.
+//!
+//! The one subtle rule: a returned envelope must be on the wire before an
+//! ack that covers it, or the peer would count it as delivered and then
+//! receive it back. Readers push the return *before* bumping the count, and
+//! the writer reads the count *before* draining the queue and only sends it
+//! when it drained the queue empty; so an ack never overtakes a return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::Outgoing;
+use crate::queue::{Permit, QueueReceiver};
+use crate::transport::{FramedSend, StreamError};
+use crate::wire::{CodecError, Envelope, MailboxFrame, Undeliverable};
+
+/// Largest batch of frames written at once.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The count of envelopes one side has processed from the other, to be acknowledged.
+#[derive(Debug, Default)]
+pub struct AckState {
+    processed: AtomicU64,
+    changed: Notify,
+}
+
+impl AckState {
+    /// Records one more processed envelope (after any return for it was queued).
+    pub fn bump(&self) {
+        self.processed.fetch_add(1, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Envelopes processed so far.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Acquire)
+    }
+}
+
+/// How a write loop ended.
+#[derive(Debug)]
+pub enum WriteEnd {
+    /// Told to stop: everything queued was written and the stream finished.
+    Stopped,
+    /// Every sender is gone: everything was written and the stream finished.
+    Drained,
+}
+
+/// Writes what `queue` yields to `send` until told to stop, in batches, with acks.
+///
+/// `on_sent` is given every envelope written (the allocator keeps them until
+/// acknowledged); `on_too_large` every envelope that exceeds the frame limit,
+/// to return to its sender. On `stop`, drains what is queued, writes a final
+/// ack and finishes the stream. Errors: [`StreamError::Write`] if the stream
+/// or connection is gone (the queue keeps whatever was not taken).
+pub async fn write_loop(
+    send: &mut FramedSend,
+    queue: &mut QueueReceiver<Outgoing>,
+    acks: &AckState,
+    stop: &CancellationToken,
+    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+) -> Result<WriteEnd, StreamError> {
+    let mut acked = 0u64;
+    let mut stopping = false;
+    loop {
+        let first = if stopping {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => { stopping = true; None }
+                item = queue.recv() => match item {
+                    Some(item) => Some(item),
+                    None => {
+                        finish_with_ack(send, acks, acked).await?;
+                        return Ok(WriteEnd::Drained);
+                    }
+                },
+                _ = acks.changed.notified() => None,
+            }
+        };
+        // Read the count before draining: see the module docs.
+        let ack_snapshot = acks.processed();
+        let mut drained = true;
+        if let Some((item, permit)) = first {
+            buffer(send, item, permit, on_sent, on_too_large);
+        }
+        loop {
+            if send.buffered() >= BATCH_BYTES && !stopping {
+                drained = false;
+                break;
+            }
+            match queue.try_recv() {
+                Some((item, permit)) => buffer(send, item, permit, on_sent, on_too_large),
+                None => break,
+            }
+        }
+        if drained && ack_snapshot > acked {
+            if let Err(e) = send.buffer(&MailboxFrame::Ack {
+                processed: ack_snapshot,
+            }) {
+                tracing::error!("cannot encode ack: {e}");
+            }
+            acked = ack_snapshot;
+        }
+        send.flush().await?;
+        if stopping {
+            finish_with_ack(send, acks, acked).await?;
+            return Ok(WriteEnd::Stopped);
+        }
+    }
+}
+
+async fn finish_with_ack(
+    send: &mut FramedSend,
+    acks: &AckState,
+    acked: u64,
+) -> Result<(), StreamError> {
+    let processed = acks.processed();
+    if processed > acked {
+        if let Err(e) = send.buffer(&MailboxFrame::Ack { processed }) {
+            tracing::error!("cannot encode ack: {e}");
+        }
+    }
+    send.flush().await?;
+    send.finish();
+    Ok(())
+}
+
+/// Encodes one outgoing item into the write buffer.
+fn buffer(
+    send: &mut FramedSend,
+    item: Outgoing,
+    permit: Permit,
+    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+) {
+    match item {
+        Outgoing::Envelope(env) => {
+            let frame = MailboxFrame::Envelope(env);
+            let result = send.buffer(&frame);
+            let MailboxFrame::Envelope(env) = frame else {
+                return;
+            };
+            match result {
+                Ok(()) => on_sent(env, permit),
+                Err(CodecError::TooLarge { len, max }) => on_too_large(Undeliverable {
+                    envelope: env,
+                    reason: format!("message too large: {len} bytes encoded, frame limit {max}"),
+                }),
+                Err(e) => on_too_large(Undeliverable {
+                    envelope: env,
+                    reason: format!("message cannot be encoded: {e}"),
+                }),
+            }
+        }
+        Outgoing::Returned(mut u) => {
+            let frame = MailboxFrame::Undeliverable(u);
+            if send.buffer(&frame).is_ok() {
+                return;
+            }
+            // The return itself is too large to frame: send it without the payload.
+            let MailboxFrame::Undeliverable(inner) = frame else {
+                return;
+            };
+            u = inner;
+            u.envelope.payload.clear();
+            u.reason.push_str(" (payload dropped: too large to return)");
+            if let Err(e) = send.buffer(&MailboxFrame::Undeliverable(u)) {
+                tracing::error!("cannot return undeliverable envelope: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! A queue bounded by bytes, where each item carries its share of the budget.
+//!
+//! Every mailbox in quicmesh (an actor's, a proc's outbound queue, the
+//! allocator's queue towards a proc) is one of these. A sender reserves the
+//! item's cost in bytes before enqueueing: [`QueueSender::send`] waits for
+//! room (backpressure), [`QueueSender::try_send`] says `Full`. The
+//! reservation travels with the item as a [`Permit`] and is given back when
+//! that permit is dropped, which may be long after the item left the queue:
+//! the allocator keeps it until the worker acknowledges delivery, so "queued
+//! bytes" covers everything not yet delivered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Fixed cost added to every item, so that empty messages are bounded too.
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// A share of a queue's byte budget; dropping it gives the bytes back.
+#[derive(Debug)]
+pub struct Permit {
+    _inner: Option<OwnedSemaphorePermit>,
+}
+
+impl Permit {
+    /// A permit that reserves nothing (for items outside any budget).
+    pub fn none() -> Permit {
+        Permit { _inner: None }
+    }
+}
+
+/// Why an item could not be queued; the item is handed back.
+#[derive(Debug)]
+pub enum QueueError<T> {
+    /// The queue's byte budget is used up (only from `try_send`).
+    Full(T),
+    /// The receiver is gone.
+    Closed(T),
+}
+
+struct Budget {
+    sem: Arc<Semaphore>,
+    capacity: usize,
+    peak: AtomicU64,
+}
+
+impl Budget {
+    fn cost(&self, bytes: usize) -> u32 {
+        (bytes + ITEM_OVERHEAD)
+            .min(self.capacity)
+            .min(u32::MAX as usize) as u32
+    }
+
+    fn note_peak(&self) {
+        let used = (self.capacity - self.sem.available_permits()) as u64;
+        self.peak.fetch_max(used, Ordering::Relaxed);
+    }
+}
+
+/// The sending side of a byte-bounded queue; cheap to clone.
+pub struct QueueSender<T> {
+    tx: mpsc::UnboundedSender<(T, Permit)>,
+    budget: Arc<Budget>,
+}
+
+impl<T> Clone for QueueSender<T> {
+    fn clone(&self) -> Self {
+        QueueSender {
+            tx: self.tx.clone(),
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// The receiving side of a byte-bounded queue.
+pub struct QueueReceiver<T> {
+    rx: mpsc::UnboundedReceiver<(T, Permit)>,
+}
+
+/// A queue holding at most `capacity_bytes` (an item larger than that takes the whole budget).
+pub fn bounded<T>(capacity_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    let capacity = capacity_bytes.clamp(ITEM_OVERHEAD, Semaphore::MAX_PERMITS);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Budget {
+        sem: Arc::new(Semaphore::new(capacity)),
+        capacity,
+        peak: AtomicU64::new(0),
+    });
+    (QueueSender { tx, budget }, QueueReceiver { rx })
+}
+
+impl<T> QueueSender<T> {
+    /// Queues `item` of `bytes` bytes, waiting for room.
+    ///
+    /// Errors: [`QueueError::Closed`] (with the item) if the receiver is gone.
+    pub async fn send(&self, item: T, bytes: usize) -> Result<(), QueueError<T>> {
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed(item));
+        }
+        let cost = self.budget.cost(bytes);
+        let permit = tokio::select! {
+            p = self.budget.sem.clone().acquire_many_owned(cost) => match p {
+                Ok(p) => p,
+                Err(_) => return Err(QueueError::Closed(item)),
+            },
+            _ = self.tx.closed() => return Err(QueueError::Closed(item)),
+        };
+        self.push(item, permit)
+    }
+
+    /// Queues `item` if there is room now.
+    ///
+    /// Errors: [`QueueError::Full`] when the budget is used up, [`QueueError::Closed`]
+    /// when the receiver is gone; both hand the item back.
+    pub fn try_send(&self, item: T, bytes: usize) -> Result<(), QueueError<T>> {
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed(item));
+        }
+        match self
+            .budget
+            .sem
+            .clone()
+            .try_acquire_many_owned(self.budget.cost(bytes))
+        {
+            Ok(permit) => self.push(item, permit),
+            Err(_) => Err(QueueError::Full(item)),
+        }
+    }
+
+    /// Queues `item` outside the budget (for small control items that must not wait).
+    ///
+    /// Errors: [`QueueError::Closed`] if the receiver is gone.
+    pub fn send_unbudgeted(&self, item: T) -> Result<(), QueueError<T>> {
+        self.tx
+            .send((item, Permit::none()))
+            .map_err(|e| QueueError::Closed(e.0 .0))
+    }
+
+    fn push(&self, item: T, permit: OwnedSemaphorePermit) -> Result<(), QueueError<T>> {
+        self.budget.note_peak();
+        self.tx
+            .send((
+                item,
+                Permit {
+                    _inner: Some(permit),
+                },
+            ))
+            .map_err(|e| QueueError::Closed(e.0 .0))
+    }
+
+    /// Bytes reserved now (queued, or taken out but not yet released).
+    pub fn used_bytes(&self) -> u64 {
+        (self.budget.capacity - self.budget.sem.available_permits()) as u64
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.budget.peak.load(Ordering::Relaxed)
+    }
+
+    /// The byte budget.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.budget.capacity as u64
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl<T> QueueReceiver<T> {
+    /// The next item and its permit; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<(T, Permit)> {
+        self.rx.recv().await
+    }
+
+    /// The next item if one is queued now.
+    pub fn try_recv(&mut self) -> Option<(T, Permit)> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Refuses further items; those already queued can still be received.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budget_bounds_bytes_and_permits_travel_with_items() {
+        let (tx, mut rx) = bounded::<u32>(1000);
+        tx.try_send(1, 400).unwrap();
+        tx.try_send(2, 400).unwrap();
+        assert!(matches!(tx.try_send(3, 400), Err(QueueError::Full(3))));
+        assert_eq!(tx.used_bytes(), 928);
+        let (item, permit) = rx.recv().await.unwrap();
+        assert_eq!(item, 1);
+        // Taken out but not released: still counted.
+        assert!(matches!(tx.try_send(3, 400), Err(QueueError::Full(3))));
+        drop(permit);
+        tx.try_send(3, 400).unwrap();
+        assert_eq!(tx.peak_bytes(), 928);
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room() {
+        let (tx, mut rx) = bounded::<u32>(200);
+        tx.send(1, 100).await.unwrap();
+        let tx2 = tx.clone();
+        let waiter = tokio::spawn(async move { tx2.send(2, 100).await.is_ok() });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "second send must wait for room");
+        drop(rx.recv().await);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn oversized_item_takes_whole_budget_instead_of_hanging() {
+        let (tx, mut rx) = bounded::<u32>(100);
+        tx.send(1, 10_000).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn closed_receiver_hands_item_back() {
+        let (tx, rx) = bounded::<u32>(100);
+        drop(rx);
+        assert!(matches!(tx.send(7, 1).await, Err(QueueError::Closed(7))));
+        assert!(matches!(tx.try_send(8, 1), Err(QueueError::Closed(8))));
+    }
+}
