@@ -14,6 +14,7 @@
 
 mod cell;
 mod client;
+mod outlet;
 mod proc;
 mod refs;
 mod registry;
@@ -21,6 +22,8 @@ mod registry;
 pub mod builtin;
 
 pub use client::{AskError, Client, SendError, SpawnError};
+pub use outlet::Outlet;
+pub(crate) use proc::NotDelivered;
 pub use proc::{ActorFailure, Outgoing, Proc, ProcConfig, ProcOutputs};
 pub use refs::{ActorRef, PortRef};
 pub use registry::Registry;

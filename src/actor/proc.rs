@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cell::{self, Delivery};
 use super::client::{Client, SendError};
+use super::outlet::Outlet;
 use super::refs::ActorRef;
 use super::registry::Registry;
 use super::{Actor, Context};
@@ -40,6 +41,14 @@ impl Outgoing {
             Outgoing::Returned(u) => u.envelope.payload.len(),
         }
     }
+}
+
+/// Why an envelope was not delivered at once.
+pub(crate) enum NotDelivered {
+    /// The actor's mailbox is full: try again later.
+    Full(Envelope),
+    /// It cannot be delivered at all.
+    Undeliverable(Undeliverable),
 }
 
 /// An actor that failed, as reported to the controller.
@@ -88,7 +97,7 @@ struct Inner {
     id: ProcId,
     config: ProcConfig,
     registry: Arc<Registry>,
-    outbound: QueueSender<Outgoing>,
+    outlet: Arc<dyn Outlet>,
     failures: mpsc::UnboundedSender<ActorFailure>,
     returned: mpsc::UnboundedSender<Undeliverable>,
     actors: Mutex<HashMap<String, ActorSlot>>,
@@ -110,21 +119,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The receiving ends a proc's host drains.
 pub struct ProcOutputs {
-    /// Envelopes and returns leaving the proc.
-    pub outbound: QueueReceiver<Outgoing>,
+    /// Envelopes and returns leaving the proc (`None` when it has its own [`Outlet`]).
+    pub outbound: Option<QueueReceiver<Outgoing>>,
     /// Actors that failed.
     pub failures: mpsc::UnboundedReceiver<ActorFailure>,
     /// Returned envelopes whose sender is not an actor here (e.g. the controller's client).
     pub returned: mpsc::UnboundedReceiver<Undeliverable>,
 }
 
-// Delivery hands an undeliverable envelope back by value in `Err`, so that
-// it can be returned to its sender without a copy; that makes the error large.
-#[allow(clippy::result_large_err)]
 impl Proc {
     /// A new proc with no actors, and the outputs its host must drain.
     pub fn new(id: ProcId, registry: Arc<Registry>, config: ProcConfig) -> (Proc, ProcOutputs) {
         let (outbound_tx, outbound_rx) = queue::bounded(config.mailbox_bytes);
+        let (proc, mut outputs) = Self::with_outlet(id, registry, config, Arc::new(outbound_tx));
+        outputs.outbound = Some(outbound_rx);
+        (proc, outputs)
+    }
+
+    /// A new proc whose outgoing envelopes go to `outlet`.
+    pub fn with_outlet(
+        id: ProcId,
+        registry: Arc<Registry>,
+        config: ProcConfig,
+        outlet: Arc<dyn Outlet>,
+    ) -> (Proc, ProcOutputs) {
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
         let (returned_tx, returned_rx) = mpsc::unbounded_channel();
         let proc = Proc {
@@ -132,7 +150,7 @@ impl Proc {
                 id,
                 config,
                 registry,
-                outbound: outbound_tx,
+                outlet,
                 failures: failures_tx,
                 returned: returned_tx,
                 actors: Mutex::new(HashMap::new()),
@@ -143,7 +161,7 @@ impl Proc {
             }),
         };
         let outputs = ProcOutputs {
-            outbound: outbound_rx,
+            outbound: None,
             failures: failures_rx,
             returned: returned_rx,
         };
@@ -235,13 +253,7 @@ impl Proc {
             }
             return Ok(());
         }
-        let cost = env.payload.len();
-        match self
-            .inner
-            .outbound
-            .send(Outgoing::Envelope(env), cost)
-            .await
-        {
+        match self.inner.outlet.send(Outgoing::Envelope(env)).await {
             Ok(()) => Ok(()),
             Err(_) => Err(SendError::Closed),
         }
@@ -252,15 +264,14 @@ impl Proc {
         if env.to.proc_id() == self.id() {
             return match self.try_deliver(env) {
                 Ok(()) => Ok(()),
-                Err(None) => Err(SendError::Full),
-                Err(Some(u)) => {
+                Err(NotDelivered::Full(_)) => Err(SendError::Full),
+                Err(NotDelivered::Undeliverable(u)) => {
                     self.return_to_sender(u);
                     Ok(())
                 }
             };
         }
-        let cost = env.payload.len();
-        match self.inner.outbound.try_send(Outgoing::Envelope(env), cost) {
+        match self.inner.outlet.try_send(Outgoing::Envelope(env)) {
             Ok(()) => Ok(()),
             Err(QueueError::Full(_)) => Err(SendError::Full),
             Err(QueueError::Closed(_)) => Err(SendError::Closed),
@@ -312,26 +323,30 @@ impl Proc {
     }
 
     /// Delivers without waiting; `Err(None)` when the actor's mailbox is full.
-    fn try_deliver(&self, env: Envelope) -> Result<(), Option<Undeliverable>> {
+    pub(crate) fn try_deliver(&self, env: Envelope) -> Result<(), NotDelivered> {
         let Dest::Actor(actor) = &env.to else {
-            return self.deliver_now(env).map_err(Some);
+            return self.deliver_now(env).map_err(NotDelivered::Undeliverable);
         };
         let mailbox = match lock(&self.inner.actors).get(&actor.name) {
             Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
             _ => {
                 let reason = format!("actor {actor} not found");
-                return Err(Some(Self::undeliverable(env, reason)));
+                return Err(NotDelivered::Undeliverable(Self::undeliverable(
+                    env, reason,
+                )));
             }
         };
         let cost = env.payload.len();
         match mailbox.try_send(Delivery::Message(env), cost) {
             Ok(()) => Ok(()),
-            Err(QueueError::Full(_)) => Err(None),
+            Err(QueueError::Full(Delivery::Message(env))) => Err(NotDelivered::Full(env)),
             Err(QueueError::Closed(Delivery::Message(env))) => {
                 let reason = format!("actor {} stopped", env.to);
-                Err(Some(Self::undeliverable(env, reason)))
+                Err(NotDelivered::Undeliverable(Self::undeliverable(
+                    env, reason,
+                )))
             }
-            Err(QueueError::Closed(_)) => Ok(()),
+            Err(_) => Ok(()),
         }
     }
 
@@ -416,9 +431,8 @@ impl Proc {
     pub fn return_to_sender(&self, u: Undeliverable) {
         if u.envelope.from.proc_id == *self.id() {
             self.returned(u);
-        } else if let Err(
-            QueueError::Closed(Outgoing::Returned(u)) | QueueError::Full(Outgoing::Returned(u)),
-        ) = self.inner.outbound.send_unbudgeted(Outgoing::Returned(u))
+        } else if let Err(Outgoing::Returned(u)) =
+            self.inner.outlet.send_unbudgeted(Outgoing::Returned(u))
         {
             tracing::debug!(
                 "dropping return of envelope to {}: proc closed ({})",
@@ -543,10 +557,7 @@ impl Proc {
     /// Queue occupancy of this proc.
     pub fn stats(&self) -> ProcStats {
         let actors = lock(&self.inner.actors);
-        let (mut used, mut peak) = (
-            self.inner.outbound.used_bytes(),
-            self.inner.outbound.peak_bytes(),
-        );
+        let (mut used, mut peak) = self.inner.outlet.queued_bytes();
         for slot in actors.values() {
             used += slot.mailbox.used_bytes();
             peak = peak.max(slot.mailbox.peak_bytes());

@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::actor::{Client, Outgoing, Proc, ProcConfig, Registry};
+use crate::actor::{Client, Proc, ProcConfig, Registry};
 use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
 use crate::id::{is_valid_name, ProcId};
 use crate::tls::{self, CertPaths};
@@ -262,12 +262,18 @@ impl Allocator {
             mailbox_bytes: config.limits.mailbox_bytes as usize,
             ..ProcConfig::default()
         };
-        let (controller, outputs) = Proc::new(
-            controller_id,
-            Arc::new(config.registry.clone()),
-            proc_config,
-        );
-        let router = Arc::new(router::Router::new(controller.clone()));
+        let mut outputs = None;
+        let registry = Arc::new(config.registry.clone());
+        let router = Arc::new_cyclic(|weak| {
+            let outlet = Arc::new(router::RouterOutlet(weak.clone()));
+            let (controller, out) = Proc::with_outlet(controller_id, registry, proc_config, outlet);
+            outputs = Some(out);
+            router::Router::new(controller)
+        });
+        let controller = router.controller().clone();
+        let Some(outputs) = outputs else {
+            unreachable!("new_cyclic runs its closure exactly once")
+        };
         let shared = Arc::new(Shared {
             router: router.clone(),
             proc_workers: Mutex::new(HashMap::new()),
@@ -544,7 +550,7 @@ impl Drop for Allocator {
     }
 }
 
-/// Moves what leaves the controller's proc: envelopes to the router, failures to events.
+/// Moves what the controller's proc reports: actor failures to events, returns to the user.
 async fn pump_controller(
     shared: Arc<Shared>,
     mut outputs: crate::actor::ProcOutputs,
@@ -552,17 +558,13 @@ async fn pump_controller(
 ) {
     loop {
         tokio::select! {
-            item = outputs.outbound.recv() => match item {
-                Some((Outgoing::Envelope(env), _permit)) => shared.router.route(env).await,
-                Some((Outgoing::Returned(u), _permit)) => shared.router.return_to_sender(u),
-                None => break,
-            },
             Some(f) = outputs.failures.recv() => {
                 shared.emit(AllocEvent::ActorFailed { actor_id: f.actor_id, reason: f.reason });
             }
             Some(u) = outputs.returned.recv() => {
                 let _ = returned.send(u);
             }
+            else => break,
         }
     }
 }

@@ -6,10 +6,12 @@
 //! failed or stopped).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+
+use futures::future::BoxFuture;
 
 use super::link::ProcLink;
-use crate::actor::{Outgoing, Proc};
+use crate::actor::{NotDelivered, Outgoing, Outlet, Proc};
 use crate::id::ProcId;
 use crate::queue::QueueError;
 use crate::wire::{Envelope, Undeliverable};
@@ -107,6 +109,44 @@ impl Router {
         });
     }
 
+    /// Sends `env` on if there is room now; hands it back when the destination is full.
+    pub(crate) fn try_route(&self, env: Envelope) -> Result<(), Envelope> {
+        let reason = match self.destination(env.to.proc_id()) {
+            Destination::Controller => match self.controller.try_deliver(env) {
+                Ok(()) => return Ok(()),
+                Err(NotDelivered::Undeliverable(u)) => {
+                    self.return_to_sender(u);
+                    return Ok(());
+                }
+                Err(NotDelivered::Full(env)) => return Err(env),
+            },
+            Destination::Link(link) => {
+                let cost = env.payload.len();
+                match link.queue().try_send(Outgoing::Envelope(env), cost) {
+                    Ok(()) => return Ok(()),
+                    Err(QueueError::Full(Outgoing::Envelope(env))) => return Err(env),
+                    Err(QueueError::Closed(Outgoing::Envelope(env))) => {
+                        let reason = link
+                            .closed_reason()
+                            .unwrap_or_else(|| format!("proc {} closed", link.proc_id));
+                        self.return_to_sender(Undeliverable {
+                            envelope: env,
+                            reason,
+                        });
+                        return Ok(());
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+            Destination::Nowhere(reason) => reason,
+        };
+        self.return_to_sender(Undeliverable {
+            envelope: env,
+            reason,
+        });
+        Ok(())
+    }
+
     /// Sends a returned envelope back to the proc of its sender (dropped if that proc is gone too).
     pub(crate) fn return_to_sender(&self, u: Undeliverable) {
         match self.destination(&u.envelope.from.proc_id) {
@@ -123,5 +163,56 @@ impl Router {
                 )
             }
         }
+    }
+}
+
+/// The controller proc's way out: straight into the router, from the sender's own task.
+pub(crate) struct RouterOutlet(pub(crate) Weak<Router>);
+
+impl Outlet for RouterOutlet {
+    fn send(&self, item: Outgoing) -> BoxFuture<'_, Result<(), Outgoing>> {
+        Box::pin(async move {
+            let Some(router) = self.0.upgrade() else {
+                return Err(item);
+            };
+            match item {
+                Outgoing::Envelope(env) => router.route(env).await,
+                Outgoing::Returned(u) => router.return_to_sender(u),
+            }
+            Ok(())
+        })
+    }
+
+    fn try_send(&self, item: Outgoing) -> Result<(), QueueError<Outgoing>> {
+        let Some(router) = self.0.upgrade() else {
+            return Err(QueueError::Closed(item));
+        };
+        match item {
+            Outgoing::Envelope(env) => router
+                .try_route(env)
+                .map_err(|env| QueueError::Full(Outgoing::Envelope(env))),
+            Outgoing::Returned(u) => {
+                router.return_to_sender(u);
+                Ok(())
+            }
+        }
+    }
+
+    fn send_unbudgeted(&self, item: Outgoing) -> Result<(), Outgoing> {
+        let Some(router) = self.0.upgrade() else {
+            return Err(item);
+        };
+        match item {
+            Outgoing::Envelope(env) => {
+                let router = router.clone();
+                tokio::spawn(async move { router.route(env).await });
+            }
+            Outgoing::Returned(u) => router.return_to_sender(u),
+        }
+        Ok(())
+    }
+
+    fn queued_bytes(&self) -> (u64, u64) {
+        (0, 0)
     }
 }

@@ -75,15 +75,17 @@ impl HostedProc {
             })
         };
 
+        let outbound = outputs.outbound.take();
         let writer = {
             let (proc, events) = (proc.clone(), events.clone());
             tokio::spawn(async move {
                 let mut on_sent = |_, _| {};
                 let returner = proc.clone();
                 let mut on_too_large = move |u| returner.returned(u);
+                let Some(mut outbound) = outbound else { return };
                 let result = mailbox::write_loop(
                     &mut send,
-                    &mut outputs.outbound,
+                    &mut outbound,
                     &acks,
                     &writer_stop,
                     &mut on_sent,
