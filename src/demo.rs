@@ -10,7 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use quicmesh::actor::builtin::{Echo, EchoMsg, RingMsg, RingNode};
+use quicmesh::ProcMesh;
 
 use clap::Parser;
 use quicmesh::allocator::{
@@ -39,6 +43,12 @@ pub struct DemoArgs {
     /// Seconds allowed for every proc to be running.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
+    /// Times the token goes round the ring of procs.
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Round trips measured per proc.
+    #[arg(long, default_value_t = 200)]
+    pings: u32,
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -95,6 +105,65 @@ impl Tally {
     }
 }
 
+/// Spawns a ring node and an echo actor on every proc, sends a token
+/// `rounds` times round the ring and checks its sum, measures ask round trips.
+async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::Result<String> {
+    let client = alloc.client();
+    let procs = ProcMesh::of(alloc);
+    let n = procs.len();
+    anyhow::ensure!(n > 0, "no procs");
+    let ring = procs
+        .spawn::<RingNode>(client, "ring", |rank| rank as u32)
+        .await?;
+    let echo = procs.spawn::<Echo>(client, "echo", |_| ()).await?;
+    let links = ring.actors().iter().enumerate().map(|(rank, node)| {
+        let next = ring.actors()[(rank + 1) % n].clone();
+        node.ask(client, move |ack| RingMsg::Link(next, ack))
+    });
+    for linked in join_all(links).await {
+        linked?;
+    }
+    // The token starts at rank 0 and makes `hops` hops, visiting hops + 1 nodes.
+    let hops = rounds * n as u32;
+    let first = ring.get(0).ok_or_else(|| anyhow::anyhow!("empty ring"))?;
+    let started = Instant::now();
+    let sum: u64 = first
+        .ask(client, |done| RingMsg::Token { hops, sum: 0, done })
+        .await?;
+    let ring_time = started.elapsed();
+    let expected: u64 = (0..=u64::from(hops)).map(|k| k % n as u64).sum();
+    anyhow::ensure!(sum == expected, "ring sum {sum}, expected {expected}");
+
+    let mut rtts = Vec::with_capacity(n * pings as usize);
+    for actor in echo.actors() {
+        for i in 0..pings {
+            let t = Instant::now();
+            let back = actor
+                .ask(client, |p| EchoMsg::Echo(i.to_le_bytes().to_vec(), p))
+                .await?;
+            rtts.push(t.elapsed());
+            anyhow::ensure!(
+                back == i.to_le_bytes(),
+                "echo from {} returned other bytes",
+                actor.id()
+            );
+        }
+    }
+    rtts.sort();
+    let pct = |q: f64| {
+        rtts.get(((rtts.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0, |d| d.as_micros())
+    };
+    let messages = 2 * n as u64 + (u64::from(hops) + 2) + 2 * rtts.len() as u64;
+    Ok(format!(
+        "actors: {n} procs, {} actors, {messages} messages; ring of {n} procs x {rounds} rounds: sum {sum} checked in {:.1} ms; ask round trip p50 {} us, p99 {} us",
+        ring.len() + echo.len(),
+        ring_time.as_secs_f64() * 1e3,
+        pct(0.5),
+        pct(0.99),
+    ))
+}
+
 async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let had_certs = quicmesh::tls::CertPaths::in_dir(&args.certs).all_exist();
     let certs = quicmesh::tls::ensure_dev_certs(&args.certs)?;
@@ -124,11 +193,19 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     })
     .await;
     let all_running = started.is_ok() && tally.running() == expected;
+    let mut actors_ok = true;
     if all_running {
         println!(
             "mesh up: {} workers, {expected} procs running",
             args.workers
         );
+        match exercise_actors(&alloc, args.rounds, args.pings).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                println!("actors: FAILED: {e:#}");
+                actors_ok = false;
+            }
+        }
         let hold = tokio::time::sleep(Duration::from_secs(args.hold));
         tokio::pin!(hold);
         loop {
@@ -179,6 +256,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         args.workers
     );
     Ok(all_running
+        && actors_ok
         && tally.ever_failed.is_empty()
         && stopped_procs == expected
         && clean_exits == args.workers as usize)

@@ -5,6 +5,7 @@ use futures::future::join_all;
 use crate::actor::{Actor, ActorRef, Client, SendError, SpawnError};
 use crate::allocator::{Allocator, AllocatorError};
 use crate::id::ProcId;
+use crate::wire::{codec, Dest};
 
 /// A set of procs, ordered by rank.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,14 +123,16 @@ impl<A: Actor> ActorMesh<A> {
         self.actors.is_empty()
     }
 
-    /// Sends a copy of `msg` to every actor (all sends run concurrently).
+    /// Sends `msg` to every actor; it is encoded once and the sends run concurrently.
     ///
-    /// Errors: the first send that was refused (the others are still sent).
-    pub async fn cast(&self, client: &Client, msg: A::Message) -> Result<(), SendError>
-    where
-        A::Message: Clone,
-    {
-        let sends = self.actors.iter().map(|a| a.tell(client, msg.clone()));
+    /// Errors: [`SendError::Encode`] if `msg` cannot be serialized, else the
+    /// first send that was refused (the others are still sent).
+    pub async fn cast(&self, client: &Client, msg: A::Message) -> Result<(), SendError> {
+        let payload = codec::encode(&msg).map_err(|e| SendError::Encode(e.to_string()))?;
+        let sends = self
+            .actors
+            .iter()
+            .map(|a| client.send_envelope(Dest::Actor(a.id().clone()), payload.clone(), None));
         join_all(sends).await.into_iter().collect()
     }
 

@@ -16,6 +16,8 @@ pub fn registry() -> Registry {
         .with::<Sleeper>()
         .with::<Faulty>()
         .with::<RingNode>()
+        .with::<Recorder>()
+        .with::<StopProbe>()
 }
 
 /// Replies with what it is sent.
@@ -258,5 +260,76 @@ impl Actor for RingNode {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps every line it is told, and reports them: a sink for notifications.
+#[derive(Default)]
+pub struct Recorder {
+    lines: Vec<String>,
+}
+
+/// Messages of [`Recorder`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RecorderMsg {
+    /// Keep this line.
+    Record(String),
+    /// Reply with every line kept so far.
+    Report(PortRef<Vec<String>>),
+}
+
+impl Actor for Recorder {
+    const NAME: &'static str = "recorder";
+    type Message = RecorderMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Recorder::default())
+    }
+
+    async fn handle(&mut self, msg: RecorderMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            RecorderMsg::Record(line) => self.lines.push(line),
+            RecorderMsg::Report(port) => port.send(ctx.client(), self.lines.clone()).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Tells a [`Recorder`] when its start and stop hooks run.
+pub struct StopProbe {
+    recorder: ActorRef<Recorder>,
+}
+
+impl Actor for StopProbe {
+    const NAME: &'static str = "stop-probe";
+    type Message = ();
+    type Params = ActorRef<Recorder>;
+
+    fn new(recorder: ActorRef<Recorder>) -> anyhow::Result<Self> {
+        Ok(StopProbe { recorder })
+    }
+
+    async fn on_start(&mut self, ctx: &Context) -> anyhow::Result<()> {
+        let line = format!("{} started", ctx.id());
+        Ok(self
+            .recorder
+            .tell(ctx.client(), RecorderMsg::Record(line))
+            .await?)
+    }
+
+    async fn handle(&mut self, _: (), _ctx: &Context) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn on_stop(&mut self, ctx: &Context) {
+        let line = format!("{} stopped", ctx.id());
+        if let Err(e) = self
+            .recorder
+            .tell(ctx.client(), RecorderMsg::Record(line))
+            .await
+        {
+            tracing::warn!("{}: cannot report stop: {e}", ctx.id());
+        }
     }
 }

@@ -27,6 +27,8 @@ pub(crate) enum WorkerCommand {
     StopProc(ProcId),
     StopAndExit(i32),
     Exit(i32),
+    /// The launched worker process has ended (reaped by the launcher).
+    ProcessExited(super::events::ExitReport),
 }
 
 /// What the session expects the worker to do next.
@@ -276,6 +278,19 @@ impl WorkerSession {
                         } else {
                             plan = Plan::Exiting { code };
                         }
+                    }
+                    Some(WorkerCommand::ProcessExited(status)) => {
+                        end = Some(match plan {
+                            Plan::Exiting { code } => End {
+                                failed: false,
+                                reason: format!("exited on command (code {code})"),
+                                close: None,
+                            },
+                            _ if status == super::events::ExitReport::Code(crate::exit_code::HEARTBEAT_LOST) => {
+                                End::failed(format!("heartbeat lost (the worker {status})"))
+                            }
+                            _ => End::failed(format!("worker process {status}")),
+                        });
                     }
                     None => {
                         end = Some(End {

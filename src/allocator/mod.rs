@@ -402,6 +402,11 @@ impl Allocator {
                 }
                 let status = ExitReport::from(status);
                 tracing::info!("worker {index} {status}");
+                // Its connection is dead too: fail its procs now rather than
+                // after the heartbeat timeout.
+                if let Some(session) = lock(&shared.workers).get(&index) {
+                    let _ = session.send(WorkerCommand::ProcessExited(status));
+                }
                 shared.emit(AllocEvent::WorkerExited { index, status });
             }));
             indexes.push(index);

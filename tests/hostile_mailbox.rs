@@ -1,0 +1,743 @@
+//! Hostile mailbox streams from an admitted worker: streams that name no
+//! proc or a proc the worker does not host, and frames that break the
+//! mailbox protocol on a proc's own stream. Each must cost the offender
+//! that stream (or that proc) only: its other procs, its connection and the
+//! healthy worker of the same allocation must not notice.
+//!
+//! The offender is a [`FakeWorker`]: an in-process QUIC client holding the
+//! mesh's valid worker certificate and a genuine ticket, speaking the
+//! protocol by hand so that it can also speak it wrongly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TestMesh, SOON};
+use quicmesh::actor::builtin::{Echo, EchoMsg};
+use quicmesh::actor::{Client, PortRef};
+use quicmesh::allocator::{AllocEvent, ProcState};
+use quicmesh::config::{self, Limits, MAX_PRE_ADMISSION_FRAME};
+use quicmesh::tls;
+use quicmesh::transport::{self, FramedRecv};
+use quicmesh::wire::{
+    close, codec, AllocatorToWorker, Dest, Envelope, Heartbeat, Hello, MailboxFrame, MailboxOpen,
+    WorkerToAllocator, PROTOCOL_VERSION,
+};
+use quicmesh::{ActorRef, ProcId};
+
+/// How often the fake worker sends a heartbeat datagram (the real worker's default).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+/// `name`'s value in a ticket's environment.
+fn var(env: &[(&'static str, String)], name: &str) -> String {
+    env.iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{name} missing from the ticket"))
+}
+
+/// One proc's mailbox stream, as the fake worker holds it.
+struct Mailbox {
+    send: quinn::SendStream,
+    recv: FramedRecv,
+    /// Id of the next envelope sent from this proc.
+    next_id: u64,
+    /// Envelopes received from the allocator on this stream (for acks).
+    received: u64,
+}
+
+/// An admitted worker in this process, driven by hand.
+struct FakeWorker {
+    index: u32,
+    procs: Vec<ProcId>,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    control_send: quinn::SendStream,
+    control_recv: FramedRecv,
+    max_frame: u32,
+    mailboxes: HashMap<ProcId, Mailbox>,
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl FakeWorker {
+    /// Reserves a ticket for `procs` procs and joins with it: Hello, then
+    /// Welcome and one StartProc per proc. Heartbeats flow from the start.
+    async fn join(mesh: &TestMesh, procs: u32) -> FakeWorker {
+        let ticket = mesh.alloc.reserve(procs);
+        let index: u32 = var(&ticket.env, config::ENV_INDEX)
+            .parse()
+            .expect("QUICMESH_INDEX of the ticket is a number");
+        assert_eq!(
+            index, ticket.index,
+            "ticket index and QUICMESH_INDEX differ"
+        );
+        let token = var(&ticket.env, config::ENV_TOKEN);
+
+        let roots = tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
+        let identity = tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
+            .expect("load worker identity");
+        let tls_config = tls::client_config(roots, identity).expect("client TLS config");
+        let addr = mesh.alloc.local_addr();
+        let limits = Limits::default();
+        let endpoint =
+            transport::client_endpoint(tls_config, addr, &limits).expect("client endpoint");
+        let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10))
+            .await
+            .expect("handshake with the valid worker certificate");
+
+        // Beats before admission are simply read once the session starts.
+        let heartbeats = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+                for seq in 0u64.. {
+                    ticker.tick().await;
+                    let beat = Heartbeat {
+                        seq,
+                        sent_at_micros: start.elapsed().as_micros() as u64,
+                    };
+                    let bytes = codec::encode(&beat).expect("encode heartbeat");
+                    if conn.send_datagram(bytes.into()).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+
+        let (mut control_send, control_recv) = conn.open_bi().await.expect("open control stream");
+        let hello = WorkerToAllocator::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            index,
+            token,
+            pid: std::process::id(),
+            host: "fake".into(),
+        });
+        let hello = codec::frame(&hello, MAX_PRE_ADMISSION_FRAME).expect("encode Hello");
+        control_send.write_all(&hello).await.expect("send Hello");
+
+        let mut fake = FakeWorker {
+            index,
+            procs: Vec::new(),
+            endpoint,
+            conn,
+            control_send,
+            control_recv: FramedRecv::new(control_recv, limits.max_frame),
+            max_frame: limits.max_frame,
+            mailboxes: HashMap::new(),
+            heartbeats,
+        };
+        match fake.next_control().await {
+            AllocatorToWorker::Welcome(welcome) => {
+                fake.max_frame = welcome.limits.max_frame;
+                fake.control_recv.set_max_frame(welcome.limits.max_frame);
+            }
+            other => panic!("fake worker {index}: expected Welcome, got {other:?}"),
+        }
+        while fake.procs.len() < procs as usize {
+            match fake.next_control().await {
+                AllocatorToWorker::StartProc { proc_id } => fake.procs.push(proc_id),
+                other => panic!("fake worker {index}: expected StartProc, got {other:?}"),
+            }
+        }
+        eprintln!("fake worker {index} joined with procs {:?}", fake.procs);
+        fake
+    }
+
+    /// The `i`-th proc the allocator started on this worker.
+    fn proc(&self, i: usize) -> ProcId {
+        self.procs
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| panic!("fake worker {} has no proc #{i}", self.index))
+    }
+
+    /// The next frame on the control stream (panics after `SOON`).
+    async fn next_control(&mut self) -> AllocatorToWorker {
+        match tokio::time::timeout(SOON, self.control_recv.next::<AllocatorToWorker>()).await {
+            Ok(Ok(Some(msg))) => msg,
+            Ok(Ok(None)) => panic!("fake worker {}: control stream ended", self.index),
+            Ok(Err(e)) => panic!("fake worker {}: control stream failed: {e}", self.index),
+            Err(_) => panic!(
+                "fake worker {}: no control frame within {SOON:?}",
+                self.index
+            ),
+        }
+    }
+
+    /// Reads control frames until one matches `pred`.
+    async fn wait_control(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&AllocatorToWorker) -> bool,
+    ) -> AllocatorToWorker {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.next_control())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("fake worker {}: no {what} within {SOON:?}", self.index)
+                });
+            eprintln!("fake worker {}: control frame {msg:?}", self.index);
+            if pred(&msg) {
+                return msg;
+            }
+        }
+    }
+
+    /// Writes one frame on the control stream.
+    async fn send_control(&mut self, msg: &WorkerToAllocator) {
+        let bytes = codec::frame(msg, self.max_frame).expect("encode control frame");
+        self.control_send
+            .write_all(&bytes)
+            .await
+            .expect("write on the control stream");
+    }
+
+    /// Reports `proc_id` as started, as a real worker does once its mailbox stream is open.
+    async fn started(&mut self, proc_id: &ProcId) {
+        self.send_control(&WorkerToAllocator::StartedProc {
+            proc_id: proc_id.clone(),
+            agent: format!("fake:{}", std::process::id()),
+        })
+        .await;
+    }
+
+    /// Opens a bidi stream and writes `bytes` on it (which need not be a MailboxOpen).
+    async fn open_raw_stream(&self, bytes: &[u8]) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, recv) = self.conn.open_bi().await.expect("open a bidi stream");
+        send.write_all(bytes)
+            .await
+            .expect("write the first bytes of a stream");
+        (send, recv)
+    }
+
+    /// Opens a stream whose first frame is `MailboxOpen { proc_id }`, kept as `proc_id`'s mailbox.
+    async fn open_mailbox(&mut self, proc_id: &ProcId) {
+        let open = MailboxOpen {
+            proc_id: proc_id.clone(),
+        };
+        let bytes = codec::frame(&open, self.max_frame).expect("encode MailboxOpen");
+        let (send, recv) = self.open_raw_stream(&bytes).await;
+        let mailbox = Mailbox {
+            send,
+            recv: FramedRecv::new(recv, self.max_frame),
+            next_id: 0,
+            received: 0,
+        };
+        assert!(
+            self.mailboxes.insert(proc_id.clone(), mailbox).is_none(),
+            "fake worker opened two mailboxes for {proc_id}"
+        );
+    }
+
+    /// Opens `proc_id`'s mailbox stream, reports it started, and waits until
+    /// the allocator reports it running.
+    async fn attach(&mut self, mesh: &mut TestMesh, proc_id: &ProcId) {
+        self.open_mailbox(proc_id).await;
+        self.started(proc_id).await;
+        let worker = self.index;
+        mesh.ensure(SOON, &format!("{proc_id} running"), |e| {
+            matches!(e, AllocEvent::Proc { proc_id: p, worker: w, state: ProcState::Running }
+                if p == proc_id && *w == worker)
+        })
+        .await;
+    }
+
+    fn mailbox(&mut self, proc_id: &ProcId) -> &mut Mailbox {
+        let index = self.index;
+        self.mailboxes
+            .get_mut(proc_id)
+            .unwrap_or_else(|| panic!("fake worker {index} has no mailbox stream for {proc_id}"))
+    }
+
+    /// Writes raw bytes on `proc_id`'s mailbox stream.
+    async fn send_raw(&mut self, proc_id: &ProcId, bytes: &[u8]) {
+        self.mailbox(proc_id)
+            .send
+            .write_all(bytes)
+            .await
+            .expect("write on a mailbox stream");
+    }
+
+    /// Writes one frame on `proc_id`'s mailbox stream.
+    async fn send_frame(&mut self, proc_id: &ProcId, frame: &MailboxFrame) {
+        let bytes = codec::frame(frame, self.max_frame).expect("encode mailbox frame");
+        self.send_raw(proc_id, &bytes).await;
+    }
+
+    /// Asks `echo` to echo `bytes` from an actor of `proc_id`, entirely over
+    /// `proc_id`'s mailbox stream, acknowledges the reply and returns it.
+    async fn echo_via(&mut self, proc_id: &ProcId, echo: &ActorRef<Echo>, bytes: &[u8]) -> Vec<u8> {
+        let me = proc_id.actor("fake", 0);
+        let id = {
+            let mailbox = self.mailbox(proc_id);
+            mailbox.next_id += 1;
+            mailbox.next_id - 1
+        };
+        let port = me.port(1000 + id);
+        let msg = EchoMsg::Echo(bytes.to_vec(), PortRef::attest(port.clone()));
+        let env = Envelope {
+            id,
+            from: me,
+            to: Dest::Actor(echo.id().clone()),
+            return_port: None,
+            payload: codec::encode(&msg).expect("encode EchoMsg"),
+        };
+        self.send_frame(proc_id, &MailboxFrame::Envelope(env)).await;
+
+        let deadline = tokio::time::Instant::now() + SOON;
+        let mailbox = self.mailbox(proc_id);
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, mailbox.recv.next::<MailboxFrame>())
+                .await
+            {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => panic!("mailbox stream of {proc_id} ended before the echo reply"),
+                Ok(Err(e)) => {
+                    panic!("mailbox stream of {proc_id} failed before the echo reply: {e}")
+                }
+                Err(_) => panic!("no echo reply on the stream of {proc_id} within {SOON:?}"),
+            };
+            match frame {
+                MailboxFrame::Ack { .. } => {}
+                MailboxFrame::Undeliverable(u) => {
+                    panic!("echo request from {proc_id} came back: {}", u.reason)
+                }
+                MailboxFrame::Envelope(env) => {
+                    mailbox.received += 1;
+                    let processed = mailbox.received;
+                    assert_eq!(
+                        env.to,
+                        Dest::Port(port.clone()),
+                        "unexpected envelope on the stream of {proc_id}"
+                    );
+                    let reply: Vec<u8> = codec::decode(&env.payload).expect("decode echo reply");
+                    self.send_frame(proc_id, &MailboxFrame::Ack { processed })
+                        .await;
+                    return reply;
+                }
+            }
+        }
+    }
+
+    /// Waits until the allocator stops reading `proc_id`'s stream; returns the code.
+    async fn wait_stopped(&mut self, proc_id: &ProcId) -> Option<quinn::VarInt> {
+        let stopped = self.mailbox(proc_id).send.stopped();
+        tokio::time::timeout(SOON, stopped)
+            .await
+            .unwrap_or_else(|_| panic!("the allocator did not stop the stream of {proc_id}"))
+            .unwrap_or_else(|e| panic!("stream of {proc_id}: {e}"))
+    }
+
+    /// Leaves in order: finishes every mailbox stream, sends `Leaving` and
+    /// waits for the allocator to close the connection.
+    async fn leave(mut self) {
+        for mailbox in self.mailboxes.values_mut() {
+            let _ = mailbox.send.finish();
+        }
+        self.send_control(&WorkerToAllocator::Leaving {
+            code: 0,
+            reason: "fake worker done".into(),
+        })
+        .await;
+        let _ = self.control_send.finish();
+        let closed = tokio::time::timeout(SOON, self.conn.closed())
+            .await
+            .expect("the allocator did not close the fake worker's connection after Leaving");
+        eprintln!("fake worker {}: connection closed: {closed}", self.index);
+        assert!(
+            !matches!(closed, quinn::ConnectionError::LocallyClosed),
+            "the fake worker closed its connection itself"
+        );
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.heartbeats.abort();
+        self.conn.close(close::NORMAL, b"fake worker gone");
+        self.endpoint.close(close::NORMAL, b"fake worker gone");
+    }
+}
+
+/// An allocation with one real, healthy worker running an echo actor.
+struct Scene {
+    mesh: TestMesh,
+    real: u32,
+    real_proc: ProcId,
+    echo: ActorRef<Echo>,
+    client: Client,
+}
+
+async fn scene(tag: &str) -> Scene {
+    let mut mesh = TestMesh::new(tag).await;
+    let real = mesh.launch(1, 1)[0];
+    mesh.wait_running(1).await;
+    let real_proc = mesh
+        .alloc
+        .procs()
+        .into_iter()
+        .find(|p| mesh.alloc.worker_of(p) == Some(real))
+        .expect("the real worker's proc");
+    let client = mesh.alloc.client().clone();
+    let echo = client
+        .spawn::<Echo>(&real_proc, "echo", &())
+        .await
+        .expect("spawn echo on the real worker");
+    let back = echo
+        .ask(&client, |p| EchoMsg::Echo(vec![1], p))
+        .await
+        .expect("echo on the real worker answers before the test");
+    assert_eq!(back, vec![1]);
+    Scene {
+        mesh,
+        real,
+        real_proc,
+        echo,
+        client,
+    }
+}
+
+impl Scene {
+    /// Waits for a `MailboxRejected` of worker `worker` whose reason contains `needle`.
+    async fn wait_rejected(&mut self, worker: u32, needle: &str) -> String {
+        let event = self
+            .mesh
+            .wait_for(
+                SOON,
+                &format!("a mailbox rejection mentioning {needle:?}"),
+                |e| {
+                    matches!(e, AllocEvent::MailboxRejected { worker: w, reason }
+                        if *w == worker && reason.contains(needle))
+                },
+            )
+            .await;
+        match event {
+            AllocEvent::MailboxRejected { reason, .. } => reason,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits for `proc_id` to be reported failed; returns the reason.
+    async fn wait_failed(&mut self, proc_id: &ProcId) -> String {
+        let event = self
+            .mesh
+            .ensure(SOON, &format!("{proc_id} failed"), |e| {
+                matches!(e, AllocEvent::Proc { proc_id: p, state: ProcState::Failed { .. }, .. }
+                    if p == proc_id)
+            })
+            .await;
+        match event {
+            AllocEvent::Proc {
+                state: ProcState::Failed { reason },
+                ..
+            } => reason,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Asserts that `proc_id` never reached a terminal state.
+    fn assert_not_ended(&self, proc_id: &ProcId) {
+        for e in &self.mesh.seen {
+            if let AllocEvent::Proc {
+                proc_id: p, state, ..
+            } = e
+            {
+                assert!(
+                    !(p == proc_id && state.is_terminal()),
+                    "{proc_id} ended: {e}\nall events:\n{}",
+                    self.mesh.log()
+                );
+            }
+        }
+    }
+
+    /// Asserts that the fake worker's connection is up and the allocator still counts it.
+    fn assert_fake_connected(&self, fake: &FakeWorker) {
+        if let Some(e) = fake.conn.close_reason() {
+            panic!(
+                "fake worker {} was disconnected: {e}\n{}",
+                fake.index,
+                self.mesh.log()
+            );
+        }
+        for e in &self.mesh.seen {
+            assert!(
+                !matches!(e, AllocEvent::WorkerLeft { index, .. } if *index == fake.index),
+                "fake worker left: {e}\nall events:\n{}",
+                self.mesh.log()
+            );
+        }
+        assert!(
+            self.mesh.alloc.connected_workers().contains(&fake.index),
+            "fake worker {} is no longer connected\n{}",
+            fake.index,
+            self.mesh.log()
+        );
+    }
+
+    /// Waits until the allocator counts `n` envelopes to `proc_id` as delivered.
+    async fn wait_delivered(&self, proc_id: &ProcId, n: u64) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let stats = self
+                .mesh
+                .alloc
+                .link_stats(proc_id)
+                .unwrap_or_else(|| panic!("no link for {proc_id}"));
+            if stats.delivered >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{proc_id}: {} delivered after {SOON:?}, expected {n}: {stats:?}",
+                stats.delivered
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Lets the fake worker leave, checks the real worker is untouched, and shuts down.
+    async fn finish(mut self, fake: FakeWorker) {
+        let fake_index = fake.index;
+        let back = self
+            .echo
+            .ask(&self.client, |p| EchoMsg::Echo(vec![1], p))
+            .await
+            .expect("echo on the real worker still answers");
+        assert_eq!(back, vec![1]);
+        fake.leave().await;
+        let left = self
+            .mesh
+            .ensure(
+                SOON,
+                "the fake worker leaving",
+                |e| matches!(e, AllocEvent::WorkerLeft { index, .. } if *index == fake_index),
+            )
+            .await;
+        assert!(
+            matches!(left, AllocEvent::WorkerLeft { failed: false, .. }),
+            "the fake worker's orderly leave was reported as a failure: {left}"
+        );
+        self.mesh.collect_for(Duration::from_millis(500)).await;
+        self.mesh.assert_healthy(self.real);
+        self.assert_not_ended(&self.real_proc);
+        self.mesh.finish().await;
+    }
+}
+
+/// Expects the allocator to abandon a refused stream: reset towards us, stopped from us.
+async fn expect_refused(what: &str, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    match tokio::time::timeout(SOON, recv.read_chunk(1024, true)).await {
+        Ok(Err(quinn::ReadError::Reset(code))) => {
+            assert_eq!(
+                code,
+                close::PROTOCOL,
+                "{what}: reset with an unexpected code"
+            )
+        }
+        Ok(Err(e)) => panic!("{what}: reading failed, but not by a reset: {e}"),
+        Ok(Ok(Some(chunk))) => panic!(
+            "{what}: the allocator sent {} bytes on a refused stream",
+            chunk.bytes.len()
+        ),
+        Ok(Ok(None)) => {
+            panic!("{what}: the allocator finished a refused stream instead of resetting it")
+        }
+        Err(_) => panic!("{what}: the refused stream was not reset within {SOON:?}"),
+    }
+    match tokio::time::timeout(SOON, send.stopped()).await {
+        Ok(Ok(Some(code))) => assert_eq!(
+            code,
+            close::PROTOCOL,
+            "{what}: stopped with an unexpected code"
+        ),
+        Ok(Ok(None)) => panic!("{what}: the allocator read the refused stream to its end"),
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: the refused stream was not stopped within {SOON:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_stream_naming_no_proc() {
+    let mut s = scene("hmb-naming").await;
+    let mut fake = FakeWorker::join(&s.mesh, 2).await;
+    let a = fake.proc(0);
+    fake.attach(&mut s.mesh, &a).await;
+
+    // Text of another protocol: "GET " read as a length is far over the frame limit.
+    let (mut send, mut recv) = fake
+        .open_raw_stream(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let reason = s
+        .wait_rejected(fake.index, "does not start with a proc name")
+        .await;
+    assert!(reason.contains("exceeds the limit"), "reason: {reason}");
+    expect_refused("stream opened with HTTP", &mut send, &mut recv).await;
+
+    // A well-formed frame whose body is no MailboxOpen.
+    let mut junk = vec![0, 0, 0, 8];
+    junk.extend_from_slice(&[0xff; 8]);
+    let (mut send, mut recv) = fake.open_raw_stream(&junk).await;
+    let reason = s
+        .wait_rejected(fake.index, "does not start with a proc name")
+        .await;
+    assert!(reason.contains("undecodable"), "reason: {reason}");
+    expect_refused("stream opened with a junk frame", &mut send, &mut recv).await;
+
+    // The worker and its proc A are untouched: A's stream still carries messages both ways.
+    let back = fake.echo_via(&a, &s.echo, b"still here").await;
+    assert_eq!(back, b"still here");
+    s.wait_delivered(&a, 1).await;
+    s.mesh.collect_for(Duration::from_secs(1)).await;
+    s.assert_fake_connected(&fake);
+    s.assert_not_ended(&a);
+    s.assert_not_ended(&fake.proc(1));
+    s.finish(fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_stream_for_a_proc_not_owned() {
+    let mut s = scene("hmb-not-owned").await;
+    let mut fake = FakeWorker::join(&s.mesh, 1).await;
+    let a = fake.proc(0);
+    fake.attach(&mut s.mesh, &a).await;
+
+    // The real worker's proc: hijacking it must not work.
+    let open = MailboxOpen {
+        proc_id: s.real_proc.clone(),
+    };
+    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
+    let reason = s.wait_rejected(fake.index, "does not host").await;
+    assert!(
+        reason.contains(&s.real_proc.to_string()),
+        "reason does not name the proc: {reason}"
+    );
+    expect_refused("stream for the real worker's proc", &mut send, &mut recv).await;
+
+    // A proc that does not exist at all.
+    let nowhere = ProcId::new("other", 99);
+    let open = MailboxOpen {
+        proc_id: nowhere.clone(),
+    };
+    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
+    let reason = s.wait_rejected(fake.index, "does not host").await;
+    assert!(
+        reason.contains(&nowhere.to_string()),
+        "reason does not name the proc: {reason}"
+    );
+    expect_refused("stream for an unknown proc", &mut send, &mut recv).await;
+
+    // A second stream for the worker's own, already attached proc.
+    let open = MailboxOpen { proc_id: a.clone() };
+    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
+    let reason = s.wait_rejected(fake.index, "second mailbox stream").await;
+    assert!(reason.contains(&a.to_string()), "reason: {reason}");
+    expect_refused("second stream for its own proc", &mut send, &mut recv).await;
+
+    // The real proc is still reached through its own worker, and A still works.
+    let back = s
+        .echo
+        .ask(&s.client, |p| EchoMsg::Echo(vec![2], p))
+        .await
+        .expect("echo on the real worker after the hijack attempt");
+    assert_eq!(back, vec![2]);
+    let back = fake.echo_via(&a, &s.echo, b"mine").await;
+    assert_eq!(back, b"mine");
+    s.mesh.collect_for(Duration::from_secs(1)).await;
+    s.assert_fake_connected(&fake);
+    s.assert_not_ended(&a);
+    s.finish(fake).await;
+}
+
+/// Fake worker with procs A and B, both attached and running; `bad` is
+/// written on A's stream. A must fail with a reason containing every
+/// needle; B, the fake worker's connection and the real worker must not notice.
+async fn violation_on_a(tag: &str, bad: impl FnOnce(&Scene) -> Vec<u8>, needles: &[&str]) {
+    let mut s = scene(tag).await;
+    let mut fake = FakeWorker::join(&s.mesh, 2).await;
+    let (a, b) = (fake.proc(0), fake.proc(1));
+    fake.attach(&mut s.mesh, &a).await;
+    fake.attach(&mut s.mesh, &b).await;
+    let back = fake.echo_via(&b, &s.echo, b"before").await;
+    assert_eq!(back, b"before");
+
+    let bytes = bad(&s);
+    fake.send_raw(&a, &bytes).await;
+    let reason = s.wait_failed(&a).await;
+    for needle in needles {
+        assert!(
+            reason.contains(needle),
+            "failure of {a} does not mention {needle:?}: {reason}"
+        );
+    }
+    // The allocator stops reading A's stream and tells the worker to stop A.
+    let code = fake.wait_stopped(&a).await;
+    assert_eq!(code, Some(close::PROTOCOL), "stream of {a}");
+    let stop_a = AllocatorToWorker::StopProc { proc_id: a.clone() };
+    fake.wait_control("StopProc for A", |m| *m == stop_a).await;
+
+    // B still carries messages both ways; nothing else ended.
+    let back = fake.echo_via(&b, &s.echo, b"after").await;
+    assert_eq!(back, b"after");
+    s.wait_delivered(&b, 2).await;
+    s.mesh.collect_for(Duration::from_secs(1)).await;
+    s.assert_fake_connected(&fake);
+    s.assert_not_ended(&b);
+    s.finish(fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_claiming_another_sender() {
+    violation_on_a(
+        "hmb-claim",
+        |s| {
+            let env = Envelope {
+                id: 0,
+                from: s.echo.id().clone(),
+                to: Dest::Actor(s.echo.id().clone()),
+                return_port: None,
+                payload: vec![],
+            };
+            codec::frame(&MailboxFrame::Envelope(env), Limits::default().max_frame)
+                .expect("encode envelope")
+        },
+        &["protocol violation", "claims to come from"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_envelope() {
+    violation_on_a(
+        "hmb-undecodable",
+        |_| {
+            let mut bytes = vec![0, 0, 0, 8];
+            bytes.extend_from_slice(&[0xff; 8]);
+            bytes
+        },
+        &["protocol violation", "undecodable"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_for_more_than_sent() {
+    violation_on_a(
+        "hmb-ack",
+        |_| {
+            codec::frame(
+                &MailboxFrame::Ack { processed: 1000 },
+                Limits::default().max_frame,
+            )
+            .expect("encode ack")
+        },
+        &["protocol violation", "ack", "1000"],
+    )
+    .await;
+}
