@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure};
 use futures::future::join_all;
-use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
-};
+use quicmesh::allocator::{Allocator, AllocatorConfig, ExitReport, Launcher};
 use quicmesh::{Actor, Context, PortRef, ProcMesh, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -76,40 +74,25 @@ async fn controller() -> anyhow::Result<()> {
     let mut alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
     alloc.launch(&Launcher::current_exe()?, WORKERS, PROCS_PER_WORKER)?;
 
-    let mut tally = Tally::default();
-    // Wait until every proc runs; give up early if anything fails or exits.
-    wait_until(&mut alloc, &mut tally, START_TIMEOUT, |t| {
-        t.running == PROCS || !t.problems.is_empty() || t.exited > 0
-    })
-    .await;
-    let outcome = if tally.running == PROCS {
-        map_reduce(&alloc).await
-    } else {
-        Err(anyhow!("only {} of {PROCS} procs running", tally.running))
+    // Wait until every proc runs (fails early if a proc fails or a worker exits),
+    // then compute; whatever happened, stop the workers and collect their exits.
+    let outcome = match alloc.wait_running(START_TIMEOUT).await {
+        Ok(()) => map_reduce(&alloc).await,
+        Err(e) => Err(e.into()),
     };
-    if let Ok(sum) = &outcome {
-        println!("fanout: {PROCS} procs, sum of squares = {sum} (checked)");
-    }
+    let exits = alloc.stop_and_wait(0, STOP_TIMEOUT).await;
+    let clean = exits
+        .iter()
+        .filter(|(_, s)| *s == ExitReport::Code(0))
+        .count();
 
-    // Always stop the workers, even after a failure, and wait for their exits.
-    alloc.stop_all(0);
-    wait_until(&mut alloc, &mut tally, STOP_TIMEOUT, |t| {
-        t.exited == WORKERS as usize
-    })
-    .await;
-    println!(
-        "fanout: stopped, {}/{WORKERS} workers exited 0",
-        tally.exited_ok
+    let sum = outcome?;
+    println!("fanout: {PROCS} procs, sum of squares = {sum} (checked)");
+    println!("fanout: stopped, {clean}/{WORKERS} workers exited 0");
+    ensure!(
+        clean == WORKERS as usize,
+        "workers did not all exit 0: {exits:?}"
     );
-
-    let mut problems = tally.problems;
-    if let Err(e) = outcome {
-        problems.insert(0, format!("{e:#}"));
-    }
-    if tally.exited < WORKERS as usize {
-        problems.push(format!("only {} of {WORKERS} workers exited", tally.exited));
-    }
-    ensure!(problems.is_empty(), "{}", problems.join("; "));
     Ok(())
 }
 
@@ -145,54 +128,4 @@ async fn map_reduce(alloc: &Allocator) -> anyhow::Result<u128> {
         bail!("sum of squares is {total}, expected {expected}");
     }
     Ok(total)
-}
-
-/// What the allocator has reported so far.
-#[derive(Default)]
-struct Tally {
-    running: usize,
-    exited: usize,
-    exited_ok: usize,
-    problems: Vec<String>,
-}
-
-impl Tally {
-    fn record(&mut self, event: AllocEvent) {
-        match &event {
-            AllocEvent::Proc {
-                state: ProcState::Running,
-                ..
-            } => self.running += 1,
-            AllocEvent::Proc {
-                state: ProcState::Failed { .. },
-                ..
-            }
-            | AllocEvent::ActorFailed { .. } => self.problems.push(event.to_string()),
-            AllocEvent::WorkerExited { status, .. } => {
-                self.exited += 1;
-                if *status == ExitReport::Code(0) {
-                    self.exited_ok += 1;
-                } else {
-                    self.problems.push(event.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Records events until `done` holds, `limit` has passed or the allocator shut down.
-async fn wait_until(
-    alloc: &mut Allocator,
-    tally: &mut Tally,
-    limit: Duration,
-    done: impl Fn(&Tally) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done(tally) {
-        match tokio::time::timeout_at(deadline, alloc.next_event()).await {
-            Ok(Some(event)) => tally.record(event),
-            _ => return,
-        }
-    }
 }

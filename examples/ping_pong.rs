@@ -14,15 +14,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context as _};
-use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
-};
+use anyhow::{ensure, Context as _};
+use quicmesh::allocator::{Allocator, AllocatorConfig, ExitReport, Launcher};
 use quicmesh::{Actor, ActorRef, Context, PortRef, Registry};
 use serde::{Deserialize, Serialize};
 
 const WORKERS: u32 = 2;
-const PROCS: usize = 2; // one per worker
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -113,47 +110,31 @@ async fn controller(rounds: u32) -> anyhow::Result<()> {
     let mut alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
     alloc.launch(&Launcher::current_exe()?, WORKERS, 1)?;
 
-    let mut tally = Tally::default();
-    // Wait until every proc runs; give up early if anything fails or exits.
-    wait_until(&mut alloc, &mut tally, START_TIMEOUT, |t| {
-        t.running == PROCS || !t.problems.is_empty() || t.exited > 0
-    })
-    .await;
-    let outcome = if tally.running == PROCS {
-        play(&alloc, rounds).await
-    } else {
-        Err(anyhow!("only {} of {PROCS} procs running", tally.running))
+    // Wait until every proc runs (fails early if a proc fails or a worker exits),
+    // then play; whatever happened, stop the workers and collect their exits.
+    let outcome = match alloc.wait_running(START_TIMEOUT).await {
+        Ok(()) => play(&alloc, rounds).await,
+        Err(e) => Err(e.into()),
     };
-    if let Ok(rtts) = &outcome {
-        let mut sorted = rtts.clone();
-        sorted.sort();
-        println!(
-            "ping_pong: {} round trips, p50 = {:.1} us, p99 = {:.1} us",
-            sorted.len(),
-            percentile(&sorted, 50).as_secs_f64() * 1e6,
-            percentile(&sorted, 99).as_secs_f64() * 1e6,
-        );
-    }
+    let exits = alloc.stop_and_wait(0, STOP_TIMEOUT).await;
+    let clean = exits
+        .iter()
+        .filter(|(_, s)| *s == ExitReport::Code(0))
+        .count();
+    println!("ping_pong: stopped, {clean}/{WORKERS} workers exited 0");
 
-    // Always stop the workers, even after a failure, and wait for their exits.
-    alloc.stop_all(0);
-    wait_until(&mut alloc, &mut tally, STOP_TIMEOUT, |t| {
-        t.exited == WORKERS as usize
-    })
-    .await;
-    println!(
-        "ping_pong: stopped, {}/{WORKERS} workers exited 0",
-        tally.exited_ok
+    let mut rtts = outcome?;
+    ensure!(
+        clean == WORKERS as usize,
+        "workers did not all exit 0: {exits:?}"
     );
-
-    let mut problems = tally.problems;
-    if let Err(e) = outcome {
-        problems.insert(0, format!("{e:#}"));
-    }
-    if tally.exited < WORKERS as usize {
-        problems.push(format!("only {} of {WORKERS} workers exited", tally.exited));
-    }
-    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    rtts.sort();
+    println!(
+        "ping_pong: {} round trips, p50 = {:.1} us, p99 = {:.1} us",
+        rtts.len(),
+        percentile(&rtts, 50).as_secs_f64() * 1e6,
+        percentile(&rtts, 99).as_secs_f64() * 1e6,
+    );
     Ok(())
 }
 
@@ -175,54 +156,4 @@ async fn play(alloc: &Allocator, rounds: u32) -> anyhow::Result<Vec<Duration>> {
 /// The nearest-rank percentile `pct` (1..=100) of sorted, non-empty `values`.
 fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[(sorted.len() * pct).div_ceil(100).max(1) - 1]
-}
-
-/// What the allocator has reported so far.
-#[derive(Default)]
-struct Tally {
-    running: usize,
-    exited: usize,
-    exited_ok: usize,
-    problems: Vec<String>,
-}
-
-impl Tally {
-    fn record(&mut self, event: AllocEvent) {
-        match &event {
-            AllocEvent::Proc {
-                state: ProcState::Running,
-                ..
-            } => self.running += 1,
-            AllocEvent::Proc {
-                state: ProcState::Failed { .. },
-                ..
-            }
-            | AllocEvent::ActorFailed { .. } => self.problems.push(event.to_string()),
-            AllocEvent::WorkerExited { status, .. } => {
-                self.exited += 1;
-                if *status == ExitReport::Code(0) {
-                    self.exited_ok += 1;
-                } else {
-                    self.problems.push(event.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Records events until `done` holds, `limit` has passed or the allocator shut down.
-async fn wait_until(
-    alloc: &mut Allocator,
-    tally: &mut Tally,
-    limit: Duration,
-    done: impl Fn(&Tally) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done(tally) {
-        match tokio::time::timeout_at(deadline, alloc.next_event()).await {
-            Ok(Some(event)) => tally.record(event),
-            _ => return,
-        }
-    }
 }

@@ -36,3 +36,8 @@ pub use allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
 pub use id::{ActorId, PortId, ProcId};
 pub use mesh::{ActorMesh, ProcMesh};
 pub use worker::bootstrap_or_die;
+
+/// The README's code, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

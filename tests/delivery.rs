@@ -329,3 +329,94 @@ async fn fast_producer_slow_consumer_stays_within_the_byte_budget() {
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
+    const MAX_FRAME: u32 = 256 * 1024;
+    let mut mesh = TestMesh::with_config("returns", |c| c.limits.max_frame = MAX_FRAME).await;
+    let mut returned = mesh.alloc.take_returned().expect("returned stream");
+    let worker = mesh.launch(1, 1)[0];
+    mesh.wait_running(1).await;
+    let client = mesh.alloc.client().clone();
+    let proc_id = mesh.alloc.procs()[0].clone();
+    let counter = client
+        .spawn::<Counter>(&proc_id, "counter", &())
+        .await
+        .expect("spawn");
+
+    // Above the frame limit: returned, not sent; later messages still flow.
+    let big = vec![0u8; MAX_FRAME as usize + 1];
+    counter
+        .tell(&client, CounterMsg::Count { seq: 0, pad: big })
+        .await
+        .expect("accepted");
+    let u = tokio::time::timeout(SOON, returned.recv())
+        .await
+        .expect("return in time")
+        .expect("returned");
+    assert!(u.reason.contains("too large"), "{}", u.reason);
+    assert_eq!(
+        u.envelope.to,
+        quicmesh::wire::Dest::Actor(counter.id().clone())
+    );
+
+    // To an actor that does not exist on a live proc.
+    let ghost: quicmesh::ActorRef<Counter> = quicmesh::ActorRef::attest(proc_id.actor("ghost", 0));
+    ghost
+        .tell(
+            &client,
+            CounterMsg::Count {
+                seq: 0,
+                pad: vec![],
+            },
+        )
+        .await
+        .expect("accepted");
+    let u = tokio::time::timeout(SOON, returned.recv())
+        .await
+        .expect("return in time")
+        .expect("returned");
+    assert!(
+        u.reason.contains("not found") && u.reason.contains("ghost"),
+        "{}",
+        u.reason
+    );
+
+    // To a proc that does not exist.
+    let nowhere: quicmesh::ActorRef<Counter> =
+        quicmesh::ActorRef::attest(quicmesh::ProcId::new("nowhere", 1).actor("x", 0));
+    nowhere
+        .tell(
+            &client,
+            CounterMsg::Count {
+                seq: 0,
+                pad: vec![],
+            },
+        )
+        .await
+        .expect("accepted");
+    let u = tokio::time::timeout(SOON, returned.recv())
+        .await
+        .expect("return in time")
+        .expect("returned");
+    assert!(u.reason.contains("unknown proc"), "{}", u.reason);
+
+    counter
+        .tell(
+            &client,
+            CounterMsg::Count {
+                seq: 0,
+                pad: vec![1; 1000],
+            },
+        )
+        .await
+        .expect("tell");
+    let report: CounterReport = counter
+        .ask(&client, CounterMsg::Report)
+        .await
+        .expect("report");
+    assert_eq!((report.received, report.bytes), (1, 1000));
+    mesh.assert_healthy(worker);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}

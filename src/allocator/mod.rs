@@ -74,6 +74,8 @@ pub struct AllocatorConfig {
     pub transport: TransportConfig,
     /// Actor types the controller's own proc can spawn on request.
     pub registry: Registry,
+    /// Default timeout of the controller's `ask`s.
+    pub ask_timeout: Duration,
 }
 
 impl AllocatorConfig {
@@ -93,6 +95,7 @@ impl AllocatorConfig {
             limits: Limits::default(),
             transport: TransportConfig::default(),
             registry: Registry::new(),
+            ask_timeout: ProcConfig::default().ask_timeout,
         }
     }
 }
@@ -122,6 +125,9 @@ pub enum AllocatorError {
     /// No worker with this index is connected.
     #[error("worker {0} is not connected")]
     NotConnected(u32),
+    /// The allocation did not come up: a proc failed, a worker exited, or time ran out.
+    #[error("allocation did not start: {0}")]
+    Start(String),
 }
 
 /// Everything a worker started by other means needs to join (design §4 variables).
@@ -149,6 +155,8 @@ pub(crate) struct Shared {
     next_rank: AtomicU32,
     pub(crate) router: Arc<router::Router>,
     proc_workers: Mutex<HashMap<ProcId, u32>>,
+    proc_states: Mutex<HashMap<ProcId, ProcState>>,
+    exits: Mutex<HashMap<u32, ExitReport>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,6 +165,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn emit(&self, event: AllocEvent) {
+        match &event {
+            AllocEvent::Proc { proc_id, state, .. } => {
+                lock(&self.proc_states).insert(proc_id.clone(), state.clone());
+            }
+            AllocEvent::WorkerExited { index, status } => {
+                lock(&self.exits).insert(*index, *status);
+            }
+            _ => {}
+        }
         let _ = self.events.send(event);
     }
 
@@ -260,6 +277,7 @@ impl Allocator {
         let controller_id = ProcId::new(format!("{}_ctl", config.alloc_name), 0);
         let proc_config = ProcConfig {
             mailbox_bytes: config.limits.mailbox_bytes as usize,
+            ask_timeout: config.ask_timeout,
             ..ProcConfig::default()
         };
         let mut outputs = None;
@@ -277,6 +295,8 @@ impl Allocator {
         let shared = Arc::new(Shared {
             router: router.clone(),
             proc_workers: Mutex::new(HashMap::new()),
+            proc_states: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
             config,
             admission: Mutex::new(Admission::new()),
             workers: Mutex::new(HashMap::new()),
@@ -521,6 +541,76 @@ impl Allocator {
     /// launch it or it has already exited.
     pub fn kill_worker(&self, index: u32) -> bool {
         self.shared.kill_child(index, Duration::ZERO)
+    }
+
+    /// The last reported state of `proc_id`.
+    pub fn proc_state(&self, proc_id: &ProcId) -> Option<ProcState> {
+        lock(&self.shared.proc_states).get(proc_id).cloned()
+    }
+
+    /// How launched worker `index` exited, once it has.
+    pub fn exit_status(&self, index: u32) -> Option<ExitReport> {
+        lock(&self.shared.exits).get(&index).copied()
+    }
+
+    /// Waits until every proc started so far is running, logging events as they come.
+    ///
+    /// The events are consumed. Errors: [`AllocatorError::Start`] as soon as a
+    /// proc fails or a launched worker exits (with the reason), or when
+    /// `timeout` passes (saying how many procs run).
+    pub async fn wait_running(&mut self, timeout: Duration) -> Result<(), AllocatorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let procs = self.procs();
+            let running = procs
+                .iter()
+                .filter(|p| self.proc_state(p) == Some(ProcState::Running))
+                .count();
+            for p in &procs {
+                if let Some(ProcState::Failed { reason }) = self.proc_state(p) {
+                    return Err(AllocatorError::Start(format!("proc {p} failed: {reason}")));
+                }
+            }
+            if let Some((index, status)) = lock(&self.shared.exits).iter().next() {
+                return Err(AllocatorError::Start(format!("worker {index} {status}")));
+            }
+            if running == procs.len() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => tracing::info!("{e}"),
+                Ok(None) => return Err(AllocatorError::Start("allocator shut down".into())),
+                Err(_) => {
+                    return Err(AllocatorError::Start(format!(
+                        "{running} of {} procs running after {timeout:?}",
+                        procs.len()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Tells every worker to stop and exit with `code`, and waits (up to
+    /// `timeout`) until every worker this allocator launched has exited.
+    ///
+    /// The events are consumed (and logged). Returns the exit status of each
+    /// launched worker, by index; one still running at the deadline is missing.
+    pub async fn stop_and_wait(&mut self, code: i32, timeout: Duration) -> Vec<(u32, ExitReport)> {
+        self.stop_all(code);
+        let launched: Vec<u32> = lock(&self.shared.children).keys().copied().collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while launched.iter().any(|i| self.exit_status(*i).is_none()) {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => tracing::info!("{e}"),
+                _ => break,
+            }
+        }
+        let mut exits: Vec<(u32, ExitReport)> = launched
+            .into_iter()
+            .filter_map(|i| self.exit_status(i).map(|s| (i, s)))
+            .collect();
+        exits.sort_unstable_by_key(|(i, _)| *i);
+        exits
     }
 
     /// The next event; `None` only after the allocator has been shut down.
