@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestMesh, SOON};
-use quicmesh::actor::builtin::{
-    Counter, CounterMsg, CounterReport, Echo, EchoMsg, Faulty, FaultyMsg,
-};
+use quicmesh::actor::builtin::{Counter, Echo, EchoMsg, Faulty, FaultyMsg};
 use quicmesh::actor::{AskError, SpawnError};
 use quicmesh::allocator::AllocEvent;
 use quicmesh::ProcMesh;
@@ -99,32 +97,7 @@ async fn hundred_thousand_tells_arrive_in_order_exactly_once() {
         .spawn::<Counter>(&proc_id, "counter", &())
         .await
         .expect("spawn");
-    const N: u64 = 100_000;
-    for seq in 0..N {
-        counter
-            .tell(
-                &client,
-                CounterMsg::Count {
-                    seq,
-                    pad: Vec::new(),
-                },
-            )
-            .await
-            .expect("tell");
-    }
-    let report: CounterReport = counter
-        .ask(&client, CounterMsg::Report)
-        .await
-        .expect("report");
-    assert_eq!(
-        report,
-        CounterReport {
-            received: N,
-            out_of_order: 0,
-            next: N,
-            bytes: 0
-        }
-    );
+    common::count_in_order(&client, &counter, 100_000, SOON).await;
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }

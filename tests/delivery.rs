@@ -10,7 +10,6 @@ use common::{signal, TestMesh, SOON};
 use quicmesh::actor::builtin::{
     Counter, CounterMsg, CounterReport, Echo, EchoMsg, Sleeper, SleeperMsg,
 };
-use quicmesh::allocator::AllocEvent;
 use quicmesh::relay::Relay;
 use quicmesh::wire::codec;
 
@@ -156,32 +155,7 @@ async fn ten_percent_loss_delivers_everything_in_order() {
         .spawn::<Counter>(&proc_id, "counter", &())
         .await
         .expect("spawn");
-    const N: u64 = 100_000;
-    for seq in 0..N {
-        counter
-            .tell(
-                &client,
-                CounterMsg::Count {
-                    seq,
-                    pad: Vec::new(),
-                },
-            )
-            .await
-            .expect("tell");
-    }
-    let report: CounterReport = counter
-        .ask_within(&client, Duration::from_secs(120), CounterMsg::Report)
-        .await
-        .expect("report");
-    assert_eq!(
-        report,
-        CounterReport {
-            received: N,
-            out_of_order: 0,
-            next: N,
-            bytes: 0
-        }
-    );
+    common::count_in_order(&client, &counter, 100_000, Duration::from_secs(120)).await;
     assert!(
         relay.stats().dropped > 0,
         "the relay dropped nothing: {:?}",
@@ -322,10 +296,7 @@ async fn fast_producer_slow_consumer_stays_within_the_byte_budget() {
         link.peak_queued_bytes, stats.peak_queued_bytes
     );
     mesh.collect_for(Duration::from_millis(200)).await;
-    assert!(!mesh
-        .seen
-        .iter()
-        .any(|e| matches!(e, AllocEvent::Proc { state, .. } if state.word() == "failed")));
+    mesh.assert_no_failures();
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }
@@ -350,10 +321,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         .tell(&client, CounterMsg::Count { seq: 0, pad: big })
         .await
         .expect("accepted");
-    let u = tokio::time::timeout(SOON, returned.recv())
-        .await
-        .expect("return in time")
-        .expect("returned");
+    let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("too large"), "{}", u.reason);
     assert_eq!(
         u.envelope.to,
@@ -372,10 +340,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         )
         .await
         .expect("accepted");
-    let u = tokio::time::timeout(SOON, returned.recv())
-        .await
-        .expect("return in time")
-        .expect("returned");
+    let u = common::next_returned(&mut returned).await;
     assert!(
         u.reason.contains("not found") && u.reason.contains("ghost"),
         "{}",
@@ -395,10 +360,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         )
         .await
         .expect("accepted");
-    let u = tokio::time::timeout(SOON, returned.recv())
-        .await
-        .expect("return in time")
-        .expect("returned");
+    let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("unknown proc"), "{}", u.reason);
 
     counter

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use common::{is_state, signal, TestMesh, SOON};
 use quicmesh::allocator::{AllocEvent, ExitReport};
-use quicmesh::relay::Relay;
 
 /// Heartbeat timeout (default) plus a margin generous enough for a loaded machine.
 const DETECT: Duration = Duration::from_millis(1500 + 8000);
@@ -19,13 +18,7 @@ fn failed_with(e: &AllocEvent, worker: u32, reason: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_worker_exits_on_lost_heartbeats_others_unaffected() {
     let mut mesh = TestMesh::new("blackhole").await;
-    let mut relays = Vec::new();
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        let relay = Relay::start(mesh.alloc.local_addr()).await.expect("relay");
-        workers.push(mesh.launch_via(relay.local_addr(), 1));
-        relays.push(relay);
-    }
+    let (workers, relays) = mesh.launch_behind_relays(3, 1).await;
     mesh.wait_running(3).await;
 
     let start = Instant::now();
@@ -63,13 +56,7 @@ async fn blackholed_worker_exits_on_lost_heartbeats_others_unaffected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_percent_loss_for_twenty_seconds_is_survived() {
     let mut mesh = TestMesh::new("loss").await;
-    let mut relays = Vec::new();
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        let relay = Relay::start(mesh.alloc.local_addr()).await.expect("relay");
-        workers.push(mesh.launch_via(relay.local_addr(), 1));
-        relays.push(relay);
-    }
+    let (workers, relays) = mesh.launch_behind_relays(2, 1).await;
     mesh.wait_running(2).await;
     for r in &relays {
         r.set_loss(0.2);

@@ -8,7 +8,6 @@ use common::{is_state, TestMesh, SOON};
 use quicmesh::actor::builtin::{
     Counter, CounterMsg, CounterReport, Recorder, RecorderMsg, StopProbe,
 };
-use quicmesh::allocator::AllocEvent;
 use quicmesh::ProcMesh;
 
 /// Asks the recorder until it holds `n` lines ending in `suffix`.
@@ -135,10 +134,7 @@ async fn stopping_meshes_runs_stop_hooks() {
     // A message to a stopped proc comes back.
     let err = again.get(0).expect("rank 0").tell(&client, ()).await;
     assert!(err.is_ok(), "tell is accepted, then returned");
-    assert!(!mesh
-        .seen
-        .iter()
-        .any(|e| matches!(e, AllocEvent::Proc { state, .. } if state.word() == "failed")));
+    mesh.assert_no_failures();
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }

@@ -27,6 +27,12 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// Whether the peer stopped reading with code 0: it is done with the
+    /// stream in order (e.g. a proc stopping), not failing.
+    pub fn is_stopped_normally(&self) -> bool {
+        matches!(self, StreamError::Write(quinn::WriteError::Stopped(code)) if code.into_inner() == 0)
+    }
+
     /// Whether the peer broke the protocol (as opposed to the transport failing).
     pub fn is_protocol_violation(&self) -> bool {
         matches!(self, StreamError::Codec(_) | StreamError::Truncated(_))

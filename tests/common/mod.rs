@@ -300,6 +300,34 @@ impl TestMesh {
         }
     }
 
+    /// Launches `n` workers, each behind its own fault-injection relay, with `procs` procs each.
+    pub async fn launch_behind_relays(
+        &mut self,
+        n: u32,
+        procs: u32,
+    ) -> (Vec<u32>, Vec<quicmesh::relay::Relay>) {
+        let mut workers = Vec::new();
+        let mut relays = Vec::new();
+        for _ in 0..n {
+            let relay = quicmesh::relay::Relay::start(self.alloc.local_addr())
+                .await
+                .expect("relay");
+            workers.push(self.launch_via(relay.local_addr(), procs));
+            relays.push(relay);
+        }
+        (workers, relays)
+    }
+
+    /// Asserts that no proc has been reported failed.
+    pub fn assert_no_failures(&self) {
+        let failed = self.seen.iter().find(|e| is_state(e, "failed"));
+        assert!(
+            failed.is_none(),
+            "unexpected failure: {failed:?}\n{}",
+            self.log()
+        );
+    }
+
     /// Drops the allocator and checks that no worker process it launched is left.
     pub async fn finish(self) {
         let pids: Vec<u32> = self
@@ -370,4 +398,42 @@ pub fn spawn_worker(env: &[(&str, String)]) -> ChildGuard {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     ChildGuard(Some(cmd.spawn().expect("spawn quicmesh worker")))
+}
+
+/// Tells `counter` the numbers `0..n` in order, then checks it got exactly those, in order.
+pub async fn count_in_order(
+    client: &quicmesh::Client,
+    counter: &quicmesh::ActorRef<quicmesh::actor::builtin::Counter>,
+    n: u64,
+    within: Duration,
+) {
+    use quicmesh::actor::builtin::{CounterMsg, CounterReport};
+    for seq in 0..n {
+        let msg = CounterMsg::Count {
+            seq,
+            pad: Vec::new(),
+        };
+        counter.tell(client, msg).await.expect("tell");
+    }
+    let report: CounterReport = counter
+        .ask_within(client, within, CounterMsg::Report)
+        .await
+        .expect("report");
+    let want = CounterReport {
+        received: n,
+        out_of_order: 0,
+        next: n,
+        bytes: 0,
+    };
+    assert_eq!(report, want);
+}
+
+/// The next envelope returned to the controller; panics if none comes in time.
+pub async fn next_returned(
+    returned: &mut tokio::sync::mpsc::UnboundedReceiver<quicmesh::wire::Undeliverable>,
+) -> quicmesh::wire::Undeliverable {
+    tokio::time::timeout(SOON, returned.recv())
+        .await
+        .expect("an envelope returned in time")
+        .expect("returned stream open")
 }

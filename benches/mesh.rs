@@ -1,0 +1,1276 @@
+//! End-to-end benchmark of quicmesh, each case against a bare-quinn baseline measured in the same run.
+//!
+//! ```sh
+//! cargo bench --bench mesh               # full run, a few minutes
+//! cargo bench --bench mesh -- --quick    # ~10x fewer iterations, under a minute
+//! ```
+//!
+//! This one executable plays four parts, chosen by its environment:
+//! - a quicmesh worker, when an allocator launched it (`bootstrap_or_die` never returns then);
+//! - the raw quinn peer (`QUICMESH_BENCH_RAW_PEER`): a bare quinn server with mutual TLS
+//!   that echoes or counts length-prefixed frames encoded by `quicmesh::wire::codec`;
+//! - an allocator child (`QUICMESH_BENCH_ALLOC_CHILD`) that launches 2 workers and waits,
+//!   to be frozen by the controller;
+//! - the controller, which runs every case and prints a table, then one `name: value`
+//!   line per figure.
+//!
+//! Every child process is held by a guard that kills it when dropped; children also
+//! exit by themselves when their stdin (a pipe from the controller) closes.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _};
+use futures::future::join_all;
+use quicmesh::actor::builtin::{self, Counter, CounterMsg, CounterReport, Echo, EchoMsg};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::config::{HeartbeatConfig, Limits};
+use quicmesh::tls::{self, CertPaths};
+use quicmesh::transport::{self, FramedRecv, FramedSend};
+use quicmesh::{ActorRef, Client, ProcMesh};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Set in the raw quinn peer's environment.
+const ENV_RAW_PEER: &str = "QUICMESH_BENCH_RAW_PEER";
+/// Set in the allocator child's environment.
+const ENV_ALLOC_CHILD: &str = "QUICMESH_BENCH_ALLOC_CHILD";
+/// Certificate directory handed to the children.
+const ENV_CERT_DIR: &str = "QUICMESH_BENCH_CERT_DIR";
+
+/// Payload of the small messages.
+const SMALL: usize = 64;
+/// Payload of the bulk messages.
+const BULK: usize = 16 * 1024;
+/// Bytes the raw client encodes before one write (the same batch as quicmesh's mailbox writer).
+const RAW_BATCH: usize = 64 * 1024;
+/// Time one case may take before it is abandoned.
+const CASE_LIMIT: Duration = Duration::from_secs(180);
+/// Time a proc start, stop or exit may take.
+const EVENT_LIMIT: Duration = Duration::from_secs(60);
+
+fn main() -> anyhow::Result<()> {
+    // In a worker process this runs the worker and exits.
+    quicmesh::bootstrap_or_die(&builtin::registry());
+    if std::env::var_os(ENV_RAW_PEER).is_some() {
+        return raw_peer_main();
+    }
+    if std::env::var_os(ENV_ALLOC_CHILD).is_some() {
+        return alloc_child_main();
+    }
+    init_logging();
+    // cargo bench passes `--bench`; anything but `--quick` is ignored.
+    let quick = std::env::args().skip(1).any(|a| a == "--quick");
+    runtime()?.block_on(controller(Sizes::new(quick)))
+}
+
+/// The runtime every part uses: multi-thread, 2 worker threads (as a quicmesh worker's).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Warnings and errors of the controller's own allocators on stderr (RUST_LOG overrides).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Iteration counts.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    quick: bool,
+    rtt_warmup: usize,
+    rtt_samples: usize,
+    tells: u64,
+    bulk: u64,
+    spawn_workers: u32,
+    actor_spawns: usize,
+    cast_rounds: usize,
+    /// Alternating quicmesh/raw rounds of each throughput case (median reported).
+    rounds: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                quick,
+                rtt_warmup: 50,
+                rtt_samples: 300,
+                tells: 20_000,
+                bulk: 2_000,
+                spawn_workers: 8,
+                actor_spawns: 200,
+                cast_rounds: 5,
+                rounds: 1,
+            }
+        } else {
+            Sizes {
+                quick,
+                rtt_warmup: 200,
+                rtt_samples: 2_000,
+                tells: 200_000,
+                bulk: 20_000,
+                spawn_workers: 32,
+                actor_spawns: 2_000,
+                cast_rounds: 30,
+                rounds: 3,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+/// A figure: a `name: value` line, and what the table shows.
+struct Results {
+    figures: Vec<(String, Option<f64>, usize)>,
+    rows: Vec<[String; 5]>,
+    failures: Vec<String>,
+}
+
+impl Results {
+    fn new() -> Results {
+        Results {
+            figures: Vec::new(),
+            rows: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Records figure `name` with `decimals` decimals (`None`: the case failed).
+    fn figure(&mut self, name: &str, value: Option<f64>, decimals: usize) {
+        self.figures.push((name.to_string(), value, decimals));
+    }
+
+    fn get(&self, name: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .and_then(|(_, v, _)| *v)
+    }
+
+    fn row(&mut self, case: &str, mesh: String, raw: String, ratio: String, goal: &str) {
+        self.rows
+            .push([case.to_string(), mesh, raw, ratio, goal.to_string()]);
+    }
+
+    fn failed(&mut self, case: &str, e: &anyhow::Error) {
+        eprintln!("bench: case {case} failed: {e:#}");
+        self.failures.push(format!("{case}: {e:#}"));
+    }
+
+    fn print(&self, sizes: &Sizes, elapsed: Duration) {
+        let header = [
+            "case".to_string(),
+            "quicmesh".to_string(),
+            "bare quinn".to_string(),
+            "ratio".to_string(),
+            "goal".to_string(),
+        ];
+        let mut widths = [0usize; 5];
+        for row in std::iter::once(&header).chain(&self.rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let mode = if sizes.quick { "quick" } else { "full" };
+        println!();
+        println!(
+            "quicmesh mesh benchmark ({mode} run, {:.1} s; MB = 10^6 payload bytes)",
+            elapsed.as_secs_f64()
+        );
+        for (i, row) in std::iter::once(&header).chain(&self.rows).enumerate() {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            println!("{}", line.join("  ").trim_end());
+            if i == 0 {
+                println!("{}", "-".repeat(widths.iter().sum::<usize>() + 8));
+            }
+        }
+        println!();
+        for (name, value, decimals) in &self.figures {
+            match value {
+                Some(v) => println!("{name}: {v:.decimals$}"),
+                None => println!("{name}: failed"),
+            }
+        }
+    }
+}
+
+fn fmt(v: Option<f64>, decimals: usize, unit: &str) -> String {
+    match v {
+        Some(v) => format!("{v:.decimals$} {unit}").trim_end().to_string(),
+        None => "failed".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The nearest-rank percentile `pct` of `samples` (sorted here), in microseconds.
+fn percentile_us(samples: &mut [Duration], pct: usize) -> f64 {
+    samples.sort_unstable();
+    let i = (samples.len() * pct).div_ceil(100).max(1) - 1;
+    samples[i].as_secs_f64() * 1e6
+}
+
+fn median_f64(samples: &mut [f64]) -> f64 {
+    samples.sort_unstable_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+// ---------------------------------------------------------------------------
+// The controller
+
+async fn controller(sizes: Sizes) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = TempDir::new("certs")?;
+    let certs = tls::generate_dev_certs(dir.path(), &[], false)?;
+    let mut r = Results::new();
+
+    // Throughput cases: one worker with one proc against one raw peer process.
+    let t = Instant::now();
+    match timed(throughput(&certs, &sizes, &mut r)).await {
+        Ok(()) => eprintln!("bench: throughput cases done in {:.1?}", t.elapsed()),
+        Err(e) => r.failed("throughput", &e),
+    }
+    for name in [
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "quinn_rtt_p50_us",
+        "tell_msgs_per_s",
+        "quinn_msgs_per_s",
+        "bulk_mb_per_s",
+        "quinn_bulk_mb_per_s",
+        "worker_peak_rss_kb",
+    ] {
+        if !r.figures.iter().any(|(n, _, _)| n == name) {
+            r.figure(name, None, 0);
+        }
+    }
+    let (p50, p99, q50) = (
+        r.get("rtt_p50_us"),
+        r.get("rtt_p99_us"),
+        r.get("quinn_rtt_p50_us"),
+    );
+    let rtt_ratio = ratio(p50, q50);
+    r.figure("rtt_ratio", rtt_ratio, 2);
+    let quinn_p99 = r.get("quinn_rtt_p99_us");
+    r.row(
+        "ask rtt p50, 64 B",
+        fmt(p50, 1, "us"),
+        fmt(q50, 1, "us"),
+        fmt(rtt_ratio, 2, ""),
+        "ratio <= 1.3",
+    );
+    r.row(
+        "ask rtt p99, 64 B",
+        fmt(p99, 1, "us"),
+        fmt(quinn_p99, 1, "us"),
+        fmt(ratio(p99, quinn_p99), 2, ""),
+        "",
+    );
+    let (tell, quinn_tell) = (r.get("tell_msgs_per_s"), r.get("quinn_msgs_per_s"));
+    let tell_ratio = ratio(tell, quinn_tell);
+    r.figure("tell_ratio", tell_ratio, 2);
+    r.row(
+        &format!("tell one-way, 64 B x {}", sizes.tells),
+        fmt(tell, 0, "msg/s"),
+        fmt(quinn_tell, 0, "msg/s"),
+        fmt(tell_ratio, 2, ""),
+        "ratio >= 0.5",
+    );
+    let (bulk, quinn_bulk) = (r.get("bulk_mb_per_s"), r.get("quinn_bulk_mb_per_s"));
+    let bulk_ratio = ratio(bulk, quinn_bulk);
+    r.figure("bulk_ratio", bulk_ratio, 2);
+    r.row(
+        &format!("bulk one-way, 16 KiB x {}", sizes.bulk),
+        fmt(bulk, 1, "MB/s"),
+        fmt(quinn_bulk, 1, "MB/s"),
+        fmt(bulk_ratio, 2, ""),
+        "ratio >= 0.7",
+    );
+    // Measured after the throughput cases, as asked.
+    let alloc_rss = peak_rss_kb("self").ok();
+    r.figure("allocator_peak_rss_kb", alloc_rss.map(|v| v as f64), 0);
+    r.row(
+        "allocator peak RSS (VmHWM)",
+        fmt(alloc_rss.map(|v| v as f64), 0, "kB"),
+        String::new(),
+        String::new(),
+        "",
+    );
+    let worker_rss = r.get("worker_peak_rss_kb");
+    r.row(
+        "worker peak RSS (VmHWM)",
+        fmt(worker_rss, 0, "kB"),
+        String::new(),
+        String::new(),
+        "",
+    );
+
+    // Launching workers.
+    let spawn_ms = match timed(spawn_workers(&certs, sizes.spawn_workers)).await {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            r.failed("spawn_workers", &e);
+            None
+        }
+    };
+    r.figure("spawn_workers_ms", spawn_ms, 1);
+    r.row(
+        &format!("launch {} workers x 1 proc to running", sizes.spawn_workers),
+        fmt(spawn_ms, 1, "ms"),
+        String::new(),
+        String::new(),
+        "",
+    );
+
+    // Remote actor spawns, then failure detection on the same mesh.
+    let (spawns, kill_ms, freeze_ms) = match timed(spawns_and_detection(&certs, &sizes)).await {
+        Ok(v) => v,
+        Err(e) => {
+            r.failed("actor_spawns / detection", &e);
+            (None, None, None)
+        }
+    };
+    r.figure("actor_spawns_per_s", spawns, 0);
+    r.row(
+        &format!("remote Echo spawns x {} (4x2 procs)", sizes.actor_spawns),
+        fmt(spawns, 0, "spawns/s"),
+        String::new(),
+        String::new(),
+        "",
+    );
+    let goal = "<= 1750 ms (timeout 1500 + interval 250)";
+    r.figure("detect_kill_ms", kill_ms, 1);
+    r.row(
+        "detect SIGKILLed worker",
+        fmt(kill_ms, 1, "ms"),
+        String::new(),
+        String::new(),
+        goal,
+    );
+    r.figure("detect_freeze_ms", freeze_ms, 1);
+    r.row(
+        "detect SIGSTOPped worker",
+        fmt(freeze_ms, 1, "ms"),
+        String::new(),
+        String::new(),
+        goal,
+    );
+
+    // Casting to 64 procs.
+    let (cast, seq) = match timed(cast_64(&certs, &sizes)).await {
+        Ok((c, s)) => (Some(c), Some(s)),
+        Err(e) => {
+            r.failed("cast_64", &e);
+            (None, None)
+        }
+    };
+    r.figure("cast_64_us", cast, 1);
+    r.figure("seq_tells_64_us", seq, 1);
+    r.row(
+        "cast to 64 procs + 64 reports (median)",
+        fmt(cast, 1, "us"),
+        String::new(),
+        String::new(),
+        "",
+    );
+    r.row(
+        "64 sequential tells + 64 reports (median)",
+        fmt(seq, 1, "us"),
+        String::new(),
+        String::new(),
+        "",
+    );
+
+    // Workers of a frozen allocator.
+    let exit_ms = match timed(exit_after_allocator_freeze(dir.path())).await {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            r.failed("exit_after_allocator_freeze", &e);
+            None
+        }
+    };
+    r.figure("exit_after_allocator_freeze_ms", exit_ms, 1);
+    r.row(
+        "workers gone after allocator SIGSTOP",
+        fmt(exit_ms, 1, "ms"),
+        String::new(),
+        String::new(),
+        goal,
+    );
+
+    // Put the figures in the order of the brief.
+    let order = [
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "quinn_rtt_p50_us",
+        "rtt_ratio",
+        "tell_msgs_per_s",
+        "quinn_msgs_per_s",
+        "tell_ratio",
+        "bulk_mb_per_s",
+        "quinn_bulk_mb_per_s",
+        "bulk_ratio",
+        "spawn_workers_ms",
+        "actor_spawns_per_s",
+        "detect_kill_ms",
+        "detect_freeze_ms",
+        "exit_after_allocator_freeze_ms",
+        "cast_64_us",
+        "seq_tells_64_us",
+        "allocator_peak_rss_kb",
+        "worker_peak_rss_kb",
+    ];
+    r.figures.retain(|(n, _, _)| order.contains(&n.as_str()));
+    r.figures
+        .sort_by_key(|(n, _, _)| order.iter().position(|o| o == n));
+    r.print(&sizes, started.elapsed());
+    if !r.failures.is_empty() {
+        bail!(
+            "{} case(s) failed: {}",
+            r.failures.len(),
+            r.failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs a case with the case time limit.
+async fn timed<T>(case: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(CASE_LIMIT, case)
+        .await
+        .map_err(|_| anyhow!("case took longer than {CASE_LIMIT:?}"))?
+}
+
+/// The launcher of worker processes: this executable, no arguments.
+fn worker_launcher() -> anyhow::Result<Launcher> {
+    let mut launcher = Launcher::program(std::env::current_exe()?);
+    if std::env::var_os("RUST_LOG").is_none() {
+        // Keep 32 workers' info lines out of the table.
+        launcher = launcher.env("RUST_LOG", "warn");
+    }
+    Ok(launcher)
+}
+
+async fn bind(certs: &CertPaths, name: &str) -> anyhow::Result<Allocator> {
+    let mut config = AllocatorConfig::new(certs);
+    config.alloc_name = name.into();
+    Ok(Allocator::bind(config).await?)
+}
+
+/// An allocator and what it has reported so far.
+struct Watch {
+    alloc: Allocator,
+    running: usize,
+    /// First proc failure per worker, with the time it was seen.
+    failed: HashMap<u32, (Instant, String)>,
+    exited: HashSet<u32>,
+    log: Vec<String>,
+}
+
+impl Watch {
+    fn new(alloc: Allocator) -> Watch {
+        Watch {
+            alloc,
+            running: 0,
+            failed: HashMap::new(),
+            exited: HashSet::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, e: AllocEvent) {
+        match &e {
+            AllocEvent::Proc {
+                state: ProcState::Running,
+                ..
+            } => self.running += 1,
+            AllocEvent::Proc {
+                worker,
+                state: ProcState::Failed { reason },
+                ..
+            } => {
+                self.failed
+                    .entry(*worker)
+                    .or_insert_with(|| (Instant::now(), reason.clone()));
+            }
+            AllocEvent::WorkerExited { index, .. } => {
+                self.exited.insert(*index);
+            }
+            _ => {}
+        }
+        self.log.push(e.to_string());
+    }
+
+    /// Waits until `done` holds; errors after `within`, or at once when `bad` names a problem.
+    async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Watch) -> bool,
+        bad: impl Fn(&Watch) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if done(self) {
+                return Ok(());
+            }
+            if let Some(problem) = bad(self) {
+                bail!(
+                    "{problem} while waiting for {what}; events: {:?}",
+                    self.tail()
+                );
+            }
+            match tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+                Ok(Some(e)) => self.record(e),
+                Ok(None) => bail!("allocator event stream ended while waiting for {what}"),
+                Err(_) => bail!("no {what} within {within:?}; events: {:?}", self.tail()),
+            }
+        }
+    }
+
+    fn tail(&self) -> &[String] {
+        &self.log[self.log.len().saturating_sub(10)..]
+    }
+
+    /// Waits for `n` procs to run; fails at once if a proc fails or a worker exits.
+    async fn running(&mut self, n: usize) -> anyhow::Result<()> {
+        self.until(
+            EVENT_LIMIT,
+            &format!("{n} running procs"),
+            |w| w.running >= n,
+            |w| {
+                if let Some((i, (_, why))) = w.failed.iter().next() {
+                    Some(format!("a proc of worker {i} failed ({why})"))
+                } else if let Some(i) = w.exited.iter().next() {
+                    Some(format!("worker {i} exited"))
+                } else {
+                    None
+                }
+            },
+        )
+        .await
+    }
+
+    /// Tells every worker to stop and waits until `n` workers (in all) have exited.
+    async fn stop_all(&mut self, n: usize) -> anyhow::Result<()> {
+        self.alloc.stop_all(0);
+        self.until(
+            EVENT_LIMIT,
+            &format!("exit of {n} workers"),
+            |w| w.exited.len() >= n,
+            |_| None,
+        )
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Throughput cases
+
+async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow::Result<()> {
+    let raw = RawClient::start(certs).await.context("raw quinn peer")?;
+    let mut w = Watch::new(bind(certs, "tput").await?);
+    let index = w.alloc.launch(&worker_launcher()?, 1, 1)?[0];
+    w.running(1).await?;
+    let worker_pid = w.alloc.worker_pid(index).context("worker pid")?;
+    let proc_id = w.alloc.procs()[0].clone();
+    let client = w.alloc.client().clone();
+    let echo = client.spawn::<Echo>(&proc_id, "echo", &()).await?;
+
+    // Round trips, in alternating rounds.
+    let rounds = sizes.rounds;
+    let (warmup, samples) = (
+        sizes.rtt_warmup.div_ceil(rounds),
+        sizes.rtt_samples.div_ceil(rounds),
+    );
+    let (mut rtts, mut raw_rtts) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        rtts.extend(mesh_rtt(&client, &echo, warmup, samples).await?);
+        raw_rtts.extend(raw.rtt(warmup, samples).await?);
+    }
+    r.figure("rtt_p50_us", Some(percentile_us(&mut rtts, 50)), 1);
+    r.figure("rtt_p99_us", Some(percentile_us(&mut rtts, 99)), 1);
+    r.figure(
+        "quinn_rtt_p50_us",
+        Some(percentile_us(&mut raw_rtts, 50)),
+        1,
+    );
+    r.figure(
+        "quinn_rtt_p99_us",
+        Some(percentile_us(&mut raw_rtts, 99)),
+        1,
+    );
+
+    // One-way messages: a warm-up of n/10, then alternating rounds of n.
+    let cases = [
+        (
+            sizes.tells,
+            SMALL,
+            "tells",
+            "tell_msgs_per_s",
+            "quinn_msgs_per_s",
+        ),
+        (
+            sizes.bulk,
+            BULK,
+            "bulk",
+            "bulk_mb_per_s",
+            "quinn_bulk_mb_per_s",
+        ),
+    ];
+    for (n, size, name, mesh_name, raw_name) in cases {
+        let mut mesh = MeshCounter {
+            actor: client.spawn::<Counter>(&proc_id, name, &()).await?,
+            seq: 0,
+        };
+        let mut raw_counter = raw.counter().await?;
+        mesh.batch(&client, n / 10, size).await?;
+        raw_counter.batch(n / 10, size).await?;
+        let (mut mesh_secs, mut raw_secs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            mesh_secs.push(mesh.batch(&client, n, size).await?);
+            raw_secs.push(raw_counter.batch(n, size).await?);
+        }
+        // Messages per second, or MB per second for the bulk case.
+        let amount = if size == SMALL {
+            n as f64
+        } else {
+            (n * size as u64) as f64 / 1e6
+        };
+        let decimals = if size == SMALL { 0 } else { 1 };
+        r.figure(
+            mesh_name,
+            Some(amount / median_f64(&mut mesh_secs)),
+            decimals,
+        );
+        r.figure(raw_name, Some(amount / median_f64(&mut raw_secs)), decimals);
+        raw_counter.tx.finish();
+    }
+
+    r.figure(
+        "worker_peak_rss_kb",
+        Some(peak_rss_kb(&worker_pid.to_string())? as f64),
+        0,
+    );
+    raw.close();
+    w.stop_all(1).await?;
+    Ok(())
+}
+
+async fn mesh_rtt(
+    client: &Client,
+    echo: &ActorRef<Echo>,
+    warmup: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let start = Instant::now();
+        let reply: Vec<u8> = echo
+            .ask(client, |port| EchoMsg::Echo(vec![0; SMALL], port))
+            .await?;
+        let took = start.elapsed();
+        ensure!(reply.len() == SMALL, "echo returned {} bytes", reply.len());
+        if i >= warmup {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+/// A Counter actor and the next sequence number to tell it.
+struct MeshCounter {
+    actor: ActorRef<Counter>,
+    seq: u64,
+}
+
+impl MeshCounter {
+    /// Tells `count` messages of `size` bytes, then asks for a report;
+    /// returns the seconds from the first tell to the report.
+    async fn batch(&mut self, client: &Client, count: u64, size: usize) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for seq in self.seq..self.seq + count {
+            self.actor
+                .tell(
+                    client,
+                    CounterMsg::Count {
+                        seq,
+                        pad: vec![0; size],
+                    },
+                )
+                .await?;
+        }
+        let report: CounterReport = self.actor.ask(client, CounterMsg::Report).await?;
+        let secs = start.elapsed().as_secs_f64();
+        self.seq += count;
+        ensure!(
+            report.received == self.seq && report.out_of_order == 0,
+            "counter saw {report:?} after {} messages",
+            self.seq
+        );
+        Ok(secs)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The raw quinn baseline
+
+/// Frames of the raw baseline, encoded with `quicmesh::wire::codec` like quicmesh's own.
+#[derive(Debug, Serialize, Deserialize)]
+enum RawMsg {
+    /// First frame of a stream: what the peer does with the rest.
+    Hello(RawMode),
+    /// A numbered payload (echoed back, or counted).
+    Data { seq: u64, pad: Vec<u8> },
+    /// Reply with the tally (count mode).
+    Report,
+    /// The tally.
+    Counted {
+        count: u64,
+        bytes: u64,
+        out_of_order: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum RawMode {
+    Echo,
+    Count,
+}
+
+/// The raw peer: serves every bidi stream of every connection until stdin closes.
+fn raw_peer_main() -> anyhow::Result<()> {
+    exit_when_stdin_closes();
+    runtime()?.block_on(async {
+        let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
+        let certs = CertPaths::in_dir(&dir);
+        let roots = tls::load_roots(&certs.ca_cert)?;
+        let identity = tls::load_identity(&certs.server_cert, &certs.server_key)?;
+        let endpoint = transport::server_endpoint(
+            "127.0.0.1:0".parse()?,
+            tls::server_config(roots, identity)?,
+            &HeartbeatConfig::default(),
+            &Limits::default(),
+        )?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", endpoint.local_addr()?.port())?;
+        out.flush()?;
+        drop(out);
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return eprintln!("raw peer: handshake failed: {e}"),
+                };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_raw_stream(send, recv).await {
+                            eprintln!("raw peer: stream failed: {e:#}");
+                        }
+                    });
+                }
+            });
+        }
+        Ok(())
+    })
+}
+
+async fn serve_raw_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> anyhow::Result<()> {
+    let max = Limits::default().max_frame;
+    let (mut tx, mut rx) = (FramedSend::new(send, max), FramedRecv::new(recv, max));
+    let mode = match rx.next::<RawMsg>().await? {
+        Some(RawMsg::Hello(mode)) => mode,
+        other => bail!("expected Hello, got {other:?}"),
+    };
+    let (mut count, mut bytes, mut next, mut out_of_order) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(msg) = rx.next::<RawMsg>().await? {
+        match (mode, msg) {
+            (RawMode::Echo, RawMsg::Data { seq, pad }) => {
+                tx.send(&RawMsg::Data { seq, pad }).await?
+            }
+            (RawMode::Count, RawMsg::Data { seq, pad }) => {
+                count += 1;
+                bytes += pad.len() as u64;
+                if seq != next {
+                    out_of_order += 1;
+                }
+                next = seq + 1;
+            }
+            (_, RawMsg::Report) => {
+                tx.send(&RawMsg::Counted {
+                    count,
+                    bytes,
+                    out_of_order,
+                })
+                .await?
+            }
+            (_, other) => bail!("unexpected {other:?}"),
+        }
+    }
+    tx.finish();
+    Ok(())
+}
+
+/// The controller's end of the raw baseline: a connection to the raw peer process.
+struct RawClient {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    _peer: ChildGuard,
+}
+
+impl RawClient {
+    async fn start(certs: &CertPaths) -> anyhow::Result<RawClient> {
+        let dir = certs.ca_cert.parent().context("cert dir")?;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.env(ENV_RAW_PEER, "1")
+            .env(ENV_CERT_DIR, dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut peer = ChildGuard::spawn(cmd)?;
+        let stdout = peer.child.stdout.take().context("peer stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("raw peer did not print its port")??
+            .context("raw peer exited before printing its port")?;
+        let port: u16 = line.trim().parse().context("raw peer port")?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let roots = tls::load_roots(&certs.ca_cert)?;
+        let identity = tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
+        let endpoint = transport::client_endpoint(
+            tls::client_config(roots, identity)?,
+            addr,
+            &Limits::default(),
+        )?;
+        let conn =
+            transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
+        Ok(RawClient {
+            endpoint,
+            conn,
+            _peer: peer,
+        })
+    }
+
+    async fn open(&self, mode: RawMode) -> anyhow::Result<(FramedSend, FramedRecv)> {
+        let (send, recv) = self.conn.open_bi().await?;
+        let max = Limits::default().max_frame;
+        let mut tx = FramedSend::new(send, max);
+        tx.send(&RawMsg::Hello(mode)).await?;
+        Ok((tx, FramedRecv::new(recv, max)))
+    }
+
+    async fn rtt(&self, warmup: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let (mut tx, mut rx) = self.open(RawMode::Echo).await?;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..warmup + n {
+            let start = Instant::now();
+            tx.send(&RawMsg::Data {
+                seq: i as u64,
+                pad: vec![0; SMALL],
+            })
+            .await?;
+            let reply = rx.next::<RawMsg>().await?;
+            let took = start.elapsed();
+            match reply {
+                Some(RawMsg::Data { seq, pad }) if seq == i as u64 && pad.len() == SMALL => {}
+                other => bail!("raw echo returned {other:?}"),
+            }
+            if i >= warmup {
+                samples.push(took);
+            }
+        }
+        tx.finish();
+        Ok(samples)
+    }
+
+    async fn counter(&self) -> anyhow::Result<RawCounter> {
+        let (tx, rx) = self.open(RawMode::Count).await?;
+        Ok(RawCounter { tx, rx, seq: 0 })
+    }
+
+    fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// A count stream to the raw peer and the next sequence number.
+struct RawCounter {
+    tx: FramedSend,
+    rx: FramedRecv,
+    seq: u64,
+}
+
+impl RawCounter {
+    /// As [`MeshCounter::batch`], over a raw stream: frames are encoded into
+    /// one buffer and written 64 KiB at a time (quicmesh's mailbox batch).
+    async fn batch(&mut self, count: u64, size: usize) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for _ in 0..count {
+            self.tx.buffer(&RawMsg::Data {
+                seq: self.seq,
+                pad: vec![0; size],
+            })?;
+            self.seq += 1;
+            if self.tx.buffered() >= RAW_BATCH {
+                self.tx.flush().await?;
+            }
+        }
+        self.tx.send(&RawMsg::Report).await?;
+        let reply = self.rx.next::<RawMsg>().await?;
+        let secs = start.elapsed().as_secs_f64();
+        match reply {
+            Some(RawMsg::Counted {
+                count,
+                out_of_order: 0,
+                ..
+            }) if count == self.seq => Ok(secs),
+            other => bail!("raw peer reported {other:?} after {} frames", self.seq),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Worker launch, actor spawns, failure detection, cast
+
+/// Milliseconds from launching `n` workers x 1 proc to all procs running.
+async fn spawn_workers(certs: &CertPaths, n: u32) -> anyhow::Result<f64> {
+    let mut w = Watch::new(bind(certs, "launch").await?);
+    let launcher = worker_launcher()?;
+    let start = Instant::now();
+    w.alloc.launch(&launcher, n, 1)?;
+    w.running(n as usize).await?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    w.stop_all(n as usize).await?;
+    Ok(ms)
+}
+
+/// Remote spawns per second on a 4x2 mesh, then the time to detect a SIGKILLed
+/// and a SIGSTOPped worker (milliseconds).
+async fn spawns_and_detection(
+    certs: &CertPaths,
+    sizes: &Sizes,
+) -> anyhow::Result<(Option<f64>, Option<f64>, Option<f64>)> {
+    let mut w = Watch::new(bind(certs, "spawns").await?);
+    let workers = w.alloc.launch(&worker_launcher()?, 4, 2)?;
+    w.running(8).await?;
+    let procs = w.alloc.procs();
+    let client = w.alloc.client().clone();
+    let start = Instant::now();
+    let names: Vec<usize> = (0..sizes.actor_spawns).collect();
+    for batch in names.chunks(64) {
+        let spawns = batch.iter().map(|&i| {
+            let (client, proc_id) = (&client, &procs[i % procs.len()]);
+            async move {
+                client
+                    .spawn::<Echo>(proc_id, &format!("echo-{i}"), &())
+                    .await
+            }
+        });
+        for result in join_all(spawns).await {
+            result?;
+        }
+    }
+    let spawns = sizes.actor_spawns as f64 / start.elapsed().as_secs_f64();
+
+    let kill = detect(&mut w, workers[0], libc::SIGKILL).await;
+    let freeze = detect(&mut w, workers[1], libc::SIGSTOP).await;
+    // The frozen worker is SIGKILLed by the allocator after its grace period;
+    // the others are stopped in order.
+    let stopped = w.stop_all(4).await;
+    let (kill, freeze) = (kill?, freeze?);
+    stopped?;
+    Ok((Some(spawns), Some(kill), Some(freeze)))
+}
+
+/// Milliseconds from sending `sig` to worker `index` until the allocator reports one of its procs failed.
+async fn detect(w: &mut Watch, index: u32, sig: libc::c_int) -> anyhow::Result<f64> {
+    let pid = w
+        .alloc
+        .worker_pid(index)
+        .with_context(|| format!("pid of worker {index}"))?;
+    let start = Instant::now();
+    signal(pid, sig)?;
+    w.until(
+        Duration::from_secs(15),
+        &format!("failure of worker {index}"),
+        |w| w.failed.contains_key(&index),
+        |_| None,
+    )
+    .await?;
+    let (seen, reason) = &w.failed[&index];
+    eprintln!("bench: worker {index} (signal {sig}) reported failed: {reason}");
+    Ok(seen.duration_since(start).as_secs_f64() * 1e3)
+}
+
+/// Median microseconds of: a cast to 64 Counters + a Report from each; 64 sequential tells + reports.
+async fn cast_64(certs: &CertPaths, sizes: &Sizes) -> anyhow::Result<(f64, f64)> {
+    let mut w = Watch::new(bind(certs, "cast").await?);
+    w.alloc.launch(&worker_launcher()?, 8, 8)?;
+    w.running(64).await?;
+    let client = w.alloc.client().clone();
+    let mesh = ProcMesh::of(&w.alloc)
+        .spawn::<Counter>(&client, "cast", |_| ())
+        .await?;
+    ensure!(mesh.len() == 64, "mesh has {} actors", mesh.len());
+    let reports = |expected: u64| {
+        let client = &client;
+        let mesh = &mesh;
+        async move {
+            let asks = mesh
+                .actors()
+                .iter()
+                .map(|a| a.ask(client, CounterMsg::Report));
+            for report in join_all(asks).await {
+                let report = report?;
+                ensure!(
+                    report.received == expected && report.out_of_order == 0,
+                    "counter saw {report:?}, expected {expected}"
+                );
+            }
+            anyhow::Ok(())
+        }
+    };
+    let (mut casts, mut seqs) = (Vec::new(), Vec::new());
+    let mut seq = 0u64;
+    let warmup = 3;
+    for round in 0..warmup + sizes.cast_rounds {
+        let start = Instant::now();
+        let msg = CounterMsg::Count {
+            seq,
+            pad: vec![0; SMALL],
+        };
+        mesh.cast(&client, msg).await?;
+        reports(seq + 1).await?;
+        let cast = start.elapsed();
+        seq += 1;
+
+        let start = Instant::now();
+        for a in mesh.actors() {
+            let msg = CounterMsg::Count {
+                seq,
+                pad: vec![0; SMALL],
+            };
+            a.tell(&client, msg).await?;
+        }
+        reports(seq + 1).await?;
+        let seq_tells = start.elapsed();
+        seq += 1;
+        if round >= warmup {
+            casts.push(cast);
+            seqs.push(seq_tells);
+        }
+    }
+    w.stop_all(8).await?;
+    Ok((
+        median(&mut casts).as_secs_f64() * 1e6,
+        median(&mut seqs).as_secs_f64() * 1e6,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Workers of a frozen allocator
+
+/// The allocator child: launches 2 workers, prints their pids and "ready", waits.
+fn alloc_child_main() -> anyhow::Result<()> {
+    exit_when_stdin_closes();
+    runtime()?.block_on(async {
+        let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
+        let mut w = Watch::new(bind(&CertPaths::in_dir(&dir), "frozen").await?);
+        let workers = w.alloc.launch(&worker_launcher()?, 2, 1)?;
+        w.running(2).await?;
+        let mut out = std::io::stdout().lock();
+        for index in workers {
+            let pid = w.alloc.worker_pid(index).context("worker pid")?;
+            writeln!(out, "bench-pid {pid}")?;
+        }
+        writeln!(out, "bench-ready")?;
+        out.flush()?;
+        drop(out);
+        // Keep the allocator alive until killed.
+        while w.alloc.next_event().await.is_some() {}
+        std::future::pending::<anyhow::Result<()>>().await
+    })
+}
+
+/// Milliseconds from SIGSTOPping an allocator child until both its workers are gone.
+async fn exit_after_allocator_freeze(cert_dir: &Path) -> anyhow::Result<f64> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.env(ENV_ALLOC_CHILD, "1")
+        .env(ENV_CERT_DIR, cert_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let mut child = ChildGuard::spawn(cmd)?;
+    let child_pid = child.child.id().context("allocator child pid")?;
+    let stdout = child.child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut pids = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(pid) = line.strip_prefix("bench-pid ") {
+                pids.push(pid.trim().parse::<u32>()?);
+            } else if line == "bench-ready" {
+                return anyhow::Ok(());
+            }
+        }
+        bail!("allocator child exited before it was ready")
+    };
+    tokio::time::timeout(EVENT_LIMIT, read)
+        .await
+        .context("allocator child not ready in time")??;
+    ensure!(pids.len() == 2, "allocator child reported {pids:?}");
+
+    let start = Instant::now();
+    signal(child_pid, libc::SIGSTOP)?;
+    let result = loop {
+        if pids.iter().all(|&p| process_gone(p)) {
+            break Ok(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            for &p in &pids {
+                let _ = signal(p, libc::SIGKILL);
+            }
+            break Err(anyhow!(
+                "workers {pids:?} still alive 20 s after the allocator froze"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    signal(child_pid, libc::SIGKILL)?;
+    tokio::time::timeout(Duration::from_secs(10), child.child.wait())
+        .await
+        .context("allocator child not reaped")??;
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process, killed when dropped.
+struct ChildGuard {
+    child: tokio::process::Child,
+}
+
+impl ChildGuard {
+    fn spawn(mut cmd: tokio::process::Command) -> anyhow::Result<ChildGuard> {
+        cmd.kill_on_drop(true);
+        Ok(ChildGuard {
+            child: cmd.spawn().context("spawn child process")?,
+        })
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.try_wait();
+    }
+}
+
+/// Ends this (child) process when the controller closes our stdin, e.g. by dying.
+fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    ensure!(
+        rc == 0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Whether `pid` has ended: gone, or a zombie nobody reaped yet.
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, Some('Z') | Some('X'))
+        }
+    }
+}
+
+/// VmHWM of `/proc/<who>/status` in kB (`who` is a pid or "self").
+fn peak_rss_kb(who: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+/// A temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> anyhow::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("quicmesh-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
