@@ -12,8 +12,14 @@
 //! receive it back. Readers push the return *before* bumping the count, and
 //! the writer reads the count *before* draining the queue and only sends it
 //! when it drained the queue empty; so an ack never overtakes a return.
+//!
+//! Acks ride along with data when there is some; otherwise the writer waits
+//! up to [`ACK_DELAY`] (or until [`ACK_EVERY`] envelopes are owed) before
+//! sending one alone, so a request/reply exchange costs one packet each way
+//! rather than two.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +31,12 @@ use crate::wire::{CodecError, Envelope, MailboxFrame, Undeliverable};
 
 /// Largest batch of frames written at once.
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// Longest an ack waits for data to ride along with (like QUIC's own ack delay).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// Acks are sent at once when this many envelopes are unacknowledged.
+const ACK_EVERY: u64 = 64;
 
 /// The count of envelopes one side has processed from the other, to be acknowledged.
 #[derive(Debug, Default)]
@@ -72,10 +84,14 @@ pub async fn write_loop(
 ) -> Result<WriteEnd, StreamError> {
     let mut acked = 0u64;
     let mut stopping = false;
+    // When an ack is owed but there is no data to carry it, wait a little for some.
+    let mut ack_due: Option<tokio::time::Instant> = None;
     loop {
+        let mut ack_now = false;
         let first = if stopping {
             None
         } else {
+            let due = ack_due.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => { stopping = true; None }
@@ -86,9 +102,20 @@ pub async fn write_loop(
                         return Ok(WriteEnd::Drained);
                     }
                 },
-                _ = acks.changed.notified() => None,
+                _ = tokio::time::sleep_until(due), if ack_due.is_some() => { ack_now = true; None }
+                _ = acks.changed.notified() => {
+                    if acks.processed().saturating_sub(acked) >= ACK_EVERY {
+                        ack_now = true;
+                    } else if ack_due.is_none() {
+                        ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
+                    }
+                    None
+                }
             }
         };
+        if first.is_none() && !ack_now && !stopping {
+            continue;
+        }
         // Read the count before draining: see the module docs.
         let ack_snapshot = acks.processed();
         let mut drained = true;
@@ -112,6 +139,7 @@ pub async fn write_loop(
                 tracing::error!("cannot encode ack: {e}");
             }
             acked = ack_snapshot;
+            ack_due = None;
         }
         send.flush().await?;
         if stopping {

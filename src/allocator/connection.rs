@@ -230,11 +230,8 @@ impl WorkerSession {
                     }
                     Ok(Some(WorkerToAllocator::Leaving { code, reason })) => {
                         // Read what the worker flushed on its mailbox streams before closing.
-                        for slot in procs.slots.values() {
-                            if slot.attached {
-                                slot.link.drained(drain_time).await;
-                            }
-                        }
+                        let drains = procs.slots.values().filter(|s| s.attached).map(|s| s.link.drained(drain_time));
+                        futures::future::join_all(drains).await;
                         end = Some(End {
                             failed: false,
                             reason: format!("{reason} (exit code {code})"),
