@@ -17,8 +17,8 @@ use serde::Serialize;
 /// Size of the length prefix of a frame.
 pub const PREFIX_LEN: usize = 4;
 
-/// Hard ceiling on what one decode may allocate, whatever a frame claims.
-const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+/// Ceiling on what encoding may produce (frames are further limited by `max_frame`).
+const ENCODE_LIMIT: usize = 256 * 1024 * 1024;
 
 /// What went wrong turning bytes into a message or back.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,15 @@ pub enum CodecError {
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+    bincode::config::standard().with_limit::<ENCODE_LIMIT>()
+}
+
+/// Decodes with an allocation limit of `LIMIT` bytes in total.
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    body: &[u8],
+) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<LIMIT>())
+        .map_err(|e| CodecError::Decode(e.to_string()))
 }
 
 /// Encodes `msg` as a body without a length prefix (used for datagrams).
@@ -53,11 +61,23 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a whole body as one `T`; trailing bytes are an error.
 ///
-/// Errors: [`CodecError::Decode`] when the bytes are not a `T`,
-/// [`CodecError::TrailingBytes`] when they hold more than one.
+/// bincode allocates a string or byte vector at its *claimed* length before
+/// reading it, so a 12-byte body could claim (and get) hundreds of MiB. The
+/// decode is therefore limited to a small multiple of the body's own size
+/// (at most 256 KiB for bodies up to 4 KiB, 64x for larger ones up to 1 MiB,
+/// 16x beyond): real messages never come near it, since every allocation
+/// stands for bytes actually present in the body.
+///
+/// Errors: [`CodecError::Decode`] when the bytes are not a `T` (or claim
+/// more than the limit), [`CodecError::TrailingBytes`] when they hold more than one.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    const KIB: usize = 1024;
+    let (msg, used) = match body.len() {
+        0..=4096 => decode_limited::<T, { 256 * KIB }>(body)?,
+        4097..=65536 => decode_limited::<T, { 4 * KIB * KIB }>(body)?,
+        65537..=1048576 => decode_limited::<T, { 64 * KIB * KIB }>(body)?,
+        _ => decode_limited::<T, { 256 * KIB * KIB }>(body)?,
+    };
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
     }
@@ -233,6 +253,29 @@ mod tests {
             decode::<Msg>(&body),
             Err(CodecError::TrailingBytes(1))
         ));
+    }
+
+    #[test]
+    fn small_body_claiming_a_huge_string_hits_the_limit_before_allocating() {
+        // Found by fuzzing: a Hello whose host name claims 240 MiB, in 8 bytes.
+        let body = [0x00, 0x01, 0x00, 0xfc, 0x00, 0x00, 0x00, 0x0f];
+        let err = decode::<crate::wire::WorkerToAllocator>(&body).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("limit"), "{err}");
+        let spawn = [0x00, 0x00, 0xfc, 0x02, 0xf9, 0xfc, 0x08];
+        let err = decode::<(crate::wire::SystemMsg, crate::id::PortId)>(&spawn).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn large_legitimate_bodies_still_decode() {
+        // A varint-packed Vec<u64> claims 8 bytes per 1-byte element: 8x its size.
+        let many: Vec<u64> = vec![1; 200_000];
+        assert_eq!(decode::<Vec<u64>>(&encode(&many).unwrap()).unwrap(), many);
+        let strings: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        assert_eq!(
+            decode::<Vec<String>>(&encode(&strings).unwrap()).unwrap(),
+            strings
+        );
     }
 
     #[test]

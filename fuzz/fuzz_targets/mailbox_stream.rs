@@ -1,0 +1,24 @@
+//! A mailbox stream: length-prefixed frames (limit 16 MiB), the first decoded
+//! as `MailboxOpen`, every later one as `MailboxFrame`.
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use quicmesh::wire::{MailboxFrame, MailboxOpen};
+
+fuzz_target!(|data: &[u8]| {
+    let framed = common::frames_of(data, 16 * 1024 * 1024);
+    let mut frames = framed.frames.iter();
+    let Some(first) = frames.next() else {
+        return;
+    };
+    if common::decode_checked::<MailboxOpen>(first).is_none() {
+        return;
+    }
+    for frame in frames {
+        if common::decode_checked::<MailboxFrame>(frame).is_none() {
+            break;
+        }
+    }
+});
