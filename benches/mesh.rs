@@ -1,8 +1,8 @@
 //! End-to-end benchmark of quicmesh, each case against a bare-quinn baseline measured in the same run.
 //!
 //! ```sh
-//! cargo bench --bench mesh               # full run, a few minutes
-//! cargo bench --bench mesh -- --quick    # ~10x fewer iterations, under a minute
+//! cargo bench --bench mesh               # full run (tens of seconds)
+//! cargo bench --bench mesh -- --quick    # ~10x fewer iterations (a few seconds)
 //! ```
 //!
 //! This one executable plays four parts, chosen by its environment:
@@ -47,6 +47,10 @@ const SMALL: usize = 64;
 const BULK: usize = 16 * 1024;
 /// Bytes the raw client encodes before one write (the same batch as quicmesh's mailbox writer).
 const RAW_BATCH: usize = 64 * 1024;
+/// Alternating quicmesh/raw rounds of each one-way case (the median is reported).
+const ROUNDS: usize = 3;
+/// Round trips per path before switching to the other in the RTT case.
+const RTT_CHUNK: usize = 50;
 /// Time one case may take before it is abandoned.
 const CASE_LIMIT: Duration = Duration::from_secs(180);
 /// Time a proc start, stop or exit may take.
@@ -97,8 +101,6 @@ struct Sizes {
     spawn_workers: u32,
     actor_spawns: usize,
     cast_rounds: usize,
-    /// Alternating quicmesh/raw rounds of each throughput case (median reported).
-    rounds: usize,
 }
 
 impl Sizes {
@@ -113,7 +115,6 @@ impl Sizes {
                 spawn_workers: 8,
                 actor_spawns: 200,
                 cast_rounds: 5,
-                rounds: 1,
             }
         } else {
             Sizes {
@@ -125,7 +126,6 @@ impl Sizes {
                 spawn_workers: 32,
                 actor_spawns: 2_000,
                 cast_rounds: 30,
-                rounds: 3,
             }
         }
     }
@@ -299,7 +299,7 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
     let tell_ratio = ratio(tell, quinn_tell);
     r.figure("tell_ratio", tell_ratio, 2);
     r.row(
-        &format!("tell one-way, 64 B x {}", sizes.tells),
+        &format!("tell one-way, 64 B x {}, median of {}", sizes.tells, ROUNDS),
         fmt(tell, 0, "msg/s"),
         fmt(quinn_tell, 0, "msg/s"),
         fmt(tell_ratio, 2, ""),
@@ -309,7 +309,10 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
     let bulk_ratio = ratio(bulk, quinn_bulk);
     r.figure("bulk_ratio", bulk_ratio, 2);
     r.row(
-        &format!("bulk one-way, 16 KiB x {}", sizes.bulk),
+        &format!(
+            "bulk one-way, 16 KiB x {}, median of {}",
+            sizes.bulk, ROUNDS
+        ),
         fmt(bulk, 1, "MB/s"),
         fmt(quinn_bulk, 1, "MB/s"),
         fmt(bulk_ratio, 2, ""),
@@ -568,13 +571,10 @@ impl Watch {
             &format!("{n} running procs"),
             |w| w.running >= n,
             |w| {
-                if let Some((i, (_, why))) = w.failed.iter().next() {
-                    Some(format!("a proc of worker {i} failed ({why})"))
-                } else if let Some(i) = w.exited.iter().next() {
-                    Some(format!("worker {i} exited"))
-                } else {
-                    None
-                }
+                let failed = w.failed.iter().next();
+                let failed =
+                    failed.map(|(i, (_, why))| format!("a proc of worker {i} failed ({why})"));
+                failed.or_else(|| w.exited.iter().next().map(|i| format!("worker {i} exited")))
             },
         )
         .await
@@ -606,17 +606,18 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
     let client = w.alloc.client().clone();
     let echo = client.spawn::<Echo>(&proc_id, "echo", &()).await?;
 
-    // Round trips, in alternating rounds.
-    let rounds = sizes.rounds;
-    let (warmup, samples) = (
-        sizes.rtt_warmup.div_ceil(rounds),
-        sizes.rtt_samples.div_ceil(rounds),
-    );
+    // Round trips: a warm-up each, then alternating chunks, so that both
+    // paths see the same machine (a loaded 2-core box drifts within seconds).
+    let mut raw_echo = raw.echo().await?;
+    mesh_rtt(&client, &echo, sizes.rtt_warmup).await?;
+    raw_echo.rtt(sizes.rtt_warmup).await?;
     let (mut rtts, mut raw_rtts) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        rtts.extend(mesh_rtt(&client, &echo, warmup, samples).await?);
-        raw_rtts.extend(raw.rtt(warmup, samples).await?);
+    while rtts.len() < sizes.rtt_samples {
+        let n = RTT_CHUNK.min(sizes.rtt_samples - rtts.len());
+        rtts.extend(mesh_rtt(&client, &echo, n).await?);
+        raw_rtts.extend(raw_echo.rtt(n).await?);
     }
+    raw_echo.tx.finish();
     r.figure("rtt_p50_us", Some(percentile_us(&mut rtts, 50)), 1);
     r.figure("rtt_p99_us", Some(percentile_us(&mut rtts, 99)), 1);
     r.figure(
@@ -656,7 +657,7 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
         mesh.batch(&client, n / 10, size).await?;
         raw_counter.batch(n / 10, size).await?;
         let (mut mesh_secs, mut raw_secs) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        for _ in 0..ROUNDS {
             mesh_secs.push(mesh.batch(&client, n, size).await?);
             raw_secs.push(raw_counter.batch(n, size).await?);
         }
@@ -689,20 +690,16 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
 async fn mesh_rtt(
     client: &Client,
     echo: &ActorRef<Echo>,
-    warmup: usize,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
-    for i in 0..warmup + n {
+    for _ in 0..n {
         let start = Instant::now();
         let reply: Vec<u8> = echo
             .ask(client, |port| EchoMsg::Echo(vec![0; SMALL], port))
             .await?;
-        let took = start.elapsed();
+        samples.push(start.elapsed());
         ensure!(reply.len() == SMALL, "echo returned {} bytes", reply.len());
-        if i >= warmup {
-            samples.push(took);
-        }
     }
     Ok(samples)
 }
@@ -889,28 +886,9 @@ impl RawClient {
         Ok((tx, FramedRecv::new(recv, max)))
     }
 
-    async fn rtt(&self, warmup: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
-        let (mut tx, mut rx) = self.open(RawMode::Echo).await?;
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..warmup + n {
-            let start = Instant::now();
-            tx.send(&RawMsg::Data {
-                seq: i as u64,
-                pad: vec![0; SMALL],
-            })
-            .await?;
-            let reply = rx.next::<RawMsg>().await?;
-            let took = start.elapsed();
-            match reply {
-                Some(RawMsg::Data { seq, pad }) if seq == i as u64 && pad.len() == SMALL => {}
-                other => bail!("raw echo returned {other:?}"),
-            }
-            if i >= warmup {
-                samples.push(took);
-            }
-        }
-        tx.finish();
-        Ok(samples)
+    async fn echo(&self) -> anyhow::Result<RawEcho> {
+        let (tx, rx) = self.open(RawMode::Echo).await?;
+        Ok(RawEcho { tx, rx, seq: 0 })
     }
 
     async fn counter(&self) -> anyhow::Result<RawCounter> {
@@ -921,6 +899,37 @@ impl RawClient {
     fn close(self) {
         self.conn.close(0u32.into(), b"done");
         self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// An echo stream to the raw peer and the next sequence number.
+struct RawEcho {
+    tx: FramedSend,
+    rx: FramedRecv,
+    seq: u64,
+}
+
+impl RawEcho {
+    /// Round trips of `n` single 64-byte frames, one at a time.
+    async fn rtt(&mut self, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            self.tx
+                .send(&RawMsg::Data {
+                    seq: self.seq,
+                    pad: vec![0; SMALL],
+                })
+                .await?;
+            let reply = self.rx.next::<RawMsg>().await?;
+            samples.push(start.elapsed());
+            match reply {
+                Some(RawMsg::Data { seq, pad }) if seq == self.seq && pad.len() == SMALL => {}
+                other => bail!("raw echo returned {other:?}"),
+            }
+            self.seq += 1;
+        }
+        Ok(samples)
     }
 }
 

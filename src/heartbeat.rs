@@ -137,7 +137,19 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
     let start = Instant::now();
     let mut judge = HeartbeatJudge::new(config.timeout, start);
     let mut sender = HeartbeatSender::new(start);
+    // Acknowledgements are sampled from the connection's counters; new ones
+    // are credited at the previous sample, the earliest they can have come,
+    // so sampling never makes the judge later than the timeout.
     let mut acks_seen = conn.stats().frame_rx.acks;
+    let mut sampled_at = start;
+    let mut sample_acks = |judge: &mut HeartbeatJudge| {
+        let acks = conn.stats().frame_rx.acks;
+        if acks > acks_seen {
+            acks_seen = acks;
+            judge.on_acknowledgement(sampled_at);
+        }
+        sampled_at = Instant::now();
+    };
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -152,11 +164,7 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
                 Err(e) => return HeartbeatOutcome::Closed(e),
             },
             _ = ticker.tick() => {
-                let acks = conn.stats().frame_rx.acks;
-                if acks > acks_seen {
-                    acks_seen = acks;
-                    judge.on_acknowledgement(Instant::now());
-                }
+                sample_acks(&mut judge);
                 let beat = sender.next_beat(Instant::now());
                 match codec::encode(&beat) {
                     Ok(bytes) => match conn.send_datagram(bytes.into()) {
@@ -174,6 +182,7 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
+                sample_acks(&mut judge);
                 let now = Instant::now();
                 if judge.is_dead(now) {
                     return HeartbeatOutcome::Lost { silent_for: judge.silent_for(now) };

@@ -104,9 +104,10 @@ pub async fn write_loop(
                 },
                 _ = tokio::time::sleep_until(due), if ack_due.is_some() => { ack_now = true; None }
                 _ = acks.changed.notified() => {
-                    if acks.processed().saturating_sub(acked) >= ACK_EVERY {
+                    let owed = acks.processed().saturating_sub(acked);
+                    if owed >= ACK_EVERY {
                         ack_now = true;
-                    } else if ack_due.is_none() {
+                    } else if owed > 0 && ack_due.is_none() {
                         ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
                     }
                     None
@@ -132,6 +133,10 @@ pub async fn write_loop(
                 None => break,
             }
         }
+        if drained {
+            // Whatever was owed goes now; nothing is due any more.
+            ack_due = None;
+        }
         if drained && ack_snapshot > acked {
             if let Err(e) = send.buffer(&MailboxFrame::Ack {
                 processed: ack_snapshot,
@@ -139,7 +144,6 @@ pub async fn write_loop(
                 tracing::error!("cannot encode ack: {e}");
             }
             acked = ack_snapshot;
-            ack_due = None;
         }
         send.flush().await?;
         if stopping {

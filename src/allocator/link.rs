@@ -155,7 +155,9 @@ impl ProcLink {
                     _ = stop.cancelled() => None,
                 };
                 // A worker stopping a proc stops reading with code 0: not a failure.
-                if let Some(Err(e)) = result.filter(|r| !matches!(r, Err(e) if e.is_stopped_normally())) {
+                if let Some(Err(e)) =
+                    result.filter(|r| !matches!(r, Err(e) if e.is_stopped_normally()))
+                {
                     let _ = failures.send((
                         link.proc_id.clone(),
                         format!("mailbox stream write failed: {e}"),
