@@ -747,7 +747,11 @@ enum RawMsg {
     /// First frame of a stream: what the peer does with the rest.
     Hello(RawMode),
     /// A numbered payload (echoed back, or counted).
-    Data { seq: u64, pad: Vec<u8> },
+    Data {
+        seq: u64,
+        #[serde(with = "serde_bytes")]
+        pad: Vec<u8>,
+    },
     /// Reply with the tally (count mode).
     Report,
     /// The tally.

@@ -47,9 +47,15 @@ pub struct AckState {
 
 impl AckState {
     /// Records one more processed envelope (after any return for it was queued).
-    pub fn bump(&self) {
-        self.processed.fetch_add(1, Ordering::Release);
-        self.changed.notify_one();
+    ///
+    /// The writer is woken only when `more_ready` is false (the reader is
+    /// about to wait for input) or every [`ACK_EVERY`] envelopes: waking it
+    /// for every envelope would cost a thread switch per message.
+    pub fn bump(&self, more_ready: bool) {
+        let n = self.processed.fetch_add(1, Ordering::Release) + 1;
+        if !more_ready || n % ACK_EVERY == 0 {
+            self.changed.notify_one();
+        }
     }
 
     /// Envelopes processed so far.

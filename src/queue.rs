@@ -99,6 +99,10 @@ impl<T> QueueSender<T> {
             return Err(QueueError::Closed(item));
         }
         let cost = self.budget.cost(bytes);
+        // Fast path: room now, no waiting machinery.
+        if let Ok(permit) = self.budget.sem.clone().try_acquire_many_owned(cost) {
+            return self.push(item, permit);
+        }
         let permit = tokio::select! {
             p = self.budget.sem.clone().acquire_many_owned(cost) => match p {
                 Ok(p) => p,

@@ -27,9 +27,13 @@ pub struct Echo;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum EchoMsg {
     /// Reply with the same bytes.
-    Echo(Vec<u8>, PortRef<Vec<u8>>),
+    Echo(#[serde(with = "serde_bytes")] Vec<u8>, PortRef<Vec<u8>>),
     /// Forward the bytes to another echo actor, then reply with its answer.
-    Relay(Vec<u8>, ActorRef<Echo>, PortRef<Vec<u8>>),
+    Relay(
+        #[serde(with = "serde_bytes")] Vec<u8>,
+        ActorRef<Echo>,
+        PortRef<Vec<u8>>,
+    ),
 }
 
 impl Actor for Echo {
@@ -72,6 +76,7 @@ pub enum CounterMsg {
         /// Sequence number.
         seq: u64,
         /// Payload to make the message bigger.
+        #[serde(with = "serde_bytes")]
         pad: Vec<u8>,
     },
     /// Reply with the tally so far.
@@ -142,6 +147,7 @@ pub enum SleeperMsg {
         /// Milliseconds per message.
         ms: u64,
         /// Payload.
+        #[serde(with = "serde_bytes")]
         pad: Vec<u8>,
     },
 }

@@ -50,10 +50,17 @@ pub(crate) async fn run<A: Actor>(
         Err(p) => Some(format!("start hook panicked: {}", panic_message(&*p))),
     };
     while failure.is_none() {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => None,
-            d = mailbox.recv() => d,
+        // Fast path: a message is already waiting (no waker registration).
+        let next = if stop.is_cancelled() {
+            None
+        } else if let Some(d) = mailbox.try_recv() {
+            Some(d)
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                d = mailbox.recv() => d,
+            }
         };
         let Some((delivery, _permit)) = next else {
             break;

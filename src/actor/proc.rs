@@ -253,7 +253,13 @@ impl Proc {
             }
             return Ok(());
         }
-        match self.inner.outlet.send(Outgoing::Envelope(env)).await {
+        // Fast path without waiting (and without boxing a future): room now.
+        let item = match self.inner.outlet.try_send(Outgoing::Envelope(env)) {
+            Ok(()) => return Ok(()),
+            Err(QueueError::Closed(_)) => return Err(SendError::Closed),
+            Err(QueueError::Full(item)) => item,
+        };
+        match self.inner.outlet.send(item).await {
             Ok(()) => Ok(()),
             Err(_) => Err(SendError::Closed),
         }

@@ -59,6 +59,8 @@ pub(crate) struct ProcLink {
     idle_rx: Mutex<Option<QueueReceiver<Outgoing>>>,
     in_flight: Mutex<InFlight>,
     closed: Mutex<Option<String>>,
+    /// Set with `closed`, read without the lock on every routed envelope.
+    is_closed: std::sync::atomic::AtomicBool,
     stop_writer: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<Option<QueueReceiver<Outgoing>>>>>,
@@ -81,6 +83,7 @@ impl ProcLink {
             idle_rx: Mutex::new(Some(rx)),
             in_flight: Mutex::new(InFlight::default()),
             closed: Mutex::new(None),
+            is_closed: std::sync::atomic::AtomicBool::new(false),
             stop_writer: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
@@ -96,6 +99,9 @@ impl ProcLink {
 
     /// Why the link is closed, if it is.
     pub(crate) fn closed_reason(&self) -> Option<String> {
+        if !self.is_closed.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.closed).clone()
     }
 
@@ -206,7 +212,7 @@ impl ProcLink {
                         ));
                     }
                     router.route(env).await;
-                    acks.bump();
+                    acks.bump(recv.frame_ready());
                 }
                 MailboxFrame::Undeliverable(u) => {
                     if *u.envelope.to.proc_id() != self.proc_id {
@@ -262,6 +268,7 @@ impl ProcLink {
                 return;
             }
             *closed = Some(reason.to_string());
+            self.is_closed.store(true, Ordering::Release);
         }
         self.stop_writer.cancel();
         let writer = lock(&self.writer).take();

@@ -60,6 +60,11 @@ impl FramedRecv {
         self.decoder.set_max_frame(max_frame);
     }
 
+    /// Whether a whole frame is already buffered (the next read will not wait).
+    pub fn frame_ready(&self) -> bool {
+        self.decoder.has_frame()
+    }
+
     /// Reads the next frame body; `None` when the peer finished the stream cleanly.
     ///
     /// Errors: [`StreamError::Codec`] for an oversized frame (detected from

@@ -149,6 +149,17 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Whether a complete frame (or an oversized prefix) is buffered.
+    pub fn has_frame(&self) -> bool {
+        if self.buf.len() < PREFIX_LEN {
+            return false;
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
+        let len = u32::from_be_bytes(prefix);
+        len > self.max_frame || self.buf.len() >= PREFIX_LEN + len as usize
+    }
+
     /// Returns the next complete frame body, `None` if more bytes are needed.
     ///
     /// Errors: [`CodecError::TooLarge`] as soon as a prefix announces a body

@@ -166,7 +166,8 @@ pub struct Envelope {
     pub to: Dest,
     /// If this envelope is an `ask`, the sender's reply port, failed at once if the envelope comes back.
     pub return_port: Option<u64>,
-    /// The message, encoded by [`crate::wire::codec`].
+    /// The message, encoded by [`crate::wire::codec`] (bytes in one piece, not element by element).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -204,6 +205,7 @@ pub enum SystemMsg {
         /// The new actor's name on the proc.
         name: String,
         /// The actor's parameters, encoded by the codec.
+        #[serde(with = "serde_bytes")]
         params: Vec<u8>,
     },
     /// Stop an actor (its stop hook runs); the reply is `Result<(), String>`.

@@ -47,17 +47,25 @@ impl HostedProc {
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
             tokio::spawn(async move {
                 loop {
-                    let frame = tokio::select! {
-                        biased;
-                        _ = reader_stop.cancelled() => break,
-                        f = recv.next::<MailboxFrame>() => f,
+                    if reader_stop.is_cancelled() {
+                        break;
+                    }
+                    // Fast path: a whole frame is buffered, reading it cannot wait.
+                    let frame = if recv.frame_ready() {
+                        recv.next::<MailboxFrame>().await
+                    } else {
+                        tokio::select! {
+                            biased;
+                            _ = reader_stop.cancelled() => break,
+                            f = recv.next::<MailboxFrame>() => f,
+                        }
                     };
                     match frame {
                         Ok(Some(MailboxFrame::Envelope(env))) => {
                             if let Err(u) = proc.deliver(env).await {
                                 proc.return_to_sender(u);
                             }
-                            acks.bump();
+                            acks.bump(recv.frame_ready());
                         }
                         Ok(Some(MailboxFrame::Undeliverable(u))) => proc.returned(u),
                         Ok(Some(MailboxFrame::Ack { .. })) => {}

@@ -67,8 +67,14 @@ pub fn finish(exit: WorkerExit) -> ! {
 
 /// Runs a worker to its end on a new runtime, from synchronous code.
 pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
+    let threads = std::env::var("QUICMESH_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
     let job = move || match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
+        .thread_name("quicmesh-worker")
         .enable_all()
         .build()
     {
