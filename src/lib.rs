@@ -26,6 +26,7 @@ pub mod mailbox;
 pub mod mesh;
 pub mod queue;
 pub mod relay;
+pub mod stop;
 pub mod tls;
 pub mod transport;
 pub mod wire;

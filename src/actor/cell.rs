@@ -4,8 +4,8 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 
+use crate::stop::Stop;
 use futures::FutureExt;
-use tokio_util::sync::CancellationToken;
 
 use super::proc::Proc;
 use super::{Actor, Context};
@@ -41,7 +41,7 @@ pub(crate) async fn run<A: Actor>(
     mut actor: A,
     ctx: Context,
     mut mailbox: QueueReceiver<Delivery>,
-    stop: CancellationToken,
+    stop: Stop,
     proc: Proc,
 ) {
     let mut failure = match AssertUnwindSafe(actor.on_start(&ctx)).catch_unwind().await {
@@ -51,14 +51,14 @@ pub(crate) async fn run<A: Actor>(
     };
     while failure.is_none() {
         // Fast path: a message is already waiting (no waker registration).
-        let next = if stop.is_cancelled() {
+        let next = if stop.is_stopped() {
             None
         } else if let Some(d) = mailbox.try_recv() {
             Some(d)
         } else {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => None,
+                _ = stop.stopped() => None,
                 d = mailbox.recv() => d,
             }
         };

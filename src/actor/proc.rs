@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::stop::Stop;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::cell::{self, Delivery};
 use super::client::{Client, SendError};
@@ -84,7 +84,7 @@ impl Default for ProcConfig {
 struct ActorSlot {
     pid: u64,
     mailbox: QueueSender<Delivery>,
-    stop: CancellationToken,
+    stop: Stop,
     task: Option<JoinHandle<()>>,
 }
 
@@ -201,7 +201,7 @@ impl Proc {
         let pid = self.inner.next_pid.fetch_add(1, Ordering::Relaxed);
         let id = self.id().actor(name, pid);
         let (mailbox, rx) = queue::bounded(self.inner.config.mailbox_bytes);
-        let stop = CancellationToken::new();
+        let stop = Stop::new();
         let stop_rx = stop.clone();
         let ctx = Context::new(Client::new(self.clone(), id.clone()));
         let task = tokio::spawn(cell::run(actor, ctx, rx, stop_rx, self.clone()));
@@ -531,7 +531,7 @@ impl Proc {
             let mut actors = lock(&self.inner.actors);
             match actors.get_mut(name) {
                 Some(slot) => {
-                    slot.stop.cancel();
+                    slot.stop.stop();
                     slot.task.take()
                 }
                 None => return Err(format!("actor {name} not found on {}", self.id())),
@@ -550,7 +550,7 @@ impl Proc {
             actors
                 .values_mut()
                 .filter_map(|slot| {
-                    slot.stop.cancel();
+                    slot.stop.stop();
                     slot.task.take()
                 })
                 .collect()

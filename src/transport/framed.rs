@@ -88,9 +88,15 @@ impl FramedRecv {
     /// Errors: as [`FramedRecv::next_frame`], plus [`StreamError::Codec`] when
     /// the body is not a `T`.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
-        match self.next_frame().await? {
-            Some(frame) => Ok(Some(codec::decode(&frame)?)),
-            None => Ok(None),
+        loop {
+            if let Some(msg) = self.decoder.decode_next()? {
+                return Ok(Some(msg));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await? {
+                Some(chunk) => self.decoder.push(&chunk.bytes),
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(StreamError::Truncated(self.decoder.buffered())),
+            }
         }
     }
 

@@ -160,6 +160,31 @@ impl FrameDecoder {
         len > self.max_frame || self.buf.len() >= PREFIX_LEN + len as usize
     }
 
+    /// Decodes the next complete frame in place as a `T`, `None` if more bytes are needed.
+    ///
+    /// Unlike [`FrameDecoder::next_frame`] nothing is split off the buffer,
+    /// so it stays unshared and its memory is reused for the next frames
+    /// instead of being reallocated. Errors: as `next_frame`, and
+    /// [`CodecError::Decode`] / [`CodecError::TrailingBytes`] as [`decode`].
+    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        if !self.has_frame() {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
+        let len = u32::from_be_bytes(prefix);
+        if len > self.max_frame {
+            return Err(CodecError::TooLarge {
+                len: len.into(),
+                max: self.max_frame,
+            });
+        }
+        let end = PREFIX_LEN + len as usize;
+        let msg = decode(&self.buf[PREFIX_LEN..end]);
+        self.buf.advance(end);
+        msg.map(Some)
+    }
+
     /// Returns the next complete frame body, `None` if more bytes are needed.
     ///
     /// Errors: [`CodecError::TooLarge`] as soon as a prefix announces a body

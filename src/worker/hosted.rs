@@ -7,6 +7,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::stop::Stop;
+
 use crate::actor::{Proc, ProcConfig, Registry};
 use crate::id::ProcId;
 use crate::mailbox::{self, AckState};
@@ -19,7 +21,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running proc and the tasks that move its mailbox stream.
 pub struct HostedProc {
     proc: Proc,
-    stop_reader: CancellationToken,
+    stop_reader: Stop,
     stop_writer: CancellationToken,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -38,7 +40,7 @@ impl HostedProc {
     ) -> HostedProc {
         let (proc, mut outputs) = Proc::new(proc_id.clone(), registry, config);
         let acks = Arc::new(AckState::default());
-        let stop_reader = CancellationToken::new();
+        let stop_reader = Stop::new();
         let stop_writer = CancellationToken::new();
         let (reader_stop, writer_stop) = (stop_reader.clone(), stop_writer.clone());
 
@@ -47,7 +49,7 @@ impl HostedProc {
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
             tokio::spawn(async move {
                 loop {
-                    if reader_stop.is_cancelled() {
+                    if reader_stop.is_stopped() {
                         break;
                     }
                     // Fast path: a whole frame is buffered, reading it cannot wait.
@@ -56,7 +58,7 @@ impl HostedProc {
                     } else {
                         tokio::select! {
                             biased;
-                            _ = reader_stop.cancelled() => break,
+                            _ = reader_stop.stopped() => break,
                             f = recv.next::<MailboxFrame>() => f,
                         }
                     };
@@ -152,7 +154,7 @@ impl HostedProc {
     /// so the allocator returns them to their senders.
     pub async fn stop(self) {
         self.proc.stop_all().await;
-        self.stop_reader.cancel();
+        self.stop_reader.stop();
         let _ = self.reader.await;
         self.stop_writer.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT * 2, self.writer)
