@@ -147,3 +147,32 @@ async fn sigstopped_worker_is_detected_killed_and_reaped() {
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_rebinding_and_a_short_partition_are_survived() {
+    let mut mesh = TestMesh::new("rebind").await;
+    let (workers, relays) = mesh.launch_behind_relays(1, 1).await;
+    mesh.wait_running(1).await;
+    let client = mesh.alloc.client().clone();
+    let proc_id = mesh.alloc.procs()[0].clone();
+    let counter = client
+        .spawn::<quicmesh::actor::builtin::Counter>(&proc_id, "counter", &())
+        .await
+        .expect("spawn");
+    common::count_in_order(&client, &counter, 1_000, SOON).await;
+
+    // The worker's address changes, as behind a NAT that rebinds.
+    relays[0].rebind().await.expect("rebind");
+    common::count_in_order_from(&client, &counter, 1_000, 2_000, SOON).await;
+
+    // A partition shorter than the heartbeat timeout heals without a failure.
+    relays[0].set_blackhole(true);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relays[0].set_blackhole(false);
+    common::count_in_order_from(&client, &counter, 2_000, 3_000, SOON).await;
+
+    mesh.collect_for(Duration::from_secs(1)).await;
+    mesh.assert_healthy(workers[0]);
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}

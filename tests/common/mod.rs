@@ -407,8 +407,19 @@ pub async fn count_in_order(
     n: u64,
     within: Duration,
 ) {
+    count_in_order_from(client, counter, 0, n, within).await
+}
+
+/// Tells `counter` the numbers `from..to` (it has seen `0..from`), then checks its tally.
+pub async fn count_in_order_from(
+    client: &quicmesh::Client,
+    counter: &quicmesh::ActorRef<quicmesh::actor::builtin::Counter>,
+    from: u64,
+    to: u64,
+    within: Duration,
+) {
     use quicmesh::actor::builtin::{CounterMsg, CounterReport};
-    for seq in 0..n {
+    for seq in from..to {
         let msg = CounterMsg::Count {
             seq,
             pad: Vec::new(),
@@ -420,9 +431,9 @@ pub async fn count_in_order(
         .await
         .expect("report");
     let want = CounterReport {
-        received: n,
+        received: to,
         out_of_order: 0,
-        next: n,
+        next: to,
         bytes: 0,
     };
     assert_eq!(report, want);
