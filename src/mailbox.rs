@@ -58,6 +58,17 @@ impl AckState {
         }
     }
 
+    /// Records `n` more processed envelopes; wakes the writer as [`AckState::bump`] does.
+    pub fn bump_by(&self, n: u64, more_ready: bool) {
+        if n == 0 {
+            return;
+        }
+        let before = self.processed.fetch_add(n, Ordering::Release);
+        if !more_ready || (before + n) / ACK_EVERY != before / ACK_EVERY {
+            self.changed.notify_one();
+        }
+    }
+
     /// Envelopes processed so far.
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Acquire)

@@ -2,6 +2,7 @@
 //! and contains its failures.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 
 use crate::stop::Stop;
@@ -17,6 +18,8 @@ use crate::wire::{codec, Envelope, Undeliverable};
 pub(crate) enum Delivery {
     /// A message for the actor.
     Message(Envelope),
+    /// Consecutive messages for the actor, taken from the stream at once.
+    Batch(Vec<Envelope>),
     /// A message the actor sent, returned undeliverable.
     Returned(Undeliverable),
 }
@@ -49,7 +52,19 @@ pub(crate) async fn run<A: Actor>(
         Ok(Err(e)) => Some(format!("start hook failed: {e:#}")),
         Err(p) => Some(format!("start hook panicked: {}", panic_message(&*p))),
     };
+    // The rest of a batch being handled, and the batch's byte permit.
+    let mut pending: VecDeque<Envelope> = VecDeque::new();
+    let mut _batch_permit = None;
     while failure.is_none() {
+        if let Some(env) = pending.pop_front() {
+            if stop.is_stopped() {
+                pending.push_front(env);
+                break;
+            }
+            failure = handle_envelope(&mut actor, &ctx, &proc, env).await;
+            continue;
+        }
+        _batch_permit = None;
         // Fast path: a message is already waiting (no waker registration).
         let next = if stop.is_stopped() {
             None
@@ -62,41 +77,14 @@ pub(crate) async fn run<A: Actor>(
                 d = mailbox.recv() => d,
             }
         };
-        let Some((delivery, _permit)) = next else {
+        let Some((delivery, permit)) = next else {
             break;
         };
         match delivery {
-            Delivery::Message(mut env) => {
-                let payload = std::mem::take(&mut env.payload);
-                let msg = match codec::decode::<A::Message>(&payload) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        env.payload = payload;
-                        let reason = format!("message does not decode as {}: {e}", A::NAME);
-                        proc.return_to_sender(Undeliverable {
-                            envelope: env,
-                            reason,
-                        });
-                        continue;
-                    }
-                };
-                let outcome = AssertUnwindSafe(actor.handle(msg, &ctx))
-                    .catch_unwind()
-                    .await;
-                let why = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => format!("handler error: {e:#}"),
-                    Err(p) => format!("handler panicked: {}", panic_message(&*p)),
-                };
-                if env.return_port.is_some() {
-                    env.payload = payload;
-                    let reason = format!("actor {} failed: {why}", ctx.id());
-                    proc.return_to_sender(Undeliverable {
-                        envelope: env,
-                        reason,
-                    });
-                }
-                failure = Some(why);
+            Delivery::Message(env) => failure = handle_envelope(&mut actor, &ctx, &proc, env).await,
+            Delivery::Batch(envs) => {
+                pending.extend(envs);
+                _batch_permit = Some(permit);
             }
             Delivery::Returned(u) => {
                 if let Err(p) = AssertUnwindSafe(actor.on_undeliverable(u, &ctx))
@@ -132,15 +120,64 @@ pub(crate) async fn run<A: Actor>(
         Some(why) => format!("actor {} failed: {why}", ctx.id()),
         None => format!("actor {} stopped", ctx.id()),
     };
+    let mut rest: Vec<Envelope> = pending.into_iter().collect();
     while let Some((delivery, _)) = mailbox.try_recv() {
-        if let Delivery::Message(env) = delivery {
-            proc.return_to_sender(Undeliverable {
-                envelope: env,
-                reason: reason.clone(),
-            });
+        match delivery {
+            Delivery::Message(env) => rest.push(env),
+            Delivery::Batch(envs) => rest.extend(envs),
+            Delivery::Returned(_) => {}
         }
+    }
+    for env in rest {
+        proc.return_to_sender(Undeliverable {
+            envelope: env,
+            reason: reason.clone(),
+        });
     }
     if failure.is_some() {
         proc.actor_ended(ctx.id(), failure);
     }
+}
+
+/// Decodes and handles one envelope; `Some(reason)` if the actor failed.
+///
+/// A message that does not decode goes back to its sender and the actor
+/// carries on; on a handler error or panic the envelope goes back too if it
+/// was an ask, so the asker learns at once.
+async fn handle_envelope<A: Actor>(
+    actor: &mut A,
+    ctx: &Context,
+    proc: &Proc,
+    mut env: Envelope,
+) -> Option<String> {
+    let payload = std::mem::take(&mut env.payload);
+    let msg = match codec::decode::<A::Message>(&payload) {
+        Ok(m) => m,
+        Err(e) => {
+            env.payload = payload;
+            let reason = format!("message does not decode as {}: {e}", A::NAME);
+            proc.return_to_sender(Undeliverable {
+                envelope: env,
+                reason,
+            });
+            return None;
+        }
+    };
+    let why = match AssertUnwindSafe(actor.handle(msg, ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => return None,
+        Ok(Err(e)) => format!("handler error: {e:#}"),
+        Err(p) => format!("handler panicked: {}", panic_message(&*p)),
+    };
+    if env.return_port.is_some() {
+        env.payload = payload;
+        let reason = format!("actor {} failed: {why}", ctx.id());
+        proc.return_to_sender(Undeliverable {
+            envelope: env,
+            reason,
+        });
+    }
+    Some(why)
 }

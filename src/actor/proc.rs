@@ -328,6 +328,53 @@ impl Proc {
         }
     }
 
+    /// Delivers consecutive envelopes for one actor as one mailbox item.
+    ///
+    /// All of `envs` must be addressed to the same actor. Returns those that
+    /// cannot be delivered, with the reason (all or none).
+    pub async fn deliver_batch(&self, mut envs: Vec<Envelope>) -> Vec<Undeliverable> {
+        if envs.len() <= 1 {
+            return match envs.pop() {
+                Some(env) => self.deliver(env).await.err().into_iter().collect(),
+                None => Vec::new(),
+            };
+        }
+        let Dest::Actor(actor) = envs[0].to.clone() else {
+            let mut returned = Vec::new();
+            for env in envs {
+                if let Err(u) = self.deliver(env).await {
+                    returned.push(u);
+                }
+            }
+            return returned;
+        };
+        let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+            Some(slot) if slot.pid == actor.pid && actor.proc_id == *self.id() => {
+                slot.mailbox.clone()
+            }
+            _ => {
+                let reason = format!("actor {actor} not found");
+                return envs
+                    .into_iter()
+                    .map(|e| Self::undeliverable(e, reason.clone()))
+                    .collect();
+            }
+        };
+        let cost = envs.iter().map(|e| e.payload.len()).sum();
+        match mailbox.send(Delivery::Batch(envs), cost).await {
+            Ok(()) => Vec::new(),
+            Err(
+                QueueError::Closed(Delivery::Batch(envs)) | QueueError::Full(Delivery::Batch(envs)),
+            ) => {
+                let reason = format!("actor {actor} stopped");
+                envs.into_iter()
+                    .map(|e| Self::undeliverable(e, reason.clone()))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Delivers without waiting; `Err(None)` when the actor's mailbox is full.
     pub(crate) fn try_deliver(&self, env: Envelope) -> Result<(), NotDelivered> {
         let Dest::Actor(actor) = &env.to else {

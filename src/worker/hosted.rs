@@ -15,6 +15,9 @@ use crate::mailbox::{self, AckState};
 use crate::transport::{FramedRecv, FramedSend};
 use crate::wire::{close, MailboxFrame, WorkerToAllocator};
 
+/// Most envelopes handed to a mailbox as one batch.
+const MAX_BATCH: usize = 256;
+
 /// How long a stopping proc may take to flush its mailbox stream.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,12 +51,16 @@ impl HostedProc {
             let (proc, acks, events, proc_id) =
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
             tokio::spawn(async move {
+                // A frame read while gathering a batch that did not belong to it.
+                let mut carried = None;
                 loop {
                     if reader_stop.is_stopped() {
                         break;
                     }
                     // Fast path: a whole frame is buffered, reading it cannot wait.
-                    let frame = if recv.frame_ready() {
+                    let frame = if let Some(f) = carried.take() {
+                        f
+                    } else if recv.frame_ready() {
                         recv.next::<MailboxFrame>().await
                     } else {
                         tokio::select! {
@@ -64,10 +71,25 @@ impl HostedProc {
                     };
                     match frame {
                         Ok(Some(MailboxFrame::Envelope(env))) => {
-                            if let Err(u) = proc.deliver(env).await {
+                            // Envelopes already buffered for the same actor go
+                            // to its mailbox as one item: one wake, one permit.
+                            let mut batch = vec![env];
+                            while batch.len() < MAX_BATCH && recv.frame_ready() {
+                                match recv.next::<MailboxFrame>().await {
+                                    Ok(Some(MailboxFrame::Envelope(e))) if e.to == batch[0].to => {
+                                        batch.push(e)
+                                    }
+                                    other => {
+                                        carried = Some(other);
+                                        break;
+                                    }
+                                }
+                            }
+                            let n = batch.len() as u64;
+                            for u in proc.deliver_batch(batch).await {
                                 proc.return_to_sender(u);
                             }
-                            acks.bump(recv.frame_ready());
+                            acks.bump_by(n, carried.is_some() || recv.frame_ready());
                         }
                         Ok(Some(MailboxFrame::Undeliverable(u))) => proc.returned(u),
                         Ok(Some(MailboxFrame::Ack { .. })) => {}
