@@ -10,11 +10,14 @@
 //! | [`PortId`] | `alloc[rank].name[pid]:port` | `demo[3].pinger[0]:17` |
 //!
 //! Allocation and actor names are restricted to ASCII letters, digits, `_`
-//! and `-`, so the separators can never be ambiguous.
+//! and `-`, so the separators can never be ambiguous. Names are
+//! `CompactString`s: up to 24 bytes they live inline, so the ids carried by
+//! every envelope are copied and decoded without allocating.
 
 use std::fmt;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// Why a text could not be parsed as an id.
@@ -39,14 +42,14 @@ pub fn is_valid_name(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcId {
     /// Name of the allocation the proc belongs to.
-    pub alloc: String,
+    pub alloc: CompactString,
     /// Rank of the proc within its allocation, from 0.
     pub rank: u32,
 }
 
 impl ProcId {
     /// Makes a proc id; `alloc` should satisfy [`is_valid_name`].
-    pub fn new(alloc: impl Into<String>, rank: u32) -> Self {
+    pub fn new(alloc: impl Into<CompactString>, rank: u32) -> Self {
         ProcId {
             alloc: alloc.into(),
             rank,
@@ -54,7 +57,7 @@ impl ProcId {
     }
 
     /// The id of the actor called `name` (instance `pid`) on this proc.
-    pub fn actor(&self, name: impl Into<String>, pid: u64) -> ActorId {
+    pub fn actor(&self, name: impl Into<CompactString>, pid: u64) -> ActorId {
         ActorId {
             proc_id: self.clone(),
             name: name.into(),
@@ -70,7 +73,7 @@ impl fmt::Display for ProcId {
 }
 
 /// Splits `name[number]` into its parts.
-fn split_indexed(text: &str, kind: &'static str) -> Result<(String, u64), IdParseError> {
+fn split_indexed(text: &str, kind: &'static str) -> Result<(CompactString, u64), IdParseError> {
     let err = |problem| IdParseError {
         kind,
         text: text.to_string(),
@@ -88,7 +91,7 @@ fn split_indexed(text: &str, kind: &'static str) -> Result<(String, u64), IdPars
         return Err(err("index must be a decimal number"));
     }
     let n = inner.parse().map_err(|_| err("index out of range"))?;
-    Ok((name.to_string(), n))
+    Ok((CompactString::from(name), n))
 }
 
 impl FromStr for ProcId {
@@ -111,7 +114,7 @@ pub struct ActorId {
     /// The proc hosting the actor.
     pub proc_id: ProcId,
     /// The actor's name within its proc.
-    pub name: String,
+    pub name: CompactString,
     /// Distinguishes successive actors of the same name on one proc.
     pub pid: u64,
 }

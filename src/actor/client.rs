@@ -167,7 +167,7 @@ impl Client {
         self.system(
             &actor.proc_id,
             SystemMsg::StopActor {
-                name: actor.name.clone(),
+                name: actor.name.to_string(),
             },
         )
         .await

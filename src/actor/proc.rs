@@ -304,7 +304,7 @@ impl Proc {
                         format!("not for this proc ({})", self.id()),
                     ));
                 }
-                let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+                let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
                     Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
                     _ => {
                         let reason = format!("actor {actor} not found");
@@ -348,7 +348,7 @@ impl Proc {
             }
             return returned;
         };
-        let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+        let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
             Some(slot) if slot.pid == actor.pid && actor.proc_id == *self.id() => {
                 slot.mailbox.clone()
             }
@@ -380,7 +380,7 @@ impl Proc {
         let Dest::Actor(actor) = &env.to else {
             return self.deliver_now(env).map_err(NotDelivered::Undeliverable);
         };
-        let mailbox = match lock(&self.inner.actors).get(&actor.name) {
+        let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
             Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
             _ => {
                 let reason = format!("actor {actor} not found");
@@ -504,7 +504,7 @@ impl Proc {
             }
         }
         let sender = lock(&self.inner.actors)
-            .get(&u.envelope.from.name)
+            .get(u.envelope.from.name.as_str())
             .filter(|s| s.pid == u.envelope.from.pid)
             .map(|s| s.mailbox.clone());
         let u = match sender {
@@ -557,8 +557,11 @@ impl Proc {
     /// Called by an actor's task when it ends: forget it, report a failure.
     pub(crate) fn actor_ended(&self, id: &ActorId, failure: Option<String>) {
         let mut actors = lock(&self.inner.actors);
-        if actors.get(&id.name).is_some_and(|s| s.pid == id.pid) {
-            actors.remove(&id.name);
+        if actors
+            .get(id.name.as_str())
+            .is_some_and(|s| s.pid == id.pid)
+        {
+            actors.remove(id.name.as_str());
         }
         drop(actors);
         if let Some(reason) = failure {
