@@ -56,7 +56,12 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
 
 /// Encodes `msg` as a body without a length prefix (used for datagrams).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))
+    // Start with room for a typical small message, sparing the reallocations
+    // of growing from empty.
+    let mut out = Vec::with_capacity(128);
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes a whole body as one `T`; trailing bytes are an error.
