@@ -154,15 +154,29 @@ impl FrameDecoder {
         self.buf.len()
     }
 
-    /// Whether a complete frame (or an oversized prefix) is buffered.
-    pub fn has_frame(&self) -> bool {
-        if self.buf.len() < PREFIX_LEN {
-            return false;
+    /// The body length of the next frame once its whole body is buffered.
+    ///
+    /// `Ok(None)` if more bytes are needed; [`CodecError::TooLarge`] as soon
+    /// as the prefix announces a body above the limit.
+    fn complete_len(&self) -> Result<Option<usize>, CodecError> {
+        let Some(prefix) = self.buf.get(..PREFIX_LEN) else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; PREFIX_LEN];
+        bytes.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(bytes);
+        if len > self.max_frame {
+            return Err(CodecError::TooLarge {
+                len: len.into(),
+                max: self.max_frame,
+            });
         }
-        let mut prefix = [0u8; PREFIX_LEN];
-        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
-        let len = u32::from_be_bytes(prefix);
-        len > self.max_frame || self.buf.len() >= PREFIX_LEN + len as usize
+        Ok((self.buf.len() >= PREFIX_LEN + len as usize).then_some(len as usize))
+    }
+
+    /// Whether a complete frame (or an oversized prefix) is buffered, so the next read will not wait.
+    pub fn has_frame(&self) -> bool {
+        !matches!(self.complete_len(), Ok(None))
     }
 
     /// Decodes the next complete frame in place as a `T`, `None` if more bytes are needed.
@@ -172,21 +186,11 @@ impl FrameDecoder {
     /// instead of being reallocated. Errors: as `next_frame`, and
     /// [`CodecError::Decode`] / [`CodecError::TrailingBytes`] as [`decode`].
     pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
-        if !self.has_frame() {
+        let Some(len) = self.complete_len()? else {
             return Ok(None);
-        }
-        let mut prefix = [0u8; PREFIX_LEN];
-        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
-        let len = u32::from_be_bytes(prefix);
-        if len > self.max_frame {
-            return Err(CodecError::TooLarge {
-                len: len.into(),
-                max: self.max_frame,
-            });
-        }
-        let end = PREFIX_LEN + len as usize;
-        let msg = decode(&self.buf[PREFIX_LEN..end]);
-        self.buf.advance(end);
+        };
+        let msg = decode(&self.buf[PREFIX_LEN..PREFIX_LEN + len]);
+        self.buf.advance(PREFIX_LEN + len);
         msg.map(Some)
     }
 
@@ -195,24 +199,11 @@ impl FrameDecoder {
     /// Errors: [`CodecError::TooLarge`] as soon as a prefix announces a body
     /// above the limit; the stream cannot be resynchronised after that.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, CodecError> {
-        if self.buf.len() < PREFIX_LEN {
+        let Some(len) = self.complete_len()? else {
             return Ok(None);
-        }
-        let mut prefix = [0u8; PREFIX_LEN];
-        prefix.copy_from_slice(&self.buf[..PREFIX_LEN]);
-        let len = u32::from_be_bytes(prefix);
-        if len > self.max_frame {
-            return Err(CodecError::TooLarge {
-                len: len.into(),
-                max: self.max_frame,
-            });
-        }
-        let total = PREFIX_LEN + len as usize;
-        if self.buf.len() < total {
-            return Ok(None);
-        }
+        };
         self.buf.advance(PREFIX_LEN);
-        Ok(Some(self.buf.split_to(len as usize).freeze()))
+        Ok(Some(self.buf.split_to(len).freeze()))
     }
 }
 
