@@ -46,11 +46,7 @@ async fn blackholed_worker_exits_on_lost_heartbeats_others_unaffected() {
         start.elapsed()
     );
 
-    mesh.collect_for(Duration::from_secs(1)).await;
-    mesh.assert_healthy(workers[0]);
-    mesh.assert_healthy(workers[2]);
-    mesh.stop_all_and_check(0).await;
-    mesh.finish().await;
+    mesh.end_with_healthy(&[workers[0], workers[2]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,10 +92,7 @@ async fn sigterm_stops_procs_in_order_and_exits_zero() {
         "{states:?}"
     );
     assert!(states.iter().all(|s| s.word() != "failed"), "{states:?}");
-    mesh.collect_for(Duration::from_secs(1)).await;
-    mesh.assert_healthy(workers[1]);
-    mesh.stop_all_and_check(0).await;
-    mesh.finish().await;
+    mesh.end_with_healthy(&[workers[1]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +110,7 @@ async fn sigkill_is_reported_failed_and_others_keep_running() {
         mesh.wait_exit(victim, SOON).await,
         ExitReport::Signal(libc::SIGKILL)
     );
-    mesh.collect_for(Duration::from_secs(1)).await;
-    mesh.assert_healthy(workers[0]);
-    mesh.assert_healthy(workers[2]);
-    mesh.stop_all_and_check(0).await;
-    mesh.finish().await;
+    mesh.end_with_healthy(&[workers[0], workers[2]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,10 +131,7 @@ async fn sigstopped_worker_is_detected_killed_and_reaped() {
         ExitReport::Signal(libc::SIGKILL)
     );
     assert!(common::process_gone(pid));
-    mesh.collect_for(Duration::from_secs(1)).await;
-    mesh.assert_healthy(workers[1]);
-    mesh.stop_all_and_check(0).await;
-    mesh.finish().await;
+    mesh.end_with_healthy(&[workers[1]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,8 +157,5 @@ async fn nat_rebinding_and_a_short_partition_are_survived() {
     relays[0].set_blackhole(false);
     common::count_in_order_from(&client, &counter, 2_000, 3_000, SOON).await;
 
-    mesh.collect_for(Duration::from_secs(1)).await;
-    mesh.assert_healthy(workers[0]);
-    mesh.stop_all_and_check(0).await;
-    mesh.finish().await;
+    mesh.end_with_healthy(&[workers[0]]).await;
 }

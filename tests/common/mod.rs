@@ -328,6 +328,18 @@ impl TestMesh {
         );
     }
 
+    /// Ends a test: checks for a second that `healthy` workers were never
+    /// disturbed, stops every worker with `StopAndExit(0)`, checks each exits 0,
+    /// and checks no launched process is left.
+    pub async fn end_with_healthy(mut self, healthy: &[u32]) {
+        self.collect_for(Duration::from_secs(1)).await;
+        for &w in healthy {
+            self.assert_healthy(w);
+        }
+        self.stop_all_and_check(0).await;
+        self.finish().await;
+    }
+
     /// Drops the allocator and checks that no worker process it launched is left.
     pub async fn finish(self) {
         let pids: Vec<u32> = self
