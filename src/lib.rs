@@ -27,6 +27,7 @@ pub mod mesh;
 pub mod queue;
 pub mod relay;
 pub mod stop;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod wire;

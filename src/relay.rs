@@ -26,7 +26,9 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -440,14 +442,6 @@ async fn forward_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Packet>) {
             }
         }
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the
-/// relay's state stays consistent across any single operation).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

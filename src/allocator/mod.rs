@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::sync::lock;
+
 use rand::RngCore;
 use std::time::Duration;
 
@@ -157,10 +159,6 @@ pub(crate) struct Shared {
     proc_workers: Mutex<HashMap<ProcId, u32>>,
     proc_states: Mutex<HashMap<ProcId, ProcState>>,
     exits: Mutex<HashMap<u32, ExitReport>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

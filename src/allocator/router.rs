@@ -14,6 +14,7 @@ use super::link::ProcLink;
 use crate::actor::{NotDelivered, Outgoing, Outlet, Proc};
 use crate::id::ProcId;
 use crate::queue::QueueError;
+use crate::sync::{read, write};
 use crate::wire::{Envelope, Undeliverable};
 
 /// Where an envelope or a return must go.
@@ -46,19 +47,12 @@ impl Router {
 
     /// Adds the link of a newly created proc.
     pub(crate) fn add(&self, link: Arc<ProcLink>) {
-        self.links
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(link.proc_id.clone(), link);
+        write(&self.links).insert(link.proc_id.clone(), link);
     }
 
     /// The link of `proc_id`, if it was ever created.
     pub(crate) fn link(&self, proc_id: &ProcId) -> Option<Arc<ProcLink>> {
-        self.links
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(proc_id)
-            .cloned()
+        read(&self.links).get(proc_id).cloned()
     }
 
     /// Decides where anything addressed to `proc_id` goes.
