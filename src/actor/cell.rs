@@ -100,7 +100,7 @@ pub(crate) async fn run<A: Actor>(
         }
     }
     // No new deliveries from here on; then the stop hook; then return the rest.
-    proc.actor_ended(ctx.id(), None);
+    proc.forget_actor(ctx.id());
     mailbox.close();
     if failure.is_none() {
         let hook = AssertUnwindSafe(actor.on_stop(&ctx)).catch_unwind();
@@ -134,8 +134,8 @@ pub(crate) async fn run<A: Actor>(
             reason: reason.clone(),
         });
     }
-    if failure.is_some() {
-        proc.actor_ended(ctx.id(), failure);
+    if let Some(why) = failure {
+        proc.report_failure(ctx.id(), why);
     }
 }
 

@@ -289,6 +289,17 @@ impl Proc {
         }
     }
 
+    /// The mailbox of `actor`, if it lives here under that name and pid; else why not.
+    fn mailbox_of(&self, actor: &ActorId) -> Result<QueueSender<Delivery>, String> {
+        if actor.proc_id != *self.id() {
+            return Err(format!("not for this proc ({})", self.id()));
+        }
+        match lock(&self.inner.actors).get(actor.name.as_str()) {
+            Some(slot) if slot.pid == actor.pid => Ok(slot.mailbox.clone()),
+            _ => Err(format!("actor {actor} not found")),
+        }
+    }
+
     /// Delivers an envelope addressed to this proc, waiting for room in the actor's mailbox.
     ///
     /// Errors: the envelope back, with why it cannot be delivered (actor not
@@ -296,18 +307,9 @@ impl Proc {
     pub async fn deliver(&self, env: Envelope) -> Result<(), Undeliverable> {
         match &env.to {
             Dest::Actor(actor) => {
-                if actor.proc_id != *self.id() {
-                    return Err(Self::undeliverable(
-                        env,
-                        format!("not for this proc ({})", self.id()),
-                    ));
-                }
-                let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
-                    Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
-                    _ => {
-                        let reason = format!("actor {actor} not found");
-                        return Err(Self::undeliverable(env, reason));
-                    }
+                let mailbox = match self.mailbox_of(actor) {
+                    Ok(mailbox) => mailbox,
+                    Err(reason) => return Err(Self::undeliverable(env, reason)),
                 };
                 let cost = env.payload.len();
                 match mailbox.send(Delivery::Message(env), cost).await {
@@ -346,12 +348,9 @@ impl Proc {
             }
             return returned;
         };
-        let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
-            Some(slot) if slot.pid == actor.pid && actor.proc_id == *self.id() => {
-                slot.mailbox.clone()
-            }
-            _ => {
-                let reason = format!("actor {actor} not found");
+        let mailbox = match self.mailbox_of(&actor) {
+            Ok(mailbox) => mailbox,
+            Err(reason) => {
                 return envs
                     .into_iter()
                     .map(|e| Self::undeliverable(e, reason.clone()))
@@ -373,18 +372,17 @@ impl Proc {
         }
     }
 
-    /// Delivers without waiting; `Err(None)` when the actor's mailbox is full.
+    /// Delivers without waiting; [`NotDelivered::Full`] when the actor's mailbox is full.
     pub(crate) fn try_deliver(&self, env: Envelope) -> Result<(), NotDelivered> {
         let Dest::Actor(actor) = &env.to else {
             return self.deliver_now(env).map_err(NotDelivered::Undeliverable);
         };
-        let mailbox = match lock(&self.inner.actors).get(actor.name.as_str()) {
-            Some(slot) if slot.pid == actor.pid => slot.mailbox.clone(),
-            _ => {
-                let reason = format!("actor {actor} not found");
+        let mailbox = match self.mailbox_of(actor) {
+            Ok(mailbox) => mailbox,
+            Err(reason) => {
                 return Err(NotDelivered::Undeliverable(Self::undeliverable(
                     env, reason,
-                )));
+                )))
             }
         };
         let cost = env.payload.len();
@@ -446,25 +444,19 @@ impl Proc {
             } => codec::encode(&self.spawn_registered(&actor_type, &name, &params)),
             SystemMsg::StopActor { name } => {
                 let this = self.clone();
-                let from = env.from.clone();
                 tokio::spawn(async move {
                     let result = this.stop_actor(&name).await;
-                    this.reply(&from, reply, codec::encode(&result));
+                    this.reply(reply, codec::encode(&result));
                 });
                 return;
             }
             SystemMsg::Stats => codec::encode(&self.stats()),
         };
-        self.reply(&env.from, reply, answer);
+        self.reply(reply, answer);
     }
 
-    fn reply(
-        &self,
-        to: &ActorId,
-        port: crate::id::PortId,
-        answer: Result<Vec<u8>, codec::CodecError>,
-    ) {
-        let _ = to;
+    /// Sends a proc request's answer to its reply port.
+    fn reply(&self, port: crate::id::PortId, answer: Result<Vec<u8>, codec::CodecError>) {
         match answer {
             Ok(payload) => {
                 let env =
@@ -501,10 +493,7 @@ impl Proc {
                 return;
             }
         }
-        let sender = lock(&self.inner.actors)
-            .get(u.envelope.from.name.as_str())
-            .filter(|s| s.pid == u.envelope.from.pid)
-            .map(|s| s.mailbox.clone());
+        let sender = self.mailbox_of(&u.envelope.from).ok();
         let u = match sender {
             Some(mailbox) => match mailbox.send_unbudgeted(Delivery::Returned(u)) {
                 Ok(()) => return,
@@ -552,8 +541,8 @@ impl Proc {
         }
     }
 
-    /// Called by an actor's task when it ends: forget it, report a failure.
-    pub(crate) fn actor_ended(&self, id: &ActorId, failure: Option<String>) {
+    /// Called by an actor's task when it stops taking messages: later ones are undeliverable.
+    pub(crate) fn forget_actor(&self, id: &ActorId) {
         let mut actors = lock(&self.inner.actors);
         if actors
             .get(id.name.as_str())
@@ -561,14 +550,15 @@ impl Proc {
         {
             actors.remove(id.name.as_str());
         }
-        drop(actors);
-        if let Some(reason) = failure {
-            tracing::warn!("actor {id} failed: {reason}");
-            let _ = self.inner.failures.send(ActorFailure {
-                actor_id: id.clone(),
-                reason,
-            });
-        }
+    }
+
+    /// Reports that actor `id` failed (after its queued messages were returned).
+    pub(crate) fn report_failure(&self, id: &ActorId, reason: String) {
+        tracing::warn!("actor {id} failed: {reason}");
+        let _ = self.inner.failures.send(ActorFailure {
+            actor_id: id.clone(),
+            reason,
+        });
     }
 
     /// Stops actor `name` (its stop hook runs) and waits for it.

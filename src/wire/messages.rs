@@ -224,6 +224,6 @@ pub struct ProcStats {
     pub actors: u32,
     /// Bytes queued in the proc's actor mailboxes and outbound queue.
     pub queued_bytes: u64,
-    /// Largest `queued_bytes` ever seen.
+    /// The most bytes any one of its queues ever held (each queue is bounded by the budget).
     pub peak_queued_bytes: u64,
 }
