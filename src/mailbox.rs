@@ -75,15 +75,6 @@ impl AckState {
     }
 }
 
-/// How a write loop ended.
-#[derive(Debug)]
-pub enum WriteEnd {
-    /// Told to stop: everything queued was written and the stream finished.
-    Stopped,
-    /// Every sender is gone: everything was written and the stream finished.
-    Drained,
-}
-
 /// Writes what `queue` yields to `send` until told to stop, in batches, with acks.
 ///
 /// `on_sent` is given every envelope written (the allocator keeps them until
@@ -98,7 +89,7 @@ pub async fn write_loop(
     stop: &CancellationToken,
     on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
     on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
-) -> Result<WriteEnd, StreamError> {
+) -> Result<(), StreamError> {
     let mut acked = 0u64;
     let mut stopping = false;
     // When an ack is owed but there is no data to carry it, wait a little for some.
@@ -115,8 +106,11 @@ pub async fn write_loop(
                 item = queue.recv() => match item {
                     Some(item) => Some(item),
                     None => {
-                        finish_with_ack(send, acks, acked).await?;
-                        return Ok(WriteEnd::Drained);
+                        // Every sender is gone, so nothing can be returned any more.
+                        buffer_ack(send, acks.processed(), &mut acked);
+                        send.flush().await?;
+                        send.finish();
+                        return Ok(());
                     }
                 },
                 _ = tokio::time::sleep_until(due), if ack_due.is_some() => { ack_now = true; None }
@@ -154,36 +148,27 @@ pub async fn write_loop(
             // Whatever was owed goes now; nothing is due any more.
             ack_due = None;
         }
-        if drained && ack_snapshot > acked {
-            if let Err(e) = send.buffer(&MailboxFrame::Ack {
-                processed: ack_snapshot,
-            }) {
-                tracing::error!("cannot encode ack: {e}");
-            }
-            acked = ack_snapshot;
+        if drained {
+            buffer_ack(send, ack_snapshot, &mut acked);
         }
         send.flush().await?;
         if stopping {
-            finish_with_ack(send, acks, acked).await?;
-            return Ok(WriteEnd::Stopped);
+            // Stopping drains the whole queue above, so the ack is final.
+            send.finish();
+            return Ok(());
         }
     }
 }
 
-async fn finish_with_ack(
-    send: &mut FramedSend,
-    acks: &AckState,
-    acked: u64,
-) -> Result<(), StreamError> {
-    let processed = acks.processed();
-    if processed > acked {
-        if let Err(e) = send.buffer(&MailboxFrame::Ack { processed }) {
-            tracing::error!("cannot encode ack: {e}");
-        }
+/// Buffers an ack of `processed` envelopes if that is more than `acked` said.
+fn buffer_ack(send: &mut FramedSend, processed: u64, acked: &mut u64) {
+    if processed <= *acked {
+        return;
     }
-    send.flush().await?;
-    send.finish();
-    Ok(())
+    match send.buffer(&MailboxFrame::Ack { processed }) {
+        Ok(()) => *acked = processed,
+        Err(e) => tracing::error!("cannot encode ack: {e}"),
+    }
 }
 
 /// Encodes one outgoing item into the write buffer.
