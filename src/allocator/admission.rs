@@ -117,6 +117,25 @@ impl Admission {
         }
     }
 
+    /// The index of the slot whose worker hosts `proc_id`.
+    pub fn worker_of(&self, proc_id: &ProcId) -> Option<u32> {
+        self.slots
+            .iter()
+            .find(|(_, slot)| slot.procs.contains(proc_id))
+            .map(|(index, _)| *index)
+    }
+
+    /// Every proc of every slot, by rank.
+    pub fn procs(&self) -> Vec<ProcId> {
+        let mut procs: Vec<ProcId> = self
+            .slots
+            .values()
+            .flat_map(|s| s.procs.iter().cloned())
+            .collect();
+        procs.sort_by_key(|p| p.rank);
+        procs
+    }
+
     /// Adds a proc to a slot (for procs started after reservation).
     pub fn add_proc(&mut self, index: u32, proc_id: ProcId) {
         if let Some(slot) = self.slots.get_mut(&index) {
@@ -176,6 +195,18 @@ mod tests {
         let mut a = table();
         a.admit(&hello(0, "t0")).unwrap();
         assert_eq!(a.admit(&hello(0, "guess")), Err(Rejection::BadToken(0)));
+    }
+
+    #[test]
+    fn procs_are_found_by_worker_and_listed_by_rank() {
+        let mut a = table();
+        a.add_proc(1, ProcId::new("a", 5));
+        a.reserve(2, "t2".into(), vec![ProcId::new("a", 2)]);
+        assert_eq!(a.worker_of(&ProcId::new("a", 5)), Some(1));
+        assert_eq!(a.worker_of(&ProcId::new("a", 0)), Some(0));
+        assert_eq!(a.worker_of(&ProcId::new("a", 9)), None);
+        let ranks: Vec<u32> = a.procs().iter().map(|p| p.rank).collect();
+        assert_eq!(ranks, vec![0, 2, 5]);
     }
 
     #[test]

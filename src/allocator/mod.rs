@@ -156,7 +156,6 @@ pub(crate) struct Shared {
     events: mpsc::UnboundedSender<AllocEvent>,
     next_rank: AtomicU32,
     pub(crate) router: Arc<router::Router>,
-    proc_workers: Mutex<HashMap<ProcId, u32>>,
     proc_states: Mutex<HashMap<ProcId, ProcState>>,
     exits: Mutex<HashMap<u32, ExitReport>>,
 }
@@ -206,13 +205,6 @@ impl Shared {
             failed,
             reason,
         });
-    }
-
-    fn note_procs(&self, index: u32, procs: &[ProcId]) {
-        let mut map = lock(&self.proc_workers);
-        for p in procs {
-            map.insert(p.clone(), index);
-        }
     }
 
     /// Kills launched worker `index` unless it exits within `grace`
@@ -292,7 +284,6 @@ impl Allocator {
         };
         let shared = Arc::new(Shared {
             router: router.clone(),
-            proc_workers: Mutex::new(HashMap::new()),
             proc_states: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             config,
@@ -349,7 +340,6 @@ impl Allocator {
             .collect();
         let mut admission = self.shared.lock_admission();
         let index = admission.next_index();
-        self.shared.note_procs(index, &proc_ids);
         admission.reserve(index, token.clone(), proc_ids);
         drop(admission);
         let abs = |p: &Path| {
@@ -442,8 +432,6 @@ impl Allocator {
         self.shared
             .lock_admission()
             .add_proc(index, proc_id.clone());
-        self.shared
-            .note_procs(index, std::slice::from_ref(&proc_id));
         Ok(proc_id)
     }
 
@@ -460,14 +448,12 @@ impl Allocator {
 
     /// The index of the worker hosting `proc_id`.
     pub fn worker_of(&self, proc_id: &ProcId) -> Option<u32> {
-        lock(&self.shared.proc_workers).get(proc_id).copied()
+        self.shared.lock_admission().worker_of(proc_id)
     }
 
     /// Every proc of the allocation so far, by rank.
     pub fn procs(&self) -> Vec<ProcId> {
-        let mut procs: Vec<ProcId> = lock(&self.shared.proc_workers).keys().cloned().collect();
-        procs.sort_by_key(|p| p.rank);
-        procs
+        self.shared.lock_admission().procs()
     }
 
     /// The controller's handle for sending messages, asking, and spawning actors.
