@@ -315,12 +315,17 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         .await
         .expect("spawn");
 
+    // Tells a message of `pad` bytes to `to` (the runtime accepts it either way).
+    let tell_pad = |to: quicmesh::ActorRef<Counter>, pad: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let msg = CounterMsg::Count { seq: 0, pad };
+            to.tell(&client, msg).await.expect("accepted");
+        }
+    };
+
     // Above the frame limit: returned, not sent; later messages still flow.
-    let big = vec![0u8; MAX_FRAME as usize + 1];
-    counter
-        .tell(&client, CounterMsg::Count { seq: 0, pad: big })
-        .await
-        .expect("accepted");
+    tell_pad(counter.clone(), vec![0u8; MAX_FRAME as usize + 1]).await;
     let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("too large"), "{}", u.reason);
     assert_eq!(
@@ -329,17 +334,11 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
     );
 
     // To an actor that does not exist on a live proc.
-    let ghost: quicmesh::ActorRef<Counter> = quicmesh::ActorRef::attest(proc_id.actor("ghost", 0));
-    ghost
-        .tell(
-            &client,
-            CounterMsg::Count {
-                seq: 0,
-                pad: vec![],
-            },
-        )
-        .await
-        .expect("accepted");
+    tell_pad(
+        quicmesh::ActorRef::attest(proc_id.actor("ghost", 0)),
+        vec![],
+    )
+    .await;
     let u = common::next_returned(&mut returned).await;
     assert!(
         u.reason.contains("not found") && u.reason.contains("ghost"),
@@ -348,18 +347,8 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
     );
 
     // To a proc that does not exist.
-    let nowhere: quicmesh::ActorRef<Counter> =
-        quicmesh::ActorRef::attest(quicmesh::ProcId::new("nowhere", 1).actor("x", 0));
-    nowhere
-        .tell(
-            &client,
-            CounterMsg::Count {
-                seq: 0,
-                pad: vec![],
-            },
-        )
-        .await
-        .expect("accepted");
+    let nowhere = quicmesh::ProcId::new("nowhere", 1).actor("x", 0);
+    tell_pad(quicmesh::ActorRef::attest(nowhere), vec![]).await;
     let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("unknown proc"), "{}", u.reason);
 
