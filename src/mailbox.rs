@@ -80,9 +80,26 @@ impl AckState {
 /// `on_sent` is given every envelope written (the allocator keeps them until
 /// acknowledged); `on_too_large` every envelope that exceeds the frame limit,
 /// to return to its sender. On `stop`, drains what is queued, writes a final
-/// ack and finishes the stream. Errors: [`StreamError::Write`] if the stream
-/// or connection is gone (the queue keeps whatever was not taken).
+/// ack and finishes the stream. A peer that stops reading with code 0 is
+/// done with the stream in order (a proc being stopped) and ends the loop
+/// with `Ok`. Errors: [`StreamError::Write`] if the stream or connection is
+/// gone otherwise (the queue keeps whatever was not taken).
 pub async fn write_loop(
+    send: &mut FramedSend,
+    queue: &mut QueueReceiver<Outgoing>,
+    acks: &AckState,
+    stop: &CancellationToken,
+    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+) -> Result<(), StreamError> {
+    match write_batches(send, queue, acks, stop, on_sent, on_too_large).await {
+        Err(e) if e.is_stopped_normally() => Ok(()),
+        other => other,
+    }
+}
+
+/// The body of [`write_loop`].
+async fn write_batches(
     send: &mut FramedSend,
     queue: &mut QueueReceiver<Outgoing>,
     acks: &AckState,

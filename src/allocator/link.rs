@@ -158,10 +158,7 @@ impl ProcLink {
                     r = mailbox::write_loop(&mut send, &mut rx, &acks, &never, &mut on_sent, &mut on_too_large) => Some(r),
                     _ = stop.cancelled() => None,
                 };
-                // A worker stopping a proc stops reading with code 0: not a failure.
-                if let Some(Err(e)) =
-                    result.filter(|r| !matches!(r, Err(e) if e.is_stopped_normally()))
-                {
+                if let Some(Err(e)) = result {
                     let _ = failures.send((
                         link.proc_id.clone(),
                         format!("mailbox stream write failed: {e}"),

@@ -125,10 +125,6 @@ impl HostedProc {
                 )
                 .await;
                 if let Err(e) = result {
-                    if e.is_stopped_normally() {
-                        // The allocator closed this proc's mailbox in order.
-                        return;
-                    }
                     let reason = format!("mailbox stream write failed: {e}");
                     let _ = events.send(WorkerToAllocator::ProcFailed {
                         proc_id: proc.id().clone(),
