@@ -13,6 +13,11 @@
 //! and `-`, so the separators can never be ambiguous. Names are
 //! `CompactString`s: up to 24 bytes they live inline, so the ids carried by
 //! every envelope are copied and decoded without allocating.
+//!
+//! The same rules hold for ids decoded from the network: a name that is
+//! empty, longer than [`MAX_NAME_LEN`] or has other characters fails to
+//! decode, so a peer cannot slip a multi-megabyte "actor name" past the
+//! checks that ids made here pass.
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,19 +34,41 @@ pub struct IdParseError {
     problem: &'static str,
 }
 
-/// Checks that `name` is a non-empty run of `[A-Za-z0-9_-]`.
+/// Longest allocation or actor name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks that `name` is a non-empty run of at most [`MAX_NAME_LEN`] `[A-Za-z0-9_-]`.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Decodes a name and applies [`is_valid_name`] to it.
+fn valid_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CompactString, D::Error> {
+    let name = CompactString::deserialize(d)?;
+    if is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(serde::de::Error::custom(format_args!(
+            "invalid name of {} bytes: names are 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_-]",
+            name.len()
+        )))
+    }
+}
+
+/// Upper bound on the encoded size of a name (length prefix and bytes).
+fn name_wire_size(name: &str) -> usize {
+    9 + name.len()
 }
 
 /// A proc: the `rank`-th proc of the allocation named `alloc`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcId {
     /// Name of the allocation the proc belongs to.
+    #[serde(deserialize_with = "valid_name")]
     pub alloc: CompactString,
     /// Rank of the proc within its allocation, from 0.
     pub rank: u32,
@@ -54,6 +81,11 @@ impl ProcId {
             alloc: alloc.into(),
             rank,
         }
+    }
+
+    /// An upper bound on the encoded size of this id.
+    pub fn wire_size(&self) -> usize {
+        name_wire_size(&self.alloc) + 5
     }
 
     /// The id of the actor called `name` (instance `pid`) on this proc.
@@ -114,12 +146,18 @@ pub struct ActorId {
     /// The proc hosting the actor.
     pub proc_id: ProcId,
     /// The actor's name within its proc.
+    #[serde(deserialize_with = "valid_name")]
     pub name: CompactString,
     /// Distinguishes successive actors of the same name on one proc.
     pub pid: u64,
 }
 
 impl ActorId {
+    /// An upper bound on the encoded size of this id.
+    pub fn wire_size(&self) -> usize {
+        self.proc_id.wire_size() + name_wire_size(&self.name) + 10
+    }
+
     /// The id of port `port` of this actor.
     pub fn port(&self, port: u64) -> PortId {
         PortId {
@@ -157,6 +195,13 @@ pub struct PortId {
     pub actor_id: ActorId,
     /// The port number within the actor.
     pub port: u64,
+}
+
+impl PortId {
+    /// An upper bound on the encoded size of this id.
+    pub fn wire_size(&self) -> usize {
+        self.actor_id.wire_size() + 10
+    }
 }
 
 impl fmt::Display for PortId {
@@ -222,6 +267,42 @@ mod tests {
         assert!("demo[3]a[1]".parse::<ActorId>().is_err());
         assert!("demo[3].a[1]:".parse::<PortId>().is_err());
         assert!("demo[3].a[1]:x".parse::<PortId>().is_err());
+    }
+
+    #[test]
+    fn decoded_ids_obey_the_same_name_rules() {
+        let good = ProcId::new("demo", 1).actor("a-b_9", 2).port(3);
+        let bytes = crate::wire::codec::encode(&good).unwrap();
+        assert_eq!(crate::wire::codec::decode::<PortId>(&bytes).unwrap(), good);
+        for bad in ["", "has space", "dot.ted", &"x".repeat(MAX_NAME_LEN + 1)] {
+            // Build the id without the checks, as a hostile peer would.
+            let id = ActorId {
+                proc_id: ProcId::new("demo", 0),
+                name: CompactString::from(bad),
+                pid: 0,
+            };
+            let bytes = crate::wire::codec::encode(&id).unwrap();
+            let err = crate::wire::codec::decode::<ActorId>(&bytes).unwrap_err();
+            assert!(err.to_string().contains("invalid name"), "{bad:?}: {err}");
+            let proc_id = ProcId {
+                alloc: CompactString::from(bad),
+                rank: 0,
+            };
+            let bytes = crate::wire::codec::encode(&proc_id).unwrap();
+            assert!(
+                crate::wire::codec::decode::<ProcId>(&bytes).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wire_size_bounds_the_encoding() {
+        let id = ProcId::new("a".repeat(100), u32::MAX)
+            .actor("b".repeat(128), u64::MAX)
+            .port(u64::MAX);
+        let len = crate::wire::codec::encode(&id).unwrap().len();
+        assert!(len <= id.wire_size(), "{len} > {}", id.wire_size());
     }
 
     proptest! {

@@ -24,10 +24,36 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::actor::Outgoing;
 use crate::queue::{Permit, QueueReceiver};
 use crate::transport::{FramedSend, StreamError};
 use crate::wire::{CodecError, Envelope, MailboxFrame, Undeliverable};
+
+/// What one side queues for its end of a mailbox stream.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A message for an actor, port or proc on the other side.
+    Envelope(Envelope),
+    /// Allocator to worker: an envelope the proc sent, returned to it.
+    Returned(Undeliverable),
+    /// Worker to allocator: the envelope at stream position `seq` was not delivered.
+    Refused {
+        /// Position of the envelope among those received on the stream.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outgoing {
+    /// Bytes the item counts against queue budgets: its encoded size, ids included.
+    pub fn cost(&self) -> usize {
+        match self {
+            Outgoing::Envelope(e) => e.wire_size(),
+            Outgoing::Returned(u) => u.envelope.wire_size() + u.reason.len(),
+            Outgoing::Refused { reason, .. } => 16 + reason.len(),
+        }
+    }
+}
 
 /// Largest batch of frames written at once.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -79,7 +105,7 @@ impl AckState {
 ///
 /// `on_sent` is given every envelope written (the allocator keeps them until
 /// acknowledged); `on_too_large` every envelope that exceeds the frame limit,
-/// to return to its sender. On `stop`, drains what is queued, writes a final
+/// to return to its sender, with the permit it was queued with. On `stop`, drains what is queued, writes a final
 /// ack and finishes the stream. A peer that stops reading with code 0 is
 /// done with the stream in order (a proc being stopped) and ends the loop
 /// with `Ok`. Errors: [`StreamError::Write`] if the stream or connection is
@@ -90,7 +116,7 @@ pub async fn write_loop(
     acks: &AckState,
     stop: &CancellationToken,
     on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
-    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     match write_batches(send, queue, acks, stop, on_sent, on_too_large).await {
         Err(e) if e.is_stopped_normally() => Ok(()),
@@ -105,7 +131,7 @@ async fn write_batches(
     acks: &AckState,
     stop: &CancellationToken,
     on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
-    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     let mut acked = 0u64;
     let mut stopping = false;
@@ -194,7 +220,7 @@ fn buffer(
     item: Outgoing,
     permit: Permit,
     on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
-    on_too_large: &mut (dyn FnMut(Undeliverable) + Send),
+    on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) {
     match item {
         Outgoing::Envelope(env) => {
@@ -205,14 +231,22 @@ fn buffer(
             };
             match result {
                 Ok(()) => on_sent(env, permit),
-                Err(CodecError::TooLarge { len, max }) => on_too_large(Undeliverable {
-                    envelope: env,
-                    reason: format!("message too large: {len} bytes encoded, frame limit {max}"),
-                }),
-                Err(e) => on_too_large(Undeliverable {
-                    envelope: env,
-                    reason: format!("message cannot be encoded: {e}"),
-                }),
+                Err(CodecError::TooLarge { len, max }) => on_too_large(
+                    Undeliverable::not_delivered(
+                        env,
+                        format!("message too large: {len} bytes encoded, frame limit {max}"),
+                    ),
+                    permit,
+                ),
+                Err(e) => on_too_large(
+                    Undeliverable::not_delivered(env, format!("message cannot be encoded: {e}")),
+                    permit,
+                ),
+            }
+        }
+        Outgoing::Refused { seq, reason } => {
+            if let Err(e) = send.buffer(&MailboxFrame::Refused { seq, reason }) {
+                tracing::error!("cannot encode refusal of envelope {seq}: {e}");
             }
         }
         Outgoing::Returned(mut u) => {

@@ -1,4 +1,4 @@
-//! A queue bounded by bytes, where each item carries its share of the budget.
+//! Byte budgets, and queues bounded by them where each item carries its share.
 //!
 //! Every mailbox in quicmesh (an actor's, a proc's outbound queue, the
 //! allocator's queue towards a proc) is one of these. A sender reserves the
@@ -8,6 +8,13 @@
 //! that permit is dropped, which may be long after the item left the queue:
 //! the allocator keeps it until the worker acknowledges delivery, so "queued
 //! bytes" covers everything not yet delivered.
+//!
+//! A [`Budget`] can also stand on its own: the allocator charges the returns
+//! it owes a proc, and the envelopes a proc's sender parks while their
+//! destination is full, to budgets of their own, and queues such items with
+//! [`QueueSender::push`] and the permit already taken. A permit may thus
+//! cross from one budget's accounting into another queue: memory stays
+//! bounded by the sum of the budgets whatever path an item takes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// Fixed cost added to every item, so that empty messages are bounded too.
 pub const ITEM_OVERHEAD: usize = 64;
 
-/// A share of a queue's byte budget; dropping it gives the bytes back.
+/// A share of a byte budget; dropping it gives the bytes back.
 #[derive(Debug)]
 pub struct Permit {
     _inner: Option<OwnedSemaphorePermit>,
@@ -39,22 +46,78 @@ pub enum QueueError<T> {
     Closed(T),
 }
 
-struct Budget {
+/// A number of bytes that can be reserved, waited for and given back.
+#[derive(Debug)]
+pub struct Budget {
     sem: Arc<Semaphore>,
     capacity: usize,
     peak: AtomicU64,
 }
 
 impl Budget {
+    /// A budget of `capacity_bytes` (at least [`ITEM_OVERHEAD`]).
+    pub fn new(capacity_bytes: usize) -> Arc<Budget> {
+        let capacity = capacity_bytes.clamp(ITEM_OVERHEAD, Semaphore::MAX_PERMITS);
+        Arc::new(Budget {
+            sem: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            peak: AtomicU64::new(0),
+        })
+    }
+
+    /// What an item of `bytes` bytes costs: its size plus the fixed
+    /// overhead, and never more than the whole budget (so that one item
+    /// larger than the budget takes all of it rather than waiting for ever).
     fn cost(&self, bytes: usize) -> u32 {
-        (bytes + ITEM_OVERHEAD)
+        bytes
+            .saturating_add(ITEM_OVERHEAD)
             .min(self.capacity)
             .min(u32::MAX as usize) as u32
     }
 
-    fn note_peak(&self) {
+    fn granted(&self, permit: OwnedSemaphorePermit) -> Permit {
         let used = (self.capacity - self.sem.available_permits()) as u64;
         self.peak.fetch_max(used, Ordering::Relaxed);
+        Permit {
+            _inner: Some(permit),
+        }
+    }
+
+    /// Reserves `bytes` if they are free now; `None` if the budget is used up.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Permit> {
+        self.sem
+            .clone()
+            .try_acquire_many_owned(self.cost(bytes))
+            .ok()
+            .map(|p| self.granted(p))
+    }
+
+    /// Reserves `bytes`, waiting until they are free.
+    pub async fn reserve(&self, bytes: usize) -> Permit {
+        if let Some(permit) = self.try_reserve(bytes) {
+            return permit;
+        }
+        match self.sem.clone().acquire_many_owned(self.cost(bytes)).await {
+            Ok(p) => self.granted(p),
+            // The semaphore is never closed, so this cannot happen; an
+            // unaccounted item is still better than a panic.
+            Err(_) => Permit::none(),
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn used_bytes(&self) -> u64 {
+        (self.capacity - self.sem.available_permits()) as u64
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The size of the budget.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity as u64
     }
 }
 
@@ -80,14 +143,14 @@ pub struct QueueReceiver<T> {
 
 /// A queue holding at most `capacity_bytes` (an item larger than that takes the whole budget).
 pub fn bounded<T>(capacity_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
-    let capacity = capacity_bytes.clamp(ITEM_OVERHEAD, Semaphore::MAX_PERMITS);
     let (tx, rx) = mpsc::unbounded_channel();
-    let budget = Arc::new(Budget {
-        sem: Arc::new(Semaphore::new(capacity)),
-        capacity,
-        peak: AtomicU64::new(0),
-    });
-    (QueueSender { tx, budget }, QueueReceiver { rx })
+    (
+        QueueSender {
+            tx,
+            budget: Budget::new(capacity_bytes),
+        },
+        QueueReceiver { rx },
+    )
 }
 
 impl<T> QueueSender<T> {
@@ -98,16 +161,12 @@ impl<T> QueueSender<T> {
         if self.tx.is_closed() {
             return Err(QueueError::Closed(item));
         }
-        let cost = self.budget.cost(bytes);
         // Fast path: room now, no waiting machinery.
-        if let Ok(permit) = self.budget.sem.clone().try_acquire_many_owned(cost) {
+        if let Some(permit) = self.budget.try_reserve(bytes) {
             return self.push(item, permit);
         }
         let permit = tokio::select! {
-            p = self.budget.sem.clone().acquire_many_owned(cost) => match p {
-                Ok(p) => p,
-                Err(_) => return Err(QueueError::Closed(item)),
-            },
+            p = self.budget.reserve(bytes) => p,
             _ = self.tx.closed() => return Err(QueueError::Closed(item)),
         };
         self.push(item, permit)
@@ -121,14 +180,9 @@ impl<T> QueueSender<T> {
         if self.tx.is_closed() {
             return Err(QueueError::Closed(item));
         }
-        match self
-            .budget
-            .sem
-            .clone()
-            .try_acquire_many_owned(self.budget.cost(bytes))
-        {
-            Ok(permit) => self.push(item, permit),
-            Err(_) => Err(QueueError::Full(item)),
+        match self.budget.try_reserve(bytes) {
+            Some(permit) => self.push(item, permit),
+            None => Err(QueueError::Full(item)),
         }
     }
 
@@ -136,36 +190,36 @@ impl<T> QueueSender<T> {
     ///
     /// Errors: [`QueueError::Closed`] if the receiver is gone.
     pub fn send_unbudgeted(&self, item: T) -> Result<(), QueueError<T>> {
+        self.push(item, Permit::none())
+    }
+
+    /// Queues `item` with a permit already taken (from this queue's budget or another).
+    ///
+    /// Errors: [`QueueError::Closed`] if the receiver is gone.
+    pub fn push(&self, item: T, permit: Permit) -> Result<(), QueueError<T>> {
         self.tx
-            .send((item, Permit::none()))
+            .send((item, permit))
             .map_err(|e| QueueError::Closed(e.0 .0))
     }
 
-    fn push(&self, item: T, permit: OwnedSemaphorePermit) -> Result<(), QueueError<T>> {
-        self.budget.note_peak();
-        self.tx
-            .send((
-                item,
-                Permit {
-                    _inner: Some(permit),
-                },
-            ))
-            .map_err(|e| QueueError::Closed(e.0 .0))
+    /// The budget items of this queue are charged to.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// Bytes reserved now (queued, or taken out but not yet released).
     pub fn used_bytes(&self) -> u64 {
-        (self.budget.capacity - self.budget.sem.available_permits()) as u64
+        self.budget.used_bytes()
     }
 
     /// The most bytes ever reserved at once.
     pub fn peak_bytes(&self) -> u64 {
-        self.budget.peak.load(Ordering::Relaxed)
+        self.budget.peak_bytes()
     }
 
     /// The byte budget.
     pub fn capacity_bytes(&self) -> u64 {
-        self.budget.capacity as u64
+        self.budget.capacity_bytes()
     }
 
     /// Whether the receiver is gone.

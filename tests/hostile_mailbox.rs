@@ -305,6 +305,9 @@ impl FakeWorker {
                 MailboxFrame::Undeliverable(u) => {
                     panic!("echo request from {proc_id} came back: {}", u.reason)
                 }
+                MailboxFrame::Refused { seq, reason } => {
+                    panic!("the allocator sent a refusal ({seq}: {reason}) to {proc_id}")
+                }
                 MailboxFrame::Envelope(env) => {
                     mailbox.received += 1;
                     let processed = mailbox.received;
@@ -409,7 +412,7 @@ impl Scene {
                 SOON,
                 &format!("a mailbox rejection mentioning {needle:?}"),
                 |e| {
-                    matches!(e, AllocEvent::MailboxRejected { worker: w, reason }
+                    matches!(e, AllocEvent::MailboxRejected { worker: w, reason, .. }
                         if *w == worker && reason.contains(needle))
                 },
             )

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use super::proc::Proc;
 use super::{Actor, Context};
 use crate::queue::QueueReceiver;
-use crate::wire::{codec, Envelope, Undeliverable};
+use crate::wire::{codec, DeliveryStatus, Envelope, Undeliverable};
 
 /// What arrives in an actor's mailbox.
 #[derive(Debug)]
@@ -128,11 +128,9 @@ pub(crate) async fn run<A: Actor>(
             Delivery::Returned(_) => {}
         }
     }
+    // The handler never saw these: they go back as not delivered.
     for env in rest {
-        proc.return_to_sender(Undeliverable {
-            envelope: env,
-            reason: reason.clone(),
-        });
+        proc.bounce(Undeliverable::not_delivered(env, reason.clone()));
     }
     if let Some(why) = failure {
         proc.report_failure(ctx.id(), why);
@@ -156,10 +154,7 @@ async fn handle_envelope<A: Actor>(
         Err(e) => {
             env.payload = payload;
             let reason = format!("message does not decode as {}: {e}", A::NAME);
-            proc.return_to_sender(Undeliverable {
-                envelope: env,
-                reason,
-            });
+            proc.bounce(Undeliverable::not_delivered(env, reason));
             return None;
         }
     };
@@ -172,11 +167,12 @@ async fn handle_envelope<A: Actor>(
         Err(p) => format!("handler panicked: {}", panic_message(&*p)),
     };
     if env.return_port.is_some() {
+        // The handler had it and failed part way: possibly delivered.
         env.payload = payload;
-        let reason = format!("actor {} failed: {why}", ctx.id());
-        proc.return_to_sender(Undeliverable {
+        proc.bounce(Undeliverable {
             envelope: env,
-            reason,
+            reason: format!("actor {} failed: {why}", ctx.id()),
+            status: DeliveryStatus::PossiblyDelivered,
         });
     }
     Some(why)

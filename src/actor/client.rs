@@ -20,6 +20,10 @@ pub enum SendError {
     /// The message could not be serialized.
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// There was no room on the path to the destination within the deadline
+    /// (only from `tell_within`); the message was not sent.
+    #[error("no room to send within {0:?}")]
+    Timeout(Duration),
 }
 
 /// An `ask` got no reply.
@@ -88,6 +92,20 @@ impl Client {
     ) -> Result<(), SendError> {
         let env = self.proc.envelope(&self.me, to, payload, return_port);
         self.proc.send(env).await
+    }
+
+    /// Sends an envelope to `to`, waiting at most `timeout` for room.
+    ///
+    /// Errors: [`SendError::Timeout`] if there was no room in time (nothing
+    /// was sent), [`SendError::Closed`] if this proc is shutting down.
+    pub async fn send_envelope_within(
+        &self,
+        to: Dest,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let env = self.proc.envelope(&self.me, to, payload, None);
+        self.proc.send_within(env, timeout).await
     }
 
     /// Sends an envelope to `to` if there is room now.

@@ -24,7 +24,7 @@ pub mod builtin;
 pub use client::{AskError, Client, SendError, SpawnError};
 pub use outlet::Outlet;
 pub(crate) use proc::NotDelivered;
-pub use proc::{ActorFailure, Outgoing, Proc, ProcConfig, ProcOutputs};
+pub use proc::{ActorFailure, Proc, ProcConfig, ProcOutputs};
 pub use refs::{ActorRef, PortRef};
 pub use registry::Registry;
 

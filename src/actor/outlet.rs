@@ -8,7 +8,7 @@
 
 use futures::future::BoxFuture;
 
-use super::proc::Outgoing;
+use crate::mailbox::Outgoing;
 use crate::queue::{QueueError, QueueSender};
 
 /// The way out of a proc.
@@ -19,6 +19,10 @@ pub trait Outlet: Send + Sync + 'static {
     fn try_send(&self, item: Outgoing) -> Result<(), QueueError<Outgoing>>;
     /// Sends a returned envelope without waiting (returns must never block).
     fn send_unbudgeted(&self, item: Outgoing) -> Result<(), Outgoing>;
+    /// Whether returned envelopes may go this way: true for the controller's
+    /// proc (the router is trusted with them), false for a worker's stream,
+    /// where the allocator accepts refusals by position only.
+    fn carries_returns(&self) -> bool;
     /// Bytes queued now and at most, if this way out has a queue.
     fn queued_bytes(&self) -> (u64, u64);
 }
@@ -44,6 +48,10 @@ impl Outlet for QueueSender<Outgoing> {
         QueueSender::send_unbudgeted(self, item).map_err(|e| match e {
             QueueError::Closed(i) | QueueError::Full(i) => i,
         })
+    }
+
+    fn carries_returns(&self) -> bool {
+        false
     }
 
     fn queued_bytes(&self) -> (u64, u64) {

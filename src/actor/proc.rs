@@ -4,6 +4,18 @@
 //! proc goes to its actor's mailbox, to a reply port, or to the proc itself
 //! (spawn, stop, stats); anything that cannot be delivered is returned to its
 //! sender with the reason, through [`Proc::return_to_sender`].
+//!
+//! Reply ports are capabilities: their numbers are random 64-bit values, so
+//! only whoever was given a [`PortRef`](super::PortRef) (or its id) can
+//! answer the ask, whoever and wherever that is.
+//!
+//! An envelope that reached its actor's mailbox and is then not handled
+//! (the actor failed or stopped first, or the message did not decode) is
+//! *bounced* ([`Proc::bounce`]): a sender on this proc gets it back as
+//! before, and an ask from elsewhere fails at once through its reply port.
+//! A worker never sends a delivered envelope back over the wire: the
+//! allocator has already forgotten it, and could not tell a genuine return
+//! from a forged one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,28 +34,13 @@ use super::outlet::Outlet;
 use super::refs::ActorRef;
 use super::registry::Registry;
 use super::{Actor, Context};
-use crate::id::{is_valid_name, ActorId, ProcId};
+use crate::id::{is_valid_name, ActorId, PortId, ProcId};
+use crate::mailbox::Outgoing;
 use crate::queue::{self, QueueError, QueueReceiver, QueueSender};
-use crate::wire::{codec, Dest, Envelope, ProcStats, SystemMsg, Undeliverable};
+use crate::wire::{bounded_text, codec, Dest, Envelope, ProcStats, SystemMsg, Undeliverable};
 
-/// What a proc sends out of itself (to its mailbox stream or the router).
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A message for an actor, port or proc elsewhere.
-    Envelope(Envelope),
-    /// A message returned to a sender elsewhere.
-    Returned(Undeliverable),
-}
-
-impl Outgoing {
-    /// Bytes the item counts against queue budgets.
-    pub fn cost(&self) -> usize {
-        match self {
-            Outgoing::Envelope(e) => e.payload.len(),
-            Outgoing::Returned(u) => u.envelope.payload.len(),
-        }
-    }
-}
+/// Longest reason kept from a failed ask's port failure, in bytes.
+const MAX_PORT_FAILURE: usize = 512;
 
 /// Why an envelope was not delivered at once.
 pub(crate) enum NotDelivered {
@@ -105,7 +102,6 @@ struct Inner {
     actors: Mutex<HashMap<String, ActorSlot>>,
     ports: Mutex<HashMap<u64, PortSlot>>,
     next_pid: AtomicU64,
-    next_port: AtomicU64,
     next_envelope: AtomicU64,
 }
 
@@ -154,7 +150,6 @@ impl Proc {
                 actors: Mutex::new(HashMap::new()),
                 ports: Mutex::new(HashMap::new()),
                 next_pid: AtomicU64::new(0),
-                next_port: AtomicU64::new(1),
                 next_envelope: AtomicU64::new(0),
             }),
         };
@@ -243,6 +238,18 @@ impl Proc {
         }
     }
 
+    /// Like [`Proc::send`], giving up after `timeout` (the envelope is then not sent).
+    pub(crate) async fn send_within(
+        &self,
+        env: Envelope,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        match tokio::time::timeout(timeout, self.send(env)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
+    }
+
     /// Sends an envelope: delivered here if it is for this proc, else queued out (waiting for room).
     pub(crate) async fn send(&self, env: Envelope) -> Result<(), SendError> {
         if env.to.proc_id() == self.id() {
@@ -283,10 +290,7 @@ impl Proc {
     }
 
     fn undeliverable(env: Envelope, reason: impl Into<String>) -> Undeliverable {
-        Undeliverable {
-            envelope: env,
-            reason: reason.into(),
-        }
+        Undeliverable::not_delivered(env, reason)
     }
 
     /// The mailbox of `actor`, if it lives here under that name and pid; else why not.
@@ -311,7 +315,7 @@ impl Proc {
                     Ok(mailbox) => mailbox,
                     Err(reason) => return Err(Self::undeliverable(env, reason)),
                 };
-                let cost = env.payload.len();
+                let cost = env.wire_size();
                 match mailbox.send(Delivery::Message(env), cost).await {
                     Ok(()) => Ok(()),
                     Err(
@@ -324,26 +328,32 @@ impl Proc {
                     Err(_) => Ok(()),
                 }
             }
-            Dest::Port(_) | Dest::Proc(_) => self.deliver_now(env),
+            Dest::Port(_) | Dest::PortFailure(_) | Dest::Proc(_) => self.deliver_now(env),
         }
     }
 
     /// Delivers consecutive envelopes for one actor as one mailbox item.
     ///
     /// All of `envs` must be addressed to the same actor. Returns those that
-    /// cannot be delivered, with the reason (all or none).
-    pub async fn deliver_batch(&self, mut envs: Vec<Envelope>) -> Vec<Undeliverable> {
+    /// cannot be delivered, each with its index in `envs` and the reason.
+    pub async fn deliver_batch(&self, mut envs: Vec<Envelope>) -> Vec<(usize, Undeliverable)> {
         if envs.len() <= 1 {
             return match envs.pop() {
-                Some(env) => self.deliver(env).await.err().into_iter().collect(),
+                Some(env) => self
+                    .deliver(env)
+                    .await
+                    .err()
+                    .map(|u| (0, u))
+                    .into_iter()
+                    .collect(),
                 None => Vec::new(),
             };
         }
         let Dest::Actor(actor) = envs[0].to.clone() else {
             let mut returned = Vec::new();
-            for env in envs {
+            for (i, env) in envs.into_iter().enumerate() {
                 if let Err(u) = self.deliver(env).await {
-                    returned.push(u);
+                    returned.push((i, u));
                 }
             }
             return returned;
@@ -353,11 +363,12 @@ impl Proc {
             Err(reason) => {
                 return envs
                     .into_iter()
-                    .map(|e| Self::undeliverable(e, reason.clone()))
+                    .enumerate()
+                    .map(|(i, e)| (i, Self::undeliverable(e, reason.clone())))
                     .collect();
             }
         };
-        let cost = envs.iter().map(|e| e.payload.len()).sum();
+        let cost = envs.iter().map(|e| e.wire_size()).sum();
         match mailbox.send(Delivery::Batch(envs), cost).await {
             Ok(()) => Vec::new(),
             Err(
@@ -365,7 +376,8 @@ impl Proc {
             ) => {
                 let reason = format!("actor {actor} stopped");
                 envs.into_iter()
-                    .map(|e| Self::undeliverable(e, reason.clone()))
+                    .enumerate()
+                    .map(|(i, e)| (i, Self::undeliverable(e, reason.clone())))
                     .collect()
             }
             Err(_) => Vec::new(),
@@ -385,7 +397,7 @@ impl Proc {
                 )))
             }
         };
-        let cost = env.payload.len();
+        let cost = env.wire_size();
         match mailbox.try_send(Delivery::Message(env), cost) {
             Ok(()) => Ok(()),
             Err(QueueError::Full(Delivery::Message(env))) => Err(NotDelivered::Full(env)),
@@ -402,23 +414,20 @@ impl Proc {
     /// Delivers to a port or to the proc itself.
     fn deliver_now(&self, env: Envelope) -> Result<(), Undeliverable> {
         match &env.to {
-            Dest::Port(port) => {
+            Dest::Port(port) | Dest::PortFailure(port) if port.actor_id.proc_id == *self.id() => {
                 let slot = lock(&self.inner.ports).remove(&port.port);
-                match slot {
-                    Some(slot) => {
-                        let _ = slot.reply.send(Ok(env.payload));
-                        Ok(())
-                    }
-                    None => {
-                        let reason = format!("port {port} is closed");
-                        Err(Self::undeliverable(env, reason))
-                    }
-                }
-            }
-            Dest::Proc(p) if p == self.id() => {
-                self.system(env);
+                let Some(slot) = slot else {
+                    let reason = format!("port {port} is closed");
+                    return Err(Self::undeliverable(env, reason));
+                };
+                let answer = match env.to {
+                    Dest::PortFailure(_) => Err(port_failure_reason(&env.payload)),
+                    _ => Ok(env.payload),
+                };
+                let _ = slot.reply.send(answer);
                 Ok(())
             }
+            Dest::Proc(p) if p == self.id() => self.system(env),
             _ => {
                 let reason = format!("not for this proc ({})", self.id());
                 Err(Self::undeliverable(env, reason))
@@ -427,13 +436,14 @@ impl Proc {
     }
 
     /// Handles a request addressed to the proc itself and answers its port.
-    fn system(&self, env: Envelope) {
-        let (msg, reply) = match codec::decode::<(SystemMsg, crate::id::PortId)>(&env.payload) {
+    ///
+    /// Errors: the envelope back if it is not a proc request.
+    fn system(&self, env: Envelope) -> Result<(), Undeliverable> {
+        let (msg, reply) = match codec::decode::<(SystemMsg, PortId)>(&env.payload) {
             Ok(m) => m,
             Err(e) => {
                 let reason = format!("not a proc request: {e}");
-                self.return_to_sender(Self::undeliverable(env, reason));
-                return;
+                return Err(Self::undeliverable(env, reason));
             }
         };
         let answer = match msg {
@@ -448,15 +458,16 @@ impl Proc {
                     let result = this.stop_actor(&name).await;
                     this.reply(reply, codec::encode(&result));
                 });
-                return;
+                return Ok(());
             }
             SystemMsg::Stats => codec::encode(&self.stats()),
         };
         self.reply(reply, answer);
+        Ok(())
     }
 
     /// Sends a proc request's answer to its reply port.
-    fn reply(&self, port: crate::id::PortId, answer: Result<Vec<u8>, codec::CodecError>) {
+    fn reply(&self, port: PortId, answer: Result<Vec<u8>, codec::CodecError>) {
         match answer {
             Ok(payload) => {
                 let env =
@@ -471,17 +482,79 @@ impl Proc {
     }
 
     /// Returns an undeliverable envelope to its sender, wherever that is.
+    ///
+    /// Over a worker's stream, which carries no returns (see the module
+    /// docs), this is [`Proc::bounce`]; a worker's reader refuses what it
+    /// could not deliver by position instead (see `mailbox::Outgoing::Refused`).
     pub fn return_to_sender(&self, u: Undeliverable) {
         if u.envelope.from.proc_id == *self.id() {
             self.returned(u);
-        } else if let Err(Outgoing::Returned(u)) =
-            self.inner.outlet.send_unbudgeted(Outgoing::Returned(u))
-        {
+        } else if self.inner.outlet.carries_returns() {
+            if let Err(Outgoing::Returned(u)) =
+                self.inner.outlet.send_unbudgeted(Outgoing::Returned(u))
+            {
+                tracing::debug!(
+                    "dropping return of envelope to {}: proc closed ({})",
+                    u.envelope.to,
+                    u.reason
+                );
+            }
+        } else {
+            self.bounce(u);
+        }
+    }
+
+    /// Hands back an envelope that reached its actor's mailbox but was not
+    /// handled: its actor failed or stopped first, or it did not decode.
+    ///
+    /// A sender on this proc gets it back (its ask fails, or its
+    /// `on_undeliverable` hook runs). For a sender elsewhere an ask fails at
+    /// once through its reply port; a tell was delivered and is only logged.
+    pub fn bounce(&self, u: Undeliverable) {
+        if u.envelope.from.proc_id == *self.id() || self.inner.outlet.carries_returns() {
+            return self.return_to_sender(u);
+        }
+        let Some(port) = u.envelope.return_port else {
             tracing::debug!(
-                "dropping return of envelope to {}: proc closed ({})",
+                "message from {} to {} delivered but not handled: {}",
+                u.envelope.from,
                 u.envelope.to,
                 u.reason
             );
+            return;
+        };
+        let reason = bounded_text(&u.reason, MAX_PORT_FAILURE);
+        let payload = match codec::encode(&reason) {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("cannot encode ask failure: {e}"),
+        };
+        let from = match &u.envelope.to {
+            Dest::Actor(actor) => actor.clone(),
+            _ => self.id().actor("proc", 0),
+        };
+        let to = Dest::PortFailure(u.envelope.from.port(port));
+        let env = self.envelope(&from, to, payload, None);
+        if self
+            .inner
+            .outlet
+            .send_unbudgeted(Outgoing::Envelope(env))
+            .is_err()
+        {
+            tracing::debug!("cannot fail ask of {}: proc closed", u.envelope.from);
+        }
+    }
+
+    /// Tells the sender of the envelope at stream position `seq` that it was
+    /// not delivered (a worker's reader, before acknowledging it).
+    pub(crate) fn refuse(&self, seq: u64, reason: &str) {
+        let reason = bounded_text(reason, MAX_PORT_FAILURE);
+        if self
+            .inner
+            .outlet
+            .send_unbudgeted(Outgoing::Refused { seq, reason })
+            .is_err()
+        {
+            tracing::debug!("cannot refuse envelope {seq} of {}: proc closed", self.id());
         }
     }
 
@@ -511,13 +584,22 @@ impl Proc {
     }
 
     /// Opens a one-shot reply port for an ask to an actor on `target`.
+    ///
+    /// The port number is random (and never 0), so it cannot be guessed:
+    /// holding it is the right to answer.
     pub(crate) fn open_port(
         &self,
         target: ProcId,
     ) -> (u64, oneshot::Receiver<Result<Vec<u8>, String>>) {
-        let port = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.ports).insert(port, PortSlot { reply: tx, target });
+        let mut ports = lock(&self.inner.ports);
+        let port = loop {
+            let candidate: u64 = rand::random();
+            if candidate != 0 && !ports.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        ports.insert(port, PortSlot { reply: tx, target });
         (port, rx)
     }
 
@@ -611,5 +693,13 @@ impl Proc {
             queued_bytes: used,
             peak_queued_bytes: peak,
         }
+    }
+}
+
+/// The reason carried by a port failure, cut to a bounded length.
+fn port_failure_reason(payload: &[u8]) -> String {
+    match codec::decode::<String>(payload) {
+        Ok(reason) => bounded_text(&reason, MAX_PORT_FAILURE),
+        Err(e) => format!("ask failed (reason undecodable: {e})"),
     }
 }

@@ -76,6 +76,21 @@ impl<A: Actor> ActorRef<A> {
             .await
     }
 
+    /// Sends `msg`, waiting at most `timeout` while the path to the actor is full.
+    ///
+    /// Errors: [`SendError::Timeout`] if there was no room in time (then the
+    /// message was not sent), else as [`ActorRef::tell`].
+    pub async fn tell_within(
+        &self,
+        from: &Client,
+        timeout: Duration,
+        msg: A::Message,
+    ) -> Result<(), SendError> {
+        let payload = codec::encode(&msg).map_err(|e| SendError::Encode(e.to_string()))?;
+        from.send_envelope_within(Dest::Actor(self.id.clone()), payload, timeout)
+            .await
+    }
+
     /// Sends `msg` if there is room now.
     ///
     /// Errors: [`SendError::Full`] when the path to the actor is full, else as [`ActorRef::tell`].

@@ -1,48 +1,82 @@
 //! The allocator's end of one proc's mailbox stream.
 //!
 //! Everything queued for the proc is held, with its byte budget, until the
-//! worker acknowledges it; when the proc ends, whatever was not acknowledged
-//! (queued or in flight) is returned to its sender with the reason. That is
-//! where "nothing is lost silently" is kept for envelopes sent to a worker.
+//! worker acknowledges it ([`InFlight`]); when the proc ends, whatever was not
+//! acknowledged (queued or in flight) is handed back by [`ProcLink::close`]
+//! to be returned to its sender. That is where "nothing is lost silently" is
+//! kept for envelopes sent to a worker.
+//!
+//! What the worker sends on the stream is checked and passed to the link's
+//! [`Switch`] (the router, one layer up): envelopes go on to their
+//! destination, or wait in the proc's own parking lines when that
+//! destination is full ([`Parking`]), so one full destination never stops
+//! the rest of the proc's traffic. Every way a worker can make the allocator
+//! hold memory is charged to one of its proc's budgets: envelopes towards
+//! it (the queue), envelopes from it waiting for a full destination (the
+//! parking budget), and returns the allocator owes it (the returns budget;
+//! a proc that lets more returns pile up than that budget holds is failed).
+//! A proc with data waiting that acknowledges nothing for the stall timeout
+//! is failed as stalled ([`StallJudge`]).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::sync::lock;
-use std::time::Duration;
-
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::router::Router;
-use crate::actor::Outgoing;
+use super::in_flight::InFlight;
+use super::parking::Parking;
+use super::stall::StallJudge;
 use crate::id::ProcId;
-use crate::mailbox::{self, AckState};
-use crate::queue::{self, Permit, QueueReceiver, QueueSender};
-use crate::transport::{FramedRecv, FramedSend};
-use crate::wire::{close, Envelope, MailboxFrame, Undeliverable};
+use crate::mailbox::{self, AckState, Outgoing};
+use crate::queue::{self, Budget, Permit, QueueError, QueueReceiver, QueueSender};
+use crate::sync::lock;
+use crate::transport::{FramedRecv, FramedSend, StreamError};
+use crate::wire::{
+    bounded_text, close, DeliveryStatus, Dest, Envelope, MailboxFrame, Undeliverable,
+};
+
+/// Longest reason text kept from a peer (refusals, failures), in bytes.
+pub(crate) const MAX_PEER_REASON: usize = 256;
+
+/// Where a link sends what its worker gives it: implemented by the router.
+pub(crate) trait Switch: Send + Sync + 'static {
+    /// Forwards `env` if its destination has room now, else hands it back.
+    ///
+    /// An envelope that cannot go anywhere (unknown or closed destination)
+    /// is returned to its sender and counts as forwarded.
+    fn try_forward(&self, env: Envelope) -> Result<(), Envelope>;
+
+    /// Forwards `env`, waiting for room at its destination.
+    fn forward(&self, env: Envelope) -> BoxFuture<'_, ()>;
+
+    /// Returns `u` to its sender. `permit` is the budget share the envelope
+    /// already holds, if any; without one the return is charged to the
+    /// sender's returns budget.
+    fn give_back(&self, u: Undeliverable, permit: Option<Permit>);
+}
+
+/// How a proc link behaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkConfig {
+    /// Byte budget of each of the link's queues (towards the proc, parked, returns).
+    pub(crate) budget_bytes: usize,
+    /// How long the proc may leave data waiting without acknowledging anything.
+    pub(crate) stall_timeout: Duration,
+    /// Whether the proc may send requests (spawn, stop, stats) to other procs.
+    pub(crate) remote_proc_requests: bool,
+}
 
 /// An envelope written to the worker and not yet acknowledged.
-struct Pending {
-    env: Envelope,
-    /// The worker returned it before acknowledging it: not delivered.
-    returned: bool,
-    _permit: Permit,
-}
-
-#[derive(Default)]
-struct InFlight {
-    pending: VecDeque<Pending>,
-    /// Envelopes acknowledged so far (the worker's cumulative count).
-    acked: u64,
-}
+type Pending = (Envelope, Permit);
 
 /// Counters of one proc link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LinkStats {
-    /// Envelopes the worker acknowledged as delivered (not returned).
+    /// Envelopes the worker acknowledged as delivered (not refused).
     pub delivered: u64,
     /// Envelopes returned to their senders by this link or the worker.
     pub returned: u64,
@@ -52,47 +86,136 @@ pub struct LinkStats {
     pub peak_queued_bytes: u64,
     /// Byte budget of the queue.
     pub budget_bytes: u64,
+    /// Bytes the proc sent that wait for a full destination now.
+    pub parked_bytes: u64,
+    /// Bytes of returns waiting to be written to the proc now.
+    pub returns_bytes: u64,
+}
+
+struct State {
+    in_flight: InFlight<Pending>,
+    closed: Option<String>,
+    /// The worker finished its side of the stream in order (final ack sent).
+    finished: bool,
 }
 
 /// One proc's mailbox, as the allocator holds it.
 pub(crate) struct ProcLink {
     pub(crate) proc_id: ProcId,
+    config: LinkConfig,
     queue: QueueSender<Outgoing>,
+    returns: Arc<Budget>,
+    parking: Arc<Parking>,
     idle_rx: Mutex<Option<QueueReceiver<Outgoing>>>,
-    in_flight: Mutex<InFlight>,
-    closed: Mutex<Option<String>>,
-    /// Set with `closed`, read without the lock on every routed envelope.
-    is_closed: std::sync::atomic::AtomicBool,
+    state: Mutex<State>,
+    /// Set with `state.closed`, read without the lock on every routed envelope.
+    is_closed: AtomicBool,
+    /// Set once a failure of this link was reported (reported once).
+    failing: AtomicBool,
+    failures: mpsc::UnboundedSender<(ProcId, String)>,
     stop_writer: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<Option<QueueReceiver<Outgoing>>>>>,
     reader_done: CancellationToken,
-    delivered: AtomicU64,
     returned: AtomicU64,
 }
 
 impl ProcLink {
-    /// A link for a proc whose stream is not attached yet: envelopes queue up meanwhile.
-    pub(crate) fn new(proc_id: ProcId, budget_bytes: usize) -> Arc<ProcLink> {
-        let (tx, rx) = queue::bounded(budget_bytes);
+    /// A link for a proc whose stream is not attached yet: envelopes queue up
+    /// meanwhile. Failures of the link (stalls, returns not read, protocol
+    /// violations on the stream) are reported on `failures`.
+    pub(crate) fn new(
+        proc_id: ProcId,
+        config: LinkConfig,
+        failures: mpsc::UnboundedSender<(ProcId, String)>,
+    ) -> Arc<ProcLink> {
+        let (tx, rx) = queue::bounded(config.budget_bytes);
         Arc::new(ProcLink {
             proc_id,
+            config,
             queue: tx,
+            returns: Budget::new(config.budget_bytes),
+            parking: Arc::new(Parking::new(config.budget_bytes)),
             idle_rx: Mutex::new(Some(rx)),
-            in_flight: Mutex::new(InFlight::default()),
-            closed: Mutex::new(None),
-            is_closed: std::sync::atomic::AtomicBool::new(false),
+            state: Mutex::new(State {
+                in_flight: InFlight::default(),
+                closed: None,
+                finished: false,
+            }),
+            is_closed: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            failures,
             stop_writer: CancellationToken::new(),
-            tasks: Mutex::new(Vec::new()),
+            reader: Mutex::new(None),
             writer: Mutex::new(None),
             reader_done: CancellationToken::new(),
-            delivered: AtomicU64::new(0),
             returned: AtomicU64::new(0),
         })
     }
 
-    pub(crate) fn queue(&self) -> &QueueSender<Outgoing> {
-        &self.queue
+    /// Queues `env` for the proc if there is room now.
+    ///
+    /// Errors: [`QueueError::Full`] or [`QueueError::Closed`], handing the
+    /// envelope back.
+    pub(crate) fn try_send(&self, env: Envelope) -> Result<(), QueueError<Envelope>> {
+        let cost = env.wire_size();
+        match self.queue.try_send(Outgoing::Envelope(env), cost) {
+            Ok(()) => Ok(()),
+            Err(QueueError::Full(Outgoing::Envelope(env))) => Err(QueueError::Full(env)),
+            Err(QueueError::Closed(Outgoing::Envelope(env))) => Err(QueueError::Closed(env)),
+            // The queue hands back exactly the item it was given.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Queues `env` for the proc, waiting for room.
+    ///
+    /// Errors: the envelope back if the link closed meanwhile.
+    pub(crate) async fn send(&self, env: Envelope) -> Result<(), Envelope> {
+        let cost = env.wire_size();
+        match self.queue.send(Outgoing::Envelope(env), cost).await {
+            Ok(()) => Ok(()),
+            Err(QueueError::Full(Outgoing::Envelope(env)))
+            | Err(QueueError::Closed(Outgoing::Envelope(env))) => Err(env),
+            // The queue hands back exactly the item it was given.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Queues a return for the proc: one of its envelopes came back.
+    ///
+    /// With `permit` (the envelope's existing share of some budget) it is
+    /// queued as it is. Without one it is charged to this proc's returns
+    /// budget; if that is used up, the proc is not reading what it is owed
+    /// and is failed instead of letting the allocator's memory grow.
+    /// Returns to a closed link are dropped: the proc is gone.
+    pub(crate) fn give_back(&self, u: Undeliverable, permit: Option<Permit>) {
+        let permit = match permit {
+            Some(p) => p,
+            None => match self
+                .returns
+                .try_reserve(u.envelope.wire_size() + u.reason.len())
+            {
+                Some(p) => p,
+                None => {
+                    self.fail(format!(
+                        "more than {} bytes of returned messages not read",
+                        self.returns.capacity_bytes()
+                    ));
+                    return;
+                }
+            },
+        };
+        if self.queue.push(Outgoing::Returned(u), permit).is_err() {
+            tracing::debug!("return to {} dropped: proc closed", self.proc_id);
+        }
+    }
+
+    /// Reports a failure of this link to its session, once.
+    fn fail(&self, reason: String) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            let _ = self.failures.send((self.proc_id.clone(), reason));
+        }
     }
 
     /// Why the link is closed, if it is.
@@ -100,69 +223,68 @@ impl ProcLink {
         if !self.is_closed.load(Ordering::Acquire) {
             return None;
         }
-        lock(&self.closed).clone()
+        lock(&self.state).closed.clone()
     }
 
     pub(crate) fn stats(&self) -> LinkStats {
         LinkStats {
-            delivered: self.delivered.load(Ordering::Relaxed),
+            delivered: lock(&self.state).in_flight.delivered(),
             returned: self.returned.load(Ordering::Relaxed),
             queued_bytes: self.queue.used_bytes(),
             peak_queued_bytes: self.queue.peak_bytes(),
             budget_bytes: self.queue.capacity_bytes(),
+            parked_bytes: self.parking.parked_bytes(),
+            returns_bytes: self.returns.used_bytes(),
         }
+    }
+
+    /// Whether anything waits to reach the worker (queued, in flight or owed).
+    fn data_waiting(&self) -> bool {
+        self.queue.used_bytes() > 0 || self.returns.used_bytes() > 0
     }
 
     /// Starts moving envelopes over the proc's mailbox stream.
     ///
     /// Stream-level failures (a frame that does not decode, an envelope
-    /// claiming another sender, an ack for more than was sent) are reported
-    /// on `failures` with the reason; the session then fails this proc only.
+    /// claiming another sender, an ack or refusal the bookkeeping rules out,
+    /// a stall) are reported on the link's failure channel with the reason;
+    /// the session then fails this proc only.
     pub(crate) fn attach(
         self: &Arc<Self>,
         mut send: FramedSend,
         mut recv: FramedRecv,
-        router: Arc<Router>,
-        failures: mpsc::UnboundedSender<(ProcId, String)>,
+        switch: Arc<dyn Switch>,
     ) {
         let Some(mut rx) = lock(&self.idle_rx).take() else {
             return;
         };
         let acks = Arc::new(AckState::default());
         let writer = {
-            let (link, acks, router, stop, failures) = (
+            let (link, acks, switch, stop) = (
                 self.clone(),
                 acks.clone(),
-                router.clone(),
+                switch.clone(),
                 self.stop_writer.clone(),
-                failures.clone(),
             );
             tokio::spawn(async move {
                 let sent_link = link.clone();
                 let mut on_sent = move |env: Envelope, permit: Permit| {
-                    lock(&sent_link.in_flight).pending.push_back(Pending {
-                        env,
-                        returned: false,
-                        _permit: permit,
-                    });
+                    lock(&sent_link.state).in_flight.on_sent((env, permit));
                 };
-                let (large_router, large_link) = (router.clone(), link.clone());
-                let mut on_too_large = move |u: Undeliverable| {
+                let (large_switch, large_link) = (switch.clone(), link.clone());
+                let mut on_too_large = move |u: Undeliverable, permit: Permit| {
                     large_link.returned.fetch_add(1, Ordering::Relaxed);
-                    large_router.return_to_sender(u);
+                    large_switch.give_back(u, Some(permit));
                 };
                 // Closing the link abandons the stream at once: whatever was
-                // written but not acknowledged is returned by `close`.
+                // written but not acknowledged is handed back by `close`.
                 let never = CancellationToken::new();
                 let result = tokio::select! {
                     r = mailbox::write_loop(&mut send, &mut rx, &acks, &never, &mut on_sent, &mut on_too_large) => Some(r),
                     _ = stop.cancelled() => None,
                 };
                 if let Some(Err(e)) = result {
-                    let _ = failures.send((
-                        link.proc_id.clone(),
-                        format!("mailbox stream write failed: {e}"),
-                    ));
+                    link.fail(format!("mailbox stream write failed: {e}"));
                 }
                 Some(rx)
             })
@@ -171,31 +293,55 @@ impl ProcLink {
         let reader = {
             let link = self.clone();
             tokio::spawn(async move {
-                let outcome = link.read_loop(&mut recv, &acks, &router).await;
-                if let Err(reason) = outcome {
-                    recv.stop(close::PROTOCOL);
-                    let _ = failures.send((link.proc_id.clone(), reason));
+                let outcome = link.read_loop(&mut recv, &acks, &switch).await;
+                match outcome {
+                    Ok(()) => lock(&link.state).finished = true,
+                    Err(reason) => {
+                        recv.stop(close::PROTOCOL);
+                        link.fail(reason);
+                    }
                 }
                 link.reader_done.cancel();
             })
         };
-        lock(&self.tasks).push(reader);
+        *lock(&self.reader) = Some(reader);
     }
 
-    /// Reads the worker's frames until the stream ends; `Err` on a protocol violation.
+    /// Reads the worker's frames until the stream ends; `Err` with the reason
+    /// on a protocol violation, a broken stream or a stall.
     async fn read_loop(
         &self,
         recv: &mut FramedRecv,
         acks: &AckState,
-        router: &Router,
+        switch: &Arc<dyn Switch>,
     ) -> Result<(), String> {
+        let mut judge = StallJudge::new(self.config.stall_timeout, Instant::now());
+        let mut checks = tokio::time::interval(judge.check_every());
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let frame = match recv.next::<MailboxFrame>().await {
+            let frame = if recv.frame_ready() {
+                recv.next::<MailboxFrame>().await
+            } else {
+                tokio::select! {
+                    f = recv.next::<MailboxFrame>() => f,
+                    _ = checks.tick() => {
+                        if let Some(stalled) = judge.check(Instant::now(), self.data_waiting()) {
+                            return Err(format!(
+                                "stalled: nothing acknowledged for {stalled:.1?} while {} bytes waited for it",
+                                self.queue.used_bytes() + self.returns.used_bytes()
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            };
+            let frame = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_protocol_violation() => {
                     return Err(format!("protocol violation on mailbox stream: {e}"))
                 }
+                Err(StreamError::Read(e)) => return Err(format!("mailbox stream failed: {e}")),
                 Err(e) => return Err(format!("mailbox stream failed: {e}")),
             };
             match frame {
@@ -206,47 +352,71 @@ impl ProcLink {
                             self.proc_id, env.from
                         ));
                     }
-                    router.route(env).await;
+                    self.forward(env, switch, &mut judge).await;
                     acks.bump(recv.frame_ready());
                 }
-                MailboxFrame::Undeliverable(u) => {
-                    if *u.envelope.to.proc_id() != self.proc_id {
-                        return Err(format!(
-                            "protocol violation: return on the stream of {} is for an envelope to {}",
-                            self.proc_id, u.envelope.to
-                        ));
-                    }
-                    let mut in_flight = lock(&self.in_flight);
-                    if let Some(p) = in_flight
-                        .pending
-                        .iter_mut()
-                        .find(|p| p.env.id == u.envelope.id && p.env.from == u.envelope.from)
-                    {
-                        p.returned = true;
-                    }
-                    drop(in_flight);
+                MailboxFrame::Refused { seq, reason } => {
+                    let refused = lock(&self.state).in_flight.on_refused(seq);
+                    let (env, permit) = refused.map_err(|v| format!("protocol violation: {v}"))?;
                     self.returned.fetch_add(1, Ordering::Relaxed);
-                    router.return_to_sender(u);
+                    let u =
+                        Undeliverable::not_delivered(env, bounded_text(&reason, MAX_PEER_REASON));
+                    switch.give_back(u, Some(permit));
                 }
                 MailboxFrame::Ack { processed } => {
-                    let mut in_flight = lock(&self.in_flight);
-                    let newly = processed.saturating_sub(in_flight.acked);
-                    if processed < in_flight.acked || newly > in_flight.pending.len() as u64 {
-                        return Err(format!(
-                            "protocol violation: ack of {processed} envelopes, but {} were sent",
-                            in_flight.acked + in_flight.pending.len() as u64
-                        ));
-                    }
-                    for _ in 0..newly {
-                        if let Some(p) = in_flight.pending.pop_front() {
-                            if !p.returned {
-                                self.delivered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    in_flight.acked = processed;
+                    lock(&self.state)
+                        .in_flight
+                        .on_ack(processed)
+                        .map_err(|v| format!("protocol violation: {v}"))?;
+                    judge.on_progress(Instant::now());
+                }
+                MailboxFrame::Undeliverable(_) => {
+                    return Err("protocol violation: a worker returns envelopes by refusing them, not by sending them back".into());
                 }
             }
+        }
+    }
+
+    /// Passes an envelope from the proc on: at once if its destination has
+    /// room and no line of this proc waits for it, else into that line.
+    async fn forward(&self, env: Envelope, switch: &Arc<dyn Switch>, judge: &mut StallJudge) {
+        if let Dest::Proc(target) = &env.to {
+            if !self.config.remote_proc_requests {
+                let reason = format!(
+                    "refused: {} may not send requests to proc {target} (remote proc requests are disabled by the allocator)",
+                    self.proc_id
+                );
+                return switch.give_back(Undeliverable::not_delivered(env, reason), None);
+            }
+        }
+        let env = if self.parking.has_line(env.to.proc_id()) {
+            env
+        } else {
+            match switch.try_forward(env) {
+                Ok(()) => return,
+                Err(env) => env,
+            }
+        };
+        let cost = env.wire_size();
+        let permit = match self.parking.budget().try_reserve(cost) {
+            Some(p) => p,
+            None => {
+                // This proc has parked all it may: stop reading it until a
+                // line moves. Its acks cannot be seen meanwhile.
+                judge.pause();
+                let p = self.parking.budget().reserve(cost).await;
+                judge.resume(Instant::now());
+                p
+            }
+        };
+        let dest = env.to.proc_id().clone();
+        if self.parking.park(env, permit) {
+            let (parking, switch) = (self.parking.clone(), switch.clone());
+            tokio::spawn(async move {
+                while let Some((env, _permit)) = parking.next(&dest) {
+                    switch.forward(env).await;
+                }
+            });
         }
     }
 
@@ -255,14 +425,20 @@ impl ProcLink {
         let _ = tokio::time::timeout(within, self.reader_done.cancelled()).await;
     }
 
-    /// Closes the link: everything not acknowledged goes back to its sender with `reason`.
-    pub(crate) async fn close(&self, reason: &str, router: &Router) {
+    /// Closes the link and hands back everything not acknowledged, each
+    /// with `reason` and its budget share, to be returned to its sender.
+    ///
+    /// What never left the allocator is certainly not delivered; what was
+    /// written and not acknowledged is possibly delivered, unless the worker
+    /// ended its side of the stream in order (its final ack then covers all
+    /// it delivered). A second close hands back nothing.
+    pub(crate) async fn close(&self, reason: &str) -> Vec<(Undeliverable, Option<Permit>)> {
         {
-            let mut closed = lock(&self.closed);
-            if closed.is_some() {
-                return;
+            let mut state = lock(&self.state);
+            if state.closed.is_some() {
+                return Vec::new();
             }
-            *closed = Some(reason.to_string());
+            state.closed = Some(reason.to_string());
             self.is_closed.store(true, Ordering::Release);
         }
         self.stop_writer.cancel();
@@ -274,36 +450,37 @@ impl ProcLink {
             },
             None => lock(&self.idle_rx).take(),
         };
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
         }
-        let mut undelivered: Vec<Envelope> = Vec::new();
+        let mut back = Vec::new();
         {
-            let mut in_flight = lock(&self.in_flight);
-            undelivered.extend(
-                in_flight
-                    .pending
-                    .drain(..)
-                    .filter(|p| !p.returned)
-                    .map(|p| p.env),
-            );
+            let mut state = lock(&self.state);
+            let status = if state.finished {
+                DeliveryStatus::NotDelivered
+            } else {
+                DeliveryStatus::PossiblyDelivered
+            };
+            for (env, permit) in state.in_flight.drain() {
+                let u = Undeliverable {
+                    envelope: env,
+                    reason: reason.to_string(),
+                    status,
+                };
+                back.push((u, Some(permit)));
+            }
         }
         if let Some(mut rx) = rx {
             rx.close();
-            while let Some((item, _)) = rx.try_recv() {
+            while let Some((item, permit)) = rx.try_recv() {
+                // Returns owed to this proc go nowhere: it is gone.
                 if let Outgoing::Envelope(env) = item {
-                    undelivered.push(env);
+                    back.push((Undeliverable::not_delivered(env, reason), Some(permit)));
                 }
             }
         }
         self.returned
-            .fetch_add(undelivered.len() as u64, Ordering::Relaxed);
-        router.controller().fail_asks_to(&self.proc_id, reason);
-        for env in undelivered {
-            router.return_to_sender(Undeliverable {
-                envelope: env,
-                reason: reason.to_string(),
-            });
-        }
+            .fetch_add(back.len() as u64, Ordering::Relaxed);
+        back
     }
 }

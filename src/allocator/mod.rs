@@ -16,13 +16,17 @@
 mod admission;
 mod connection;
 mod events;
+mod in_flight;
 mod launcher;
 mod link;
+mod parking;
 mod router;
 mod server;
+mod session;
+mod stall;
 
 pub use admission::{Admission, Rejection};
-pub use events::{AllocEvent, ExitReport, ProcState};
+pub use events::{AllocEvent, ExitReport, ProcState, RefusalStats};
 pub use launcher::Launcher;
 pub use link::LinkStats;
 
@@ -37,15 +41,25 @@ use crate::sync::lock;
 use rand::RngCore;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::actor::{Client, Proc, ProcConfig, Registry};
 use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
 use crate::id::{is_valid_name, ProcId};
 use crate::tls::{self, CertPaths};
-use crate::wire::Undeliverable;
-use connection::WorkerCommand;
+use crate::wire::{bounded_text, Undeliverable};
+use events::Throttle;
+use session::WorkerCommand;
+
+/// Events kept for a reader that falls behind; older ones are dropped (and counted).
+const EVENT_BACKLOG: usize = 4096;
+
+/// Longest reason kept in a refusal event or counter, in bytes.
+const MAX_REFUSAL_REASON: usize = 200;
+
+/// Most refusal events of one kind per second; more are only counted.
+const REFUSAL_EVENTS_PER_SECOND: u32 = 10;
 
 /// Settings of an allocator.
 #[derive(Debug, Clone)]
@@ -78,6 +92,13 @@ pub struct AllocatorConfig {
     pub registry: Registry,
     /// Default timeout of the controller's `ask`s.
     pub ask_timeout: Duration,
+    /// How long a proc may leave messages waiting for it without
+    /// acknowledging any before it is failed as stalled (default 30 s).
+    pub stall_timeout: Duration,
+    /// Whether actors on one proc may ask another proc to spawn or stop
+    /// actors or report its stats (default false: only the controller and
+    /// actors on the same proc may; others get their request back, refused).
+    pub remote_proc_requests: bool,
 }
 
 impl AllocatorConfig {
@@ -98,6 +119,8 @@ impl AllocatorConfig {
             transport: TransportConfig::default(),
             registry: Registry::new(),
             ask_timeout: ProcConfig::default().ask_timeout,
+            stall_timeout: Duration::from_secs(30),
+            remote_proc_requests: false,
         }
     }
 }
@@ -147,13 +170,21 @@ struct ChildSlot {
     kill: mpsc::UnboundedSender<Duration>,
 }
 
+/// Refusal counters and the throttles of their events.
+struct Refusals {
+    stats: RefusalStats,
+    connections: Throttle,
+    streams: Throttle,
+}
+
 /// State shared by the allocator handle and its tasks.
 pub(crate) struct Shared {
     pub(crate) config: AllocatorConfig,
     admission: Mutex<Admission>,
     workers: Mutex<HashMap<u32, mpsc::UnboundedSender<WorkerCommand>>>,
     children: Mutex<HashMap<u32, ChildSlot>>,
-    events: mpsc::UnboundedSender<AllocEvent>,
+    events: broadcast::Sender<AllocEvent>,
+    refusals: Mutex<Refusals>,
     next_rank: AtomicU32,
     pub(crate) router: Arc<router::Router>,
     proc_states: Mutex<HashMap<ProcId, ProcState>>,
@@ -172,6 +203,44 @@ impl Shared {
             _ => {}
         }
         let _ = self.events.send(event);
+    }
+
+    /// Counts a connection refused before admission; reports it at a limited rate.
+    pub(crate) fn connection_refused(&self, addr: SocketAddr, reason: String) {
+        let reason = bounded_text(&reason, MAX_REFUSAL_REASON);
+        let mut refusals = lock(&self.refusals);
+        refusals.stats.connections += 1;
+        refusals.stats.last_connection_reason = Some(reason.clone());
+        let admitted = refusals.connections.admit(std::time::Instant::now());
+        drop(refusals);
+        if let Some(suppressed) = admitted {
+            let event = AllocEvent::WorkerRejected {
+                addr,
+                reason,
+                suppressed,
+            };
+            tracing::warn!("{event}");
+            self.emit(event);
+        }
+    }
+
+    /// Counts a mailbox stream rejected; reports it at a limited rate.
+    pub(crate) fn stream_rejected(&self, worker: u32, reason: String) {
+        let reason = bounded_text(&reason, MAX_REFUSAL_REASON);
+        let mut refusals = lock(&self.refusals);
+        refusals.stats.streams += 1;
+        refusals.stats.last_stream_reason = Some(reason.clone());
+        let admitted = refusals.streams.admit(std::time::Instant::now());
+        drop(refusals);
+        if let Some(suppressed) = admitted {
+            let event = AllocEvent::MailboxRejected {
+                worker,
+                reason,
+                suppressed,
+            };
+            tracing::warn!("{event}");
+            self.emit(event);
+        }
     }
 
     pub(crate) fn lock_admission(&self) -> MutexGuard<'_, Admission> {
@@ -222,7 +291,7 @@ pub struct Allocator {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    events: mpsc::UnboundedReceiver<AllocEvent>,
+    events: broadcast::Receiver<AllocEvent>,
     tasks: Vec<JoinHandle<()>>,
     client: Client,
     returned: Option<mpsc::UnboundedReceiver<Undeliverable>>,
@@ -263,7 +332,7 @@ impl Allocator {
                     addr: config.listen,
                     source,
                 })?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = broadcast::channel(EVENT_BACKLOG);
         let controller_id = ProcId::new(format!("{}_ctl", config.alloc_name), 0);
         let proc_config = ProcConfig {
             mailbox_bytes: config.limits.mailbox_bytes as usize,
@@ -291,6 +360,11 @@ impl Allocator {
             workers: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
             events: tx,
+            refusals: Mutex::new(Refusals {
+                stats: RefusalStats::default(),
+                connections: Throttle::new(REFUSAL_EVENTS_PER_SECOND, Duration::from_secs(1)),
+                streams: Throttle::new(REFUSAL_EVENTS_PER_SECOND, Duration::from_secs(1)),
+            }),
             next_rank: AtomicU32::new(0),
         });
         let accept = tokio::spawn(server::accept_loop(shared.clone(), endpoint.clone()));
@@ -472,6 +546,12 @@ impl Allocator {
         self.returned.take()
     }
 
+    /// Connections refused before admission and mailbox streams rejected so
+    /// far, with the last reason of each.
+    pub fn refusals(&self) -> RefusalStats {
+        lock(&self.shared.refusals).stats.clone()
+    }
+
     /// Delivery counters of the mailbox towards `proc_id`.
     pub fn link_stats(&self, proc_id: &ProcId) -> Option<LinkStats> {
         self.shared.router.link(proc_id).map(|l| l.stats())
@@ -561,7 +641,7 @@ impl Allocator {
             if running == procs.len() {
                 return Ok(());
             }
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match tokio::time::timeout_at(deadline, next_event(&mut self.events)).await {
                 Ok(Some(e)) => tracing::info!("{e}"),
                 Ok(None) => return Err(AllocatorError::Start("allocator shut down".into())),
                 Err(_) => {
@@ -584,7 +664,7 @@ impl Allocator {
         let launched: Vec<u32> = lock(&self.shared.children).keys().copied().collect();
         let deadline = tokio::time::Instant::now() + timeout;
         while launched.iter().any(|i| self.exit_status(*i).is_none()) {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match tokio::time::timeout_at(deadline, next_event(&mut self.events)).await {
                 Ok(Some(e)) => tracing::info!("{e}"),
                 _ => break,
             }
@@ -598,14 +678,41 @@ impl Allocator {
     }
 
     /// The next event; `None` only after the allocator has been shut down.
+    ///
+    /// Events wait in a bounded backlog ([`EVENT_BACKLOG`]); a reader that
+    /// falls further behind loses the oldest (the loss is logged). The
+    /// states they report stay available from [`Allocator::proc_state`].
     pub async fn next_event(&mut self) -> Option<AllocEvent> {
-        self.events.recv().await
+        next_event(&mut self.events).await
     }
 
     /// An event if one is ready now.
     pub fn try_next_event(&mut self) -> Option<AllocEvent> {
-        self.events.try_recv().ok()
+        loop {
+            match self.events.try_recv() {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => log_lag(n),
+                Err(_) => return None,
+            }
+        }
     }
+}
+
+/// The next event from `events`, skipping over (and logging) any lost ones.
+async fn next_event(events: &mut broadcast::Receiver<AllocEvent>) -> Option<AllocEvent> {
+    loop {
+        match events.recv().await {
+            Ok(e) => return Some(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => log_lag(n),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn log_lag(n: u64) {
+    tracing::warn!(
+        "{n} allocator events dropped: the reader fell more than {EVENT_BACKLOG} behind"
+    );
 }
 
 impl Drop for Allocator {

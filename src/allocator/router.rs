@@ -1,19 +1,21 @@
 //! Where an envelope goes: the controller's own proc, or a worker's proc.
 //!
 //! [`Router::destination`] is the decision, plain code over the table of
-//! links; [`Router::route`] carries it out and returns to its sender anything
-//! that cannot go where it was sent, with the reason (unknown proc, proc
-//! failed or stopped).
+//! links; [`Router::route`] and [`Router::try_route`] carry it out and return
+//! to its sender anything that cannot go where it was sent, with the reason
+//! (unknown proc, proc failed or stopped). The router is the [`Switch`] of
+//! every link: what a worker sends comes through here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 
 use futures::future::BoxFuture;
 
-use super::link::ProcLink;
-use crate::actor::{NotDelivered, Outgoing, Outlet, Proc};
+use super::link::{ProcLink, Switch};
+use crate::actor::{NotDelivered, Outlet, Proc};
 use crate::id::ProcId;
-use crate::queue::QueueError;
+use crate::mailbox::Outgoing;
+use crate::queue::{Permit, QueueError};
 use crate::sync::{read, write};
 use crate::wire::{Envelope, Undeliverable};
 
@@ -69,87 +71,60 @@ impl Router {
         }
     }
 
-    /// Sends `env` on towards its destination, waiting for room; returns it to its sender if it cannot go.
+    /// Sends `env` on towards its destination, waiting for room; returns it
+    /// to its sender if it cannot go.
     pub(crate) async fn route(&self, env: Envelope) {
         let reason = match self.destination(env.to.proc_id()) {
             Destination::Controller => match self.controller.deliver(env).await {
                 Ok(()) => return,
-                Err(u) => return self.return_to_sender(u),
+                Err(u) => return self.return_to_sender(u, None),
             },
-            Destination::Link(link) => {
-                let cost = env.payload.len();
-                match link.queue().send(Outgoing::Envelope(env), cost).await {
-                    Ok(()) => return,
-                    Err(
-                        QueueError::Closed(Outgoing::Envelope(env))
-                        | QueueError::Full(Outgoing::Envelope(env)),
-                    ) => {
-                        let reason = link
-                            .closed_reason()
-                            .unwrap_or_else(|| format!("proc {} closed", link.proc_id));
-                        return self.return_to_sender(Undeliverable {
-                            envelope: env,
-                            reason,
-                        });
-                    }
-                    Err(_) => return,
+            Destination::Link(link) => match link.send(env).await {
+                Ok(()) => return,
+                Err(env) => {
+                    let reason = closed_reason(&link);
+                    return self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
                 }
-            }
+            },
             Destination::Nowhere(reason) => reason,
         };
-        self.return_to_sender(Undeliverable {
-            envelope: env,
-            reason,
-        });
+        self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
     }
 
-    /// Sends `env` on if there is room now; hands it back when the destination is full.
+    /// Sends `env` on if there is room now; hands it back when the
+    /// destination is full. One that cannot go anywhere is returned to its
+    /// sender (and counts as sent).
     pub(crate) fn try_route(&self, env: Envelope) -> Result<(), Envelope> {
         let reason = match self.destination(env.to.proc_id()) {
             Destination::Controller => match self.controller.try_deliver(env) {
                 Ok(()) => return Ok(()),
                 Err(NotDelivered::Undeliverable(u)) => {
-                    self.return_to_sender(u);
+                    self.return_to_sender(u, None);
                     return Ok(());
                 }
                 Err(NotDelivered::Full(env)) => return Err(env),
             },
-            Destination::Link(link) => {
-                let cost = env.payload.len();
-                match link.queue().try_send(Outgoing::Envelope(env), cost) {
-                    Ok(()) => return Ok(()),
-                    Err(QueueError::Full(Outgoing::Envelope(env))) => return Err(env),
-                    Err(QueueError::Closed(Outgoing::Envelope(env))) => {
-                        let reason = link
-                            .closed_reason()
-                            .unwrap_or_else(|| format!("proc {} closed", link.proc_id));
-                        self.return_to_sender(Undeliverable {
-                            envelope: env,
-                            reason,
-                        });
-                        return Ok(());
-                    }
-                    Err(_) => return Ok(()),
+            Destination::Link(link) => match link.try_send(env) {
+                Ok(()) => return Ok(()),
+                Err(QueueError::Full(env)) => return Err(env),
+                Err(QueueError::Closed(env)) => {
+                    let reason = closed_reason(&link);
+                    self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
+                    return Ok(());
                 }
-            }
+            },
             Destination::Nowhere(reason) => reason,
         };
-        self.return_to_sender(Undeliverable {
-            envelope: env,
-            reason,
-        });
+        self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
         Ok(())
     }
 
-    /// Sends a returned envelope back to the proc of its sender (dropped if that proc is gone too).
-    pub(crate) fn return_to_sender(&self, u: Undeliverable) {
+    /// Sends a returned envelope back to the proc of its sender (dropped if
+    /// that proc is gone too). `permit` is the budget share it holds already.
+    pub(crate) fn return_to_sender(&self, u: Undeliverable, permit: Option<Permit>) {
         match self.destination(&u.envelope.from.proc_id) {
             Destination::Controller => self.controller.returned(u),
-            Destination::Link(link) => {
-                if link.queue().send_unbudgeted(Outgoing::Returned(u)).is_err() {
-                    tracing::debug!("return dropped: sender's proc closed");
-                }
-            }
+            Destination::Link(link) => link.give_back(u, permit),
             Destination::Nowhere(why) => {
                 tracing::debug!(
                     "return of envelope to {} dropped: sender unreachable ({why})",
@@ -157,6 +132,40 @@ impl Router {
                 )
             }
         }
+    }
+
+    /// A proc's link has closed: the controller's asks to it fail at once,
+    /// and what the link could not deliver goes back to its senders.
+    pub(crate) fn link_closed(
+        &self,
+        proc_id: &ProcId,
+        reason: &str,
+        back: Vec<(Undeliverable, Option<Permit>)>,
+    ) {
+        self.controller.fail_asks_to(proc_id, reason);
+        for (u, permit) in back {
+            self.return_to_sender(u, permit);
+        }
+    }
+}
+
+/// Why a link refused an envelope: its close reason, or that it is closing.
+fn closed_reason(link: &ProcLink) -> String {
+    link.closed_reason()
+        .unwrap_or_else(|| format!("proc {} closed", link.proc_id))
+}
+
+impl Switch for Router {
+    fn try_forward(&self, env: Envelope) -> Result<(), Envelope> {
+        self.try_route(env)
+    }
+
+    fn forward(&self, env: Envelope) -> BoxFuture<'_, ()> {
+        Box::pin(self.route(env))
+    }
+
+    fn give_back(&self, u: Undeliverable, permit: Option<Permit>) {
+        self.return_to_sender(u, permit)
     }
 }
 
@@ -171,7 +180,9 @@ impl Outlet for RouterOutlet {
             };
             match item {
                 Outgoing::Envelope(env) => router.route(env).await,
-                Outgoing::Returned(u) => router.return_to_sender(u),
+                Outgoing::Returned(u) => router.return_to_sender(u, None),
+                // The controller's proc receives nothing over a stream.
+                Outgoing::Refused { .. } => {}
             }
             Ok(())
         })
@@ -186,9 +197,10 @@ impl Outlet for RouterOutlet {
                 .try_route(env)
                 .map_err(|env| QueueError::Full(Outgoing::Envelope(env))),
             Outgoing::Returned(u) => {
-                router.return_to_sender(u);
+                router.return_to_sender(u, None);
                 Ok(())
             }
+            Outgoing::Refused { .. } => Ok(()),
         }
     }
 
@@ -201,9 +213,14 @@ impl Outlet for RouterOutlet {
                 let router = router.clone();
                 tokio::spawn(async move { router.route(env).await });
             }
-            Outgoing::Returned(u) => router.return_to_sender(u),
+            Outgoing::Returned(u) => router.return_to_sender(u, None),
+            Outgoing::Refused { .. } => {}
         }
         Ok(())
+    }
+
+    fn carries_returns(&self) -> bool {
+        true
     }
 
     fn queued_bytes(&self) -> (u64, u64) {

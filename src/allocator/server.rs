@@ -40,10 +40,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
             drop(permit);
             match admitted {
                 Ok(session) => session.run().await,
-                Err(reason) => {
-                    tracing::warn!("connection from {addr} rejected: {reason}");
-                    shared.emit(AllocEvent::WorkerRejected { addr, reason });
-                }
+                Err(reason) => shared.connection_refused(addr, reason),
             }
         });
     }

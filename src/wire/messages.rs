@@ -128,8 +128,13 @@ pub struct MailboxOpen {
 pub enum Dest {
     /// An actor's mailbox.
     Actor(ActorId),
-    /// A reply port.
+    /// A reply port: the payload is the reply.
     Port(PortId),
+    /// A reply port whose ask failed after it was delivered (the asked actor
+    /// failed or could not decode it): the payload is the reason, encoded as
+    /// a string. Holding the port id is the right to answer it, so this needs
+    /// no more authority than a reply.
+    PortFailure(PortId),
     /// The proc itself: a [`SystemMsg`] such as a spawn request.
     Proc(ProcId),
 }
@@ -139,8 +144,17 @@ impl Dest {
     pub fn proc_id(&self) -> &ProcId {
         match self {
             Dest::Actor(a) => &a.proc_id,
-            Dest::Port(p) => &p.actor_id.proc_id,
+            Dest::Port(p) | Dest::PortFailure(p) => &p.actor_id.proc_id,
             Dest::Proc(p) => p,
+        }
+    }
+
+    /// An upper bound on the encoded size of this destination.
+    pub fn wire_size(&self) -> usize {
+        1 + match self {
+            Dest::Actor(a) => a.wire_size(),
+            Dest::Port(p) | Dest::PortFailure(p) => p.wire_size(),
+            Dest::Proc(p) => p.wire_size(),
         }
     }
 }
@@ -150,6 +164,7 @@ impl std::fmt::Display for Dest {
         match self {
             Dest::Actor(a) => write!(f, "{a}"),
             Dest::Port(p) => write!(f, "{p}"),
+            Dest::PortFailure(p) => write!(f, "{p} (failure)"),
             Dest::Proc(p) => write!(f, "{p}"),
         }
     }
@@ -171,6 +186,39 @@ pub struct Envelope {
     pub payload: Vec<u8>,
 }
 
+impl Envelope {
+    /// An upper bound on this envelope's encoded size, ids included: what
+    /// every queue charges for it, so a message with a long actor name costs
+    /// what it weighs, not just its payload.
+    pub fn wire_size(&self) -> usize {
+        // Frame prefix, id, return port and payload length: at most 4 + 10 + 11 + 5.
+        const FIXED: usize = 30;
+        FIXED + self.from.wire_size() + self.to.wire_size() + self.payload.len()
+    }
+}
+
+/// Whether an envelope that came back may still have reached its actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    /// Certainly not delivered: it never left the allocator, or the
+    /// receiving side refused it explicitly, or that side's stream ended in
+    /// order after acknowledging everything it delivered.
+    NotDelivered,
+    /// Possibly delivered: it was written towards the receiving worker, which
+    /// was lost before acknowledging it. It may have reached the actor's
+    /// mailbox, and even been handled, before the worker died.
+    PossiblyDelivered,
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliveryStatus::NotDelivered => "not delivered",
+            DeliveryStatus::PossiblyDelivered => "possibly delivered",
+        })
+    }
+}
+
 /// An envelope returned to its sender, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Undeliverable {
@@ -178,6 +226,19 @@ pub struct Undeliverable {
     pub envelope: Envelope,
     /// Why it could not be delivered: proc failed, actor not found, connection lost, too large...
     pub reason: String,
+    /// Whether it certainly did not reach its actor, or may have.
+    pub status: DeliveryStatus,
+}
+
+impl Undeliverable {
+    /// An envelope that certainly did not reach its actor, returned because of `reason`.
+    pub fn not_delivered(envelope: Envelope, reason: impl Into<String>) -> Undeliverable {
+        Undeliverable {
+            envelope,
+            reason: reason.into(),
+            status: DeliveryStatus::NotDelivered,
+        }
+    }
 }
 
 /// Frames on a mailbox stream, in both directions.
@@ -186,13 +247,26 @@ pub enum MailboxFrame {
     /// A message for this proc (towards the worker) or from it (towards the allocator).
     Envelope(Envelope),
     /// Cumulative: this many `Envelope` frames received on this stream have been
-    /// processed (delivered to their actor, or returned as undeliverable before this ack).
+    /// processed (delivered to their actor, or refused before this ack).
     Ack {
         /// Count of processed envelopes, from the start of the stream.
         processed: u64,
     },
-    /// An envelope returned to its sender.
+    /// Allocator to worker only: an envelope this proc sent, returned to it.
     Undeliverable(Undeliverable),
+    /// Worker to allocator only: the envelope at position `seq` on this
+    /// stream (counting `Envelope` frames from 0) was not delivered.
+    ///
+    /// The worker names the envelope rather than sending it back: the
+    /// allocator still holds it until it is acknowledged, returns its own
+    /// copy, and so a worker can neither forge a return for an envelope it
+    /// never received nor refuse one it already acknowledged.
+    Refused {
+        /// Position of the envelope among the `Envelope` frames of this stream.
+        seq: u64,
+        /// Why it could not be delivered.
+        reason: String,
+    },
 }
 
 /// Requests addressed to a proc itself (`Dest::Proc`).

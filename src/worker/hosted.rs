@@ -53,6 +53,8 @@ impl HostedProc {
             tokio::spawn(async move {
                 // A frame read while gathering a batch that did not belong to it.
                 let mut carried = None;
+                // Position on the stream of the next envelope (for refusals).
+                let mut next_seq: u64 = 0;
                 loop {
                     if reader_stop.is_stopped() {
                         break;
@@ -86,13 +88,22 @@ impl HostedProc {
                                 }
                             }
                             let n = batch.len() as u64;
-                            for u in proc.deliver_batch(batch).await {
-                                proc.return_to_sender(u);
+                            // Refusals go out before the ack that covers them.
+                            for (i, u) in proc.deliver_batch(batch).await {
+                                proc.refuse(next_seq + i as u64, &u.reason);
                             }
+                            next_seq += n;
                             acks.bump_by(n, carried.is_some() || recv.frame_ready());
                         }
                         Ok(Some(MailboxFrame::Undeliverable(u))) => proc.returned(u),
                         Ok(Some(MailboxFrame::Ack { .. })) => {}
+                        Ok(Some(MailboxFrame::Refused { .. })) => {
+                            recv.stop(close::PROTOCOL);
+                            let reason =
+                                "protocol violation: the allocator sent a refusal".to_string();
+                            let _ = events.send(WorkerToAllocator::ProcFailed { proc_id, reason });
+                            break;
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             if e.is_protocol_violation() {
@@ -113,7 +124,7 @@ impl HostedProc {
             tokio::spawn(async move {
                 let mut on_sent = |_, _| {};
                 let returner = proc.clone();
-                let mut on_too_large = move |u| returner.returned(u);
+                let mut on_too_large = move |u, _permit| returner.returned(u);
                 let Some(mut outbound) = outbound else { return };
                 let result = mailbox::write_loop(
                     &mut send,
