@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
         .with::<RingNode>()
         .with::<Recorder>()
         .with::<StopProbe>()
+        .with::<Pump>()
 }
 
 /// Replies with what it is sent.
@@ -32,6 +33,12 @@ pub enum EchoMsg {
     Relay(
         #[serde(with = "serde_bytes")] Vec<u8>,
         ActorRef<Echo>,
+        PortRef<Vec<u8>>,
+    ),
+    /// Reply with the same bytes after `ms` milliseconds (an ask that stays open a while).
+    After(
+        u64,
+        #[serde(with = "serde_bytes")] Vec<u8>,
         PortRef<Vec<u8>>,
     ),
 }
@@ -54,8 +61,75 @@ impl Actor for Echo {
                     .await?;
                 reply.send(ctx.client(), answer).await?;
             }
+            EchoMsg::After(ms, bytes, reply) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply.send(ctx.client(), bytes).await?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Tells a [`Counter`] numbered messages in order: proc-to-proc traffic
+/// that starts on a worker, for isolation tests.
+#[derive(Default)]
+pub struct Pump {
+    returned: u64,
+}
+
+/// Messages of [`Pump`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PumpMsg {
+    /// Tell `to` the numbers `from..from + n` (each padded with `pad` bytes),
+    /// waiting while the path is full, then reply with how many were sent.
+    Run {
+        /// The counter to tell.
+        to: ActorRef<Counter>,
+        /// First number.
+        from: u64,
+        /// How many.
+        n: u64,
+        /// Padding bytes per message.
+        pad: usize,
+        /// Gets the count once every message was handed over.
+        done: PortRef<u64>,
+    },
+    /// Reply with how many of this pump's messages came back undeliverable.
+    Returned(PortRef<u64>),
+}
+
+impl Actor for Pump {
+    const NAME: &'static str = "pump";
+    type Message = PumpMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Pump::default())
+    }
+
+    async fn handle(&mut self, msg: PumpMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            PumpMsg::Run {
+                to,
+                from,
+                n,
+                pad,
+                done,
+            } => {
+                for seq in from..from + n {
+                    let pad = vec![0; pad];
+                    to.tell(ctx.client(), CounterMsg::Count { seq, pad })
+                        .await?;
+                }
+                done.send(ctx.client(), n).await?;
+            }
+            PumpMsg::Returned(port) => port.send(ctx.client(), self.returned).await?,
+        }
+        Ok(())
+    }
+
+    async fn on_undeliverable(&mut self, _: crate::wire::Undeliverable, _: &Context) {
+        self.returned += 1;
     }
 }
 

@@ -453,6 +453,8 @@ impl ProcLink {
         if let Some(reader) = lock(&self.reader).take() {
             reader.abort();
         }
+        // Nothing more will be read: nobody need wait for the stream to drain.
+        self.reader_done.cancel();
         let mut back = Vec::new();
         {
             let mut state = lock(&self.state);

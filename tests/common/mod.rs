@@ -3,6 +3,8 @@
 //! processes, event waiting with generous deadlines, and process checks.
 #![allow(dead_code)]
 
+pub mod fake_worker;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -459,4 +461,15 @@ pub async fn next_returned(
         .await
         .expect("an envelope returned in time")
         .expect("returned stream open")
+}
+
+/// Resident memory of this process, in bytes (from `/proc/self/status`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS in /proc/self/status")
 }
