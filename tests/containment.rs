@@ -638,3 +638,75 @@ async fn a_stalled_proc_delays_only_its_senders_and_is_failed() {
     }
     s.finish(fake).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
+    use quicmesh::wire::{Hello, WorkerToAllocator, PROTOCOL_VERSION};
+    const ATTEMPTS: u64 = 60;
+    let mut s = scene("cont-refusals", |_| {}).await;
+    let roots = quicmesh::tls::load_roots(&s.mesh.certs.ca_cert).expect("mesh CA");
+    let identity =
+        quicmesh::tls::load_identity(&s.mesh.certs.worker_cert, &s.mesh.certs.worker_key)
+            .expect("worker identity");
+    let tls = quicmesh::tls::client_config(roots, identity).expect("client TLS");
+    let addr = s.mesh.alloc.local_addr();
+    let limits = quicmesh::config::Limits::default();
+    let endpoint = quicmesh::transport::client_endpoint(tls, addr, &limits).expect("endpoint");
+    let started = tokio::time::Instant::now();
+    // Valid certificate, a reserved index, the wrong token, many times over.
+    let ticket = s.mesh.alloc.reserve(1);
+    for i in 0..ATTEMPTS {
+        let conn = quicmesh::transport::connect(&endpoint, addr, "localhost", SOON)
+            .await
+            .expect("handshake with a valid certificate");
+        let (mut send, _recv) = conn.open_bi().await.expect("control stream");
+        let hello = WorkerToAllocator::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            index: ticket.index,
+            token: format!("wrong-{i}"),
+            pid: 1,
+            host: "x".repeat(10_000),
+        });
+        let frame =
+            codec::frame(&hello, quicmesh::config::MAX_PRE_ADMISSION_FRAME).expect("encode Hello");
+        send.write_all(&frame).await.expect("send Hello");
+        let closed = tokio::time::timeout(SOON, conn.closed())
+            .await
+            .expect("refused in time");
+        assert!(closed.to_string().contains("bad token"), "{closed}");
+    }
+    s.mesh.collect_for(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed();
+    let stats = s.mesh.alloc.refusals();
+    assert_eq!(stats.connections, ATTEMPTS, "{stats:?}");
+    assert!(
+        stats
+            .last_connection_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("bad token")),
+        "{stats:?}"
+    );
+    let events: Vec<u64> = s
+        .mesh
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            AllocEvent::WorkerRejected { suppressed, .. } => Some(*suppressed),
+            _ => None,
+        })
+        .collect();
+    let allowed = 10 * (elapsed.as_secs() + 1);
+    assert!(
+        (events.len() as u64) <= allowed,
+        "{} refusal events in {elapsed:?} (at most {allowed})",
+        events.len()
+    );
+    assert!(!events.is_empty(), "refusals are still reported");
+    let accounted: u64 = events.iter().map(|n| n + 1).sum();
+    assert!(accounted <= ATTEMPTS);
+    endpoint.close(quicmesh::wire::close::NORMAL, b"done");
+    // The reserved index was never taken: a worker with the right token joins.
+    s.healthy_traffic(200).await;
+    let dummy = FakeWorker::join(&s.mesh, 1).await;
+    s.finish(dummy).await;
+}

@@ -97,6 +97,9 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
 
     // Everything sent is either acknowledged as delivered or comes back.
     let mut returned_seqs = BTreeSet::new();
+    // Written but unacknowledged when the worker died: possibly delivered;
+    // still queued in the allocator: certainly not.
+    let mut possibly = BTreeSet::new();
     let deadline = Instant::now() + SOON;
     loop {
         let delivered = mesh.alloc.link_stats(&victim_proc).expect("link").delivered - baseline;
@@ -115,6 +118,9 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
             {
                 assert!(returned_seqs.insert(seq), "seq {seq} returned twice");
                 assert!(!u.reason.is_empty());
+                if u.status == quicmesh::wire::DeliveryStatus::PossiblyDelivered {
+                    possibly.insert(seq);
+                }
             }
         }
     }
@@ -132,7 +138,20 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
         "returned envelopes must be exactly seqs {delivered}..{N}; got {} from {first:?} to {last:?}",
         returned_seqs.len()
     );
-    eprintln!("{delivered} delivered, {} returned", returned_seqs.len());
+    // What was written goes out before what was queued, so the possibly
+    // delivered ones are a prefix of the returned ones.
+    let not_delivered: Vec<u64> = returned_seqs.difference(&possibly).copied().collect();
+    if let (Some(last_possibly), Some(first_not)) = (possibly.last(), not_delivered.first()) {
+        assert!(
+            last_possibly < first_not,
+            "possibly delivered {last_possibly} after certainly not delivered {first_not}"
+        );
+    }
+    eprintln!(
+        "{delivered} delivered, {} returned ({} possibly delivered)",
+        returned_seqs.len(),
+        possibly.len()
+    );
     assert_eq!(
         mesh.wait_exit(victim, SOON).await,
         quicmesh::allocator::ExitReport::Signal(libc::SIGKILL)
@@ -328,6 +347,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
     tell_pad(counter.clone(), vec![0u8; MAX_FRAME as usize + 1]).await;
     let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("too large"), "{}", u.reason);
+    assert_eq!(u.status, quicmesh::wire::DeliveryStatus::NotDelivered);
     assert_eq!(
         u.envelope.to,
         quicmesh::wire::Dest::Actor(counter.id().clone())
@@ -351,6 +371,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
     tell_pad(quicmesh::ActorRef::attest(nowhere), vec![]).await;
     let u = common::next_returned(&mut returned).await;
     assert!(u.reason.contains("unknown proc"), "{}", u.reason);
+    assert_eq!(u.status, quicmesh::wire::DeliveryStatus::NotDelivered);
 
     counter
         .tell(
