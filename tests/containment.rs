@@ -710,3 +710,36 @@ async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
     let dummy = FakeWorker::join(&s.mesh, 1).await;
     s.finish(dummy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proc_that_only_reads_returns_is_not_stalled() {
+    // Returns are never acknowledged; a worker that takes them off its
+    // stream is making progress all the same.
+    let mut s = scene("cont-returns-only", |c| {
+        c.stall_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let nowhere: ActorRef<Counter> = ActorRef::attest(ProcId::new("nowhere", 3).actor("x", 0));
+    let started = tokio::time::Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let sent = s
+            .pump
+            .ask_within(&s.client, SOON, |done| PumpMsg::Run {
+                to: nowhere.clone(),
+                from: 0,
+                n: 5000,
+                pad: 1000,
+                done,
+            })
+            .await
+            .expect("the pump sends to nowhere");
+        assert_eq!(sent, 5000);
+        rounds += 1;
+    }
+    eprintln!("{rounds} rounds of 5000 returns in {:?}", started.elapsed());
+    s.mesh.collect_for(Duration::from_secs(2)).await;
+    s.mesh.assert_healthy(s.healthy[0]);
+    let dummy = FakeWorker::join(&s.mesh, 1).await;
+    s.finish(dummy).await;
+}

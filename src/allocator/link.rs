@@ -15,8 +15,9 @@
 //! it (the queue), envelopes from it waiting for a full destination (the
 //! parking budget), and returns the allocator owes it (the returns budget;
 //! a proc that lets more returns pile up than that budget holds is failed).
-//! A proc with data waiting that acknowledges nothing for the stall timeout
-//! is failed as stalled ([`StallJudge`]).
+//! A proc with data waiting that neither takes bytes off its stream nor
+//! acknowledges anything for the stall timeout is failed as stalled
+//! ([`StallJudge`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -259,6 +260,10 @@ impl ProcLink {
             return;
         };
         let acks = Arc::new(AckState::default());
+        // What the worker takes off the stream, so a peer that reads returns
+        // (which it never acknowledges) is not taken for a stalled one.
+        let written = Arc::new(AtomicU64::new(0));
+        send.count_written(written.clone());
         let writer = {
             let (link, acks, switch, stop) = (
                 self.clone(),
@@ -293,7 +298,7 @@ impl ProcLink {
         let reader = {
             let link = self.clone();
             tokio::spawn(async move {
-                let outcome = link.read_loop(&mut recv, &acks, &switch).await;
+                let outcome = link.read_loop(&mut recv, &acks, &written, &switch).await;
                 match outcome {
                     Ok(()) => lock(&link.state).finished = true,
                     Err(reason) => {
@@ -313,9 +318,11 @@ impl ProcLink {
         &self,
         recv: &mut FramedRecv,
         acks: &AckState,
+        written: &AtomicU64,
         switch: &Arc<dyn Switch>,
     ) -> Result<(), String> {
         let mut judge = StallJudge::new(self.config.stall_timeout, Instant::now());
+        let mut written_seen = 0;
         let mut checks = tokio::time::interval(judge.check_every());
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -325,7 +332,13 @@ impl ProcLink {
                 tokio::select! {
                     f = recv.next::<MailboxFrame>() => f,
                     _ = checks.tick() => {
-                        if let Some(stalled) = judge.check(Instant::now(), self.data_waiting()) {
+                        let now = Instant::now();
+                        let written_now = written.load(Ordering::Relaxed);
+                        if written_now != written_seen {
+                            written_seen = written_now;
+                            judge.on_progress(now);
+                        }
+                        if let Some(stalled) = judge.check(now, self.data_waiting()) {
                             return Err(format!(
                                 "stalled: nothing acknowledged for {stalled:.1?} while {} bytes waited for it",
                                 self.queue.used_bytes() + self.returns.used_bytes()

@@ -199,8 +199,11 @@ impl Session {
                     slot.attached = true;
                     vec![Action::Attach(proc_id)]
                 }
-                Some(_) => vec![Action::RejectStream(format!(
+                Some(slot) if slot.attached => vec![Action::RejectStream(format!(
                     "second mailbox stream for proc {proc_id}"
+                ))],
+                Some(_) => vec![Action::RejectStream(format!(
+                    "mailbox stream for proc {proc_id}, which has ended"
                 ))],
                 None => vec![Action::RejectStream(format!(
                     "mailbox stream for proc {proc_id}, which this worker does not host"

@@ -4,7 +4,10 @@
 //! reading one proc's mailbox stream. Envelopes for that proc then wait in
 //! the allocator, every sender to it waits for room, and nothing else would
 //! ever end it. The judge fails such a proc: if data has been waiting for it
-//! and the worker has acknowledged nothing for `timeout`, it is stalled.
+//! and the worker has neither taken bytes off the stream nor acknowledged
+//! anything for `timeout`, it is stalled. (A worker that reads but never
+//! acknowledges fills the proc's budget with unacknowledged envelopes, after
+//! which nothing more is written: it stalls too.)
 //!
 //! Time the allocator itself is not reading the worker's stream (because
 //! the proc's own envelopes wait for a full destination, which is
@@ -35,7 +38,7 @@ impl StallJudge {
         }
     }
 
-    /// The peer acknowledged something at `now`.
+    /// The peer acknowledged something, or took bytes off the stream, at `now`.
     pub(crate) fn on_progress(&mut self, now: Instant) {
         self.since = now;
     }

@@ -4,6 +4,9 @@
 //! decodes each complete frame; [`FramedSend`] encodes into a reused buffer
 //! and writes it. All decoding goes through [`crate::wire::codec`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -112,6 +115,8 @@ pub struct FramedSend {
     send: quinn::SendStream,
     max_frame: u32,
     buf: Vec<u8>,
+    /// Bytes written so far, shared with whoever watches the stream's progress.
+    written: Option<Arc<AtomicU64>>,
 }
 
 impl FramedSend {
@@ -121,7 +126,14 @@ impl FramedSend {
             send,
             max_frame,
             buf: Vec::new(),
+            written: None,
         }
+    }
+
+    /// Counts every byte written from now on in `counter` (read by another
+    /// task to tell a peer that takes data from one that does not).
+    pub fn count_written(&mut self, counter: Arc<AtomicU64>) {
+        self.written = Some(counter);
     }
 
     /// Changes the frame limit.
@@ -163,6 +175,9 @@ impl FramedSend {
     pub async fn flush(&mut self) -> Result<(), StreamError> {
         if !self.buf.is_empty() {
             self.send.write_all(&self.buf).await?;
+            if let Some(written) = &self.written {
+                written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+            }
             self.buf.clear();
         }
         Ok(())
