@@ -16,6 +16,7 @@
 mod admission;
 mod connection;
 mod events;
+mod handshakes;
 mod launcher;
 mod link;
 mod router;
@@ -23,6 +24,7 @@ mod server;
 
 pub use admission::{Admission, Rejection};
 pub use events::{AllocEvent, ExitReport, ProcState};
+pub use handshakes::{Busy, HandshakeSlots, Source};
 pub use launcher::Launcher;
 pub use link::LinkStats;
 
@@ -237,6 +239,7 @@ impl Allocator {
     /// if the address cannot be bound.
     pub async fn bind(config: AllocatorConfig) -> Result<Allocator, AllocatorError> {
         config.heartbeat.validate()?;
+        config.transport.validate()?;
         if !is_valid_name(&config.alloc_name) {
             return Err(config::ConfigError::Invalid {
                 name: "allocation name",

@@ -1,0 +1,277 @@
+//! Floods before admission: strangers who only send first packets, and
+//! bursts of real workers larger than the handshake cap. Real workers must
+//! get in either way, and the allocator must keep serving the mesh.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{spawn_worker, ChildGuard, TestMesh, SOON};
+use quicmesh::actor::builtin::{Echo, EchoMsg};
+use quicmesh::allocator::{AllocEvent, ProcState};
+use quicmesh::tls;
+
+/// A stranger without any certificate sending QUIC Initial packets, each
+/// from a fresh source port that is closed right after: it never answers
+/// anything (a Retry, a server handshake), exactly like an attacker using
+/// spoofed or throw-away addresses. Stopped and joined when dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Flood {
+    /// Sends `count` Initials to `target`, evenly spread over `over`.
+    fn start(target: SocketAddr, ca: &Path, count: u64, over: Duration) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let ca = ca.to_path_buf();
+        let thread = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || flood(target, &ca, count, over, &stop, &sent))
+        };
+        Flood {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Initials sent so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the flood to end; returns how many Initials it sent.
+    fn finish(mut self) -> u64 {
+        let thread = self.thread.take().expect("flood thread");
+        thread
+            .join()
+            .expect("flood thread panicked")
+            .expect("flood could not send");
+        self.sent()
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn flood(
+    target: SocketAddr,
+    ca: &Path,
+    count: u64,
+    over: Duration,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> Result<(), String> {
+    let roots = tls::load_roots(ca).map_err(|e| e.to_string())?;
+    let tls = tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut endpoint = None;
+    let mut buf = Vec::with_capacity(2048);
+    let start = Instant::now();
+    for i in 0..count {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let due = start + over.mul_f64(i as f64 / count as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // A fresh sans-IO endpoint now and then keeps its bookkeeping small.
+        if i % 100 == 0 {
+            endpoint = Some(quinn_proto::Endpoint::new(
+                Arc::new(quinn_proto::EndpointConfig::default()),
+                None,
+                false,
+                None,
+            ));
+        }
+        let ep = endpoint.as_mut().ok_or("no endpoint")?;
+        let now = Instant::now();
+        let (_, mut conn) = ep
+            .connect(now, config.clone(), target, "localhost")
+            .map_err(|e| e.to_string())?;
+        buf.clear();
+        let transmit = conn
+            .poll_transmit(now, 1, &mut buf)
+            .ok_or("no Initial to send")?;
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        socket
+            .send_to(&buf[..transmit.size], target)
+            .map_err(|e| e.to_string())?;
+        sent.fetch_add(1, Ordering::Relaxed);
+        // `socket` and `conn` are dropped: nothing ever answers from that port.
+    }
+    Ok(())
+}
+
+/// Spawns an echo actor on `proc_id` and checks it answers.
+async fn echo_on(
+    client: &quicmesh::Client,
+    proc_id: &quicmesh::id::ProcId,
+    name: &str,
+) -> quicmesh::ActorRef<Echo> {
+    let echo = client
+        .spawn::<Echo>(proc_id, name, &())
+        .await
+        .unwrap_or_else(|e| panic!("spawn echo on {proc_id}: {e}"));
+    ask_echo(client, &echo).await;
+    echo
+}
+
+/// One echo round trip; returns how long it took.
+async fn ask_echo(client: &quicmesh::Client, echo: &quicmesh::ActorRef<Echo>) -> Duration {
+    let start = Instant::now();
+    let back: Vec<u8> = echo
+        .ask_within(client, SOON, |port| EchoMsg::Echo(b"ping".to_vec(), port))
+        .await
+        .unwrap_or_else(|e| panic!("echo {}: {e}", echo.id()));
+    assert_eq!(back, b"ping");
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_launched_during_an_initial_flood_joins() {
+    const INITIALS: u64 = 2000;
+    const OVER: Duration = Duration::from_secs(10);
+    let mut mesh = TestMesh::new("flood-initials").await;
+    let healthy = mesh.launch(1, 1)[0];
+    mesh.wait_running(1).await;
+    let client = mesh.alloc.client().clone();
+    let procs = mesh.alloc.procs();
+    let echo = echo_on(&client, &procs[0], "echo-healthy").await;
+
+    let flood = Flood::start(mesh.alloc.local_addr(), &mesh.certs.ca_cert, INITIALS, OVER);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent_before = flood.sent();
+    assert!(
+        sent_before > 300,
+        "flood too slow to matter: {sent_before} Initials in 3 s"
+    );
+    let late = mesh.launch(1, 1)[0];
+
+    // While the flood goes on, the healthy worker keeps answering and the
+    // late one joins.
+    let mut slowest = Duration::ZERO;
+    let mut joined_at = None;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while joined_at.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker {late} did not join during the flood\n{}",
+            mesh.log()
+        );
+        slowest = slowest.max(ask_echo(&client, &echo).await);
+        let events = mesh.collect_for(Duration::from_millis(200)).await;
+        if let Some(AllocEvent::WorkerExited { status, .. }) = events
+            .iter()
+            .find(|e| matches!(e, AllocEvent::WorkerExited { index, .. } if *index == late))
+        {
+            panic!("worker {late} launched during the flood exited: {status}");
+        }
+        let running = |e: &AllocEvent| matches!(e, AllocEvent::Proc { worker, state: ProcState::Running, .. } if *worker == late);
+        if events.iter().any(running) {
+            joined_at = Some(flood.sent());
+        }
+    }
+    let joined_at = joined_at.unwrap_or_default();
+    let late_proc = mesh
+        .alloc
+        .procs()
+        .into_iter()
+        .find(|p| mesh.alloc.worker_of(p) == Some(late))
+        .expect("the late worker's proc");
+    let late_echo = echo_on(&client, &late_proc, "echo-late").await;
+    let during = flood.sent();
+    let total = flood.finish();
+    eprintln!(
+        "flood: {total} Initials; late worker running after {joined_at}; \
+         slowest echo during the flood {slowest:?}"
+    );
+    assert_eq!(total, INITIALS);
+    assert!(
+        during < INITIALS,
+        "the late worker's echo answered only after the flood ({during} of {INITIALS} sent)"
+    );
+    // Strangers who never answer a Retry never reach a handshake: nothing was
+    // started for them, so nothing had to be refused or timed out.
+    let rejected = mesh
+        .seen
+        .iter()
+        .filter(|e| matches!(e, AllocEvent::WorkerRejected { .. }))
+        .count();
+    assert_eq!(
+        rejected,
+        0,
+        "handshakes were started for strangers\n{}",
+        mesh.log()
+    );
+    ask_echo(&client, &late_echo).await;
+    ask_echo(&client, &echo).await;
+    mesh.end_with_healthy(&[healthy, late]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_workers_larger_than_the_handshake_cap_all_join() {
+    const WORKERS: usize = 24;
+    let mut mesh = TestMesh::with_config("flood-burst", |c| {
+        // A quarter per source, at least one: from loopback, one at a time.
+        c.transport.max_pending_handshakes = 4;
+    })
+    .await;
+    let tickets: Vec<_> = (0..WORKERS).map(|_| mesh.alloc.reserve(1)).collect();
+    // All at once, each with its stderr kept to count its retries.
+    let children: Vec<ChildGuard> = tickets.iter().map(|t| spawn_worker(&t.env)).collect();
+    mesh.wait_running(WORKERS).await;
+
+    let client = mesh.alloc.client().clone();
+    let procs = mesh.alloc.procs();
+    assert_eq!(procs.len(), WORKERS);
+    for (i, proc_id) in procs.iter().enumerate() {
+        echo_on(&client, proc_id, &format!("echo-{i}")).await;
+    }
+    mesh.assert_no_failures();
+
+    let told = mesh.alloc.stop_all(0);
+    assert_eq!(told, WORKERS);
+    let mut retries = 0;
+    for (ticket, child) in tickets.iter().zip(children) {
+        let (status, stderr) = child.output(SOON).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "worker {}: {status}\n{stderr}",
+            ticket.index
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        retries += stderr.matches("retrying in").count();
+    }
+    eprintln!("{WORKERS} workers joined through 4 handshake slots with {retries} retries");
+    // 24 workers started together through one slot per source: refusals are
+    // certain, and each was followed by a retry that succeeded.
+    assert!(
+        retries > 0,
+        "no worker was ever refused: the cap was not exercised"
+    );
+    let exits: Vec<_> = mesh
+        .seen
+        .iter()
+        .filter(|e| matches!(e, AllocEvent::WorkerExited { .. }))
+        .collect();
+    assert!(exits.is_empty(), "{exits:?}");
+    mesh.finish().await;
+}
