@@ -22,11 +22,12 @@ use quicmesh::tls;
 struct Flood {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    count: u64,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl Flood {
-    /// Sends `count` Initials to `target`, evenly spread over `over`.
+    /// Sends `count` Initials to `target`, evenly spread over `over`, unless stopped first.
     fn start(target: SocketAddr, ca: &Path, count: u64, over: Duration) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -38,8 +39,14 @@ impl Flood {
         Flood {
             stop,
             sent,
+            count,
             thread: Some(thread),
         }
+    }
+
+    /// Whether it is still sending (not stopped, not done).
+    fn running(&self) -> bool {
+        self.sent() < self.count && !self.stop.load(Ordering::Relaxed)
     }
 
     /// Initials sent so far.
@@ -47,8 +54,9 @@ impl Flood {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Waits for the flood to end; returns how many Initials it sent.
-    fn finish(mut self) -> u64 {
+    /// Stops the flood; returns how many Initials it sent.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
         let thread = self.thread.take().expect("flood thread");
         thread
             .join()
@@ -146,8 +154,11 @@ async fn ask_echo(client: &quicmesh::Client, echo: &quicmesh::ActorRef<Echo>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_launched_during_an_initial_flood_joins() {
-    const INITIALS: u64 = 2000;
-    const OVER: Duration = Duration::from_secs(10);
+    // 200 Initials a second (2,000 over 10 s reproduce the problem on an
+    // allocator without address validation: its 256 handshake slots are all
+    // held by strangers after about 1.3 s), for as long as the test needs it.
+    const PER_SECOND: u64 = 200;
+    const AT_MOST: Duration = Duration::from_secs(60);
     let mut mesh = TestMesh::new("flood-initials").await;
     let healthy = mesh.launch(1, 1)[0];
     mesh.wait_running(1).await;
@@ -155,7 +166,12 @@ async fn a_worker_launched_during_an_initial_flood_joins() {
     let procs = mesh.alloc.procs();
     let echo = echo_on(&client, &procs[0], "echo-healthy").await;
 
-    let flood = Flood::start(mesh.alloc.local_addr(), &mesh.certs.ca_cert, INITIALS, OVER);
+    let flood = Flood::start(
+        mesh.alloc.local_addr(),
+        &mesh.certs.ca_cert,
+        PER_SECOND * AT_MOST.as_secs(),
+        AT_MOST,
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sent_before = flood.sent();
     assert!(
@@ -167,9 +183,8 @@ async fn a_worker_launched_during_an_initial_flood_joins() {
     // While the flood goes on, the healthy worker keeps answering and the
     // late one joins.
     let mut slowest = Duration::ZERO;
-    let mut joined_at = None;
     let deadline = tokio::time::Instant::now() + SOON;
-    while joined_at.is_none() {
+    loop {
         assert!(
             tokio::time::Instant::now() < deadline,
             "worker {late} did not join during the flood\n{}",
@@ -177,18 +192,16 @@ async fn a_worker_launched_during_an_initial_flood_joins() {
         );
         slowest = slowest.max(ask_echo(&client, &echo).await);
         let events = mesh.collect_for(Duration::from_millis(200)).await;
-        if let Some(AllocEvent::WorkerExited { status, .. }) = events
-            .iter()
-            .find(|e| matches!(e, AllocEvent::WorkerExited { index, .. } if *index == late))
-        {
-            panic!("worker {late} launched during the flood exited: {status}");
+        let exited =
+            |e: &&AllocEvent| matches!(e, AllocEvent::WorkerExited { index, .. } if *index == late);
+        if let Some(e) = events.iter().find(exited) {
+            panic!("worker {late} launched during the flood exited: {e}");
         }
         let running = |e: &AllocEvent| matches!(e, AllocEvent::Proc { worker, state: ProcState::Running, .. } if *worker == late);
         if events.iter().any(running) {
-            joined_at = Some(flood.sent());
+            break;
         }
     }
-    let joined_at = joined_at.unwrap_or_default();
     let late_proc = mesh
         .alloc
         .procs()
@@ -196,16 +209,16 @@ async fn a_worker_launched_during_an_initial_flood_joins() {
         .find(|p| mesh.alloc.worker_of(p) == Some(late))
         .expect("the late worker's proc");
     let late_echo = echo_on(&client, &late_proc, "echo-late").await;
-    let during = flood.sent();
-    let total = flood.finish();
+    slowest = slowest.max(ask_echo(&client, &echo).await);
+    let still_flooding = flood.running();
+    let total = flood.stop();
     eprintln!(
-        "flood: {total} Initials; late worker running after {joined_at}; \
+        "flood: {sent_before} Initials before the late worker was launched, {total} in all; \
          slowest echo during the flood {slowest:?}"
     );
-    assert_eq!(total, INITIALS);
     assert!(
-        during < INITIALS,
-        "the late worker's echo answered only after the flood ({during} of {INITIALS} sent)"
+        still_flooding,
+        "the flood ended before the late worker answered ({total} Initials)"
     );
     // Strangers who never answer a Retry never reach a handshake: nothing was
     // started for them, so nothing had to be refused or timed out.
@@ -221,7 +234,6 @@ async fn a_worker_launched_during_an_initial_flood_joins() {
         mesh.log()
     );
     ask_echo(&client, &late_echo).await;
-    ask_echo(&client, &echo).await;
     mesh.end_with_healthy(&[healthy, late]).await;
 }
 

@@ -1,15 +1,16 @@
 //! When a worker tries to join again: exponential backoff with full jitter,
 //! bounded by the join deadline. Plain code, tested without sleeping.
 //!
-//! After the n-th failed attempt the worker waits a time drawn uniformly from
-//! `0 ..= min(cap, base * 2^n)` ("full jitter"). Exponential, so that a
+//! After the n-th failed attempt (n = 1, 2, ...) the worker waits a time
+//! drawn uniformly from `0 ..= min(cap, base * 2^(n-1))` ("full jitter"). Exponential, so that a
 //! refusing allocator sees fewer and fewer attempts; jittered over the whole
 //! range, so that a burst of workers refused together (a launch larger than
 //! the handshake cap, many workers behind one address) spreads out instead of
 //! coming back in lockstep; capped, so that a worker is never more than a few
-//! seconds late once the allocator can take it. A wait that would end at or
-//! after the join deadline is not taken: the worker gives up at once instead
-//! of sleeping past its deadline.
+//! seconds late once the allocator can take it. No attempt starts at or
+//! after the join deadline: when the wait drawn would reach it, the worker
+//! gives up at once rather than sleep only to give up then. So a worker ends
+//! by its deadline, at most one wait ([`CAP`]) before it.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,8 @@ impl Backoff {
     }
 
     /// Records a failed attempt at `now` and says how long to wait before
-    /// the next one, or `None` if that wait would reach `deadline` (give up).
+    /// the next one, or `None` if that attempt could not start before
+    /// `deadline` (give up).
     pub fn after_failure(
         &mut self,
         rng: &mut impl Rng,
@@ -105,8 +107,10 @@ mod tests {
 
     #[test]
     fn many_failures_saturate_at_the_cap() {
-        let mut b = Backoff::default();
-        b.failures = u32::MAX - 1;
+        let mut b = Backoff {
+            failures: u32::MAX - 1,
+            ..Backoff::default()
+        };
         assert_eq!(b.ceiling(), CAP);
         let mut rng = StdRng::seed_from_u64(2);
         let now = Instant::now();
@@ -126,8 +130,10 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..2000 {
             // Always the fourth attempt: ceiling 800 ms.
-            let mut b = Backoff::default();
-            b.failures = 3;
+            let mut b = Backoff {
+                failures: 3,
+                ..Backoff::default()
+            };
             waits.push(b.after_failure(&mut rng, now, far).unwrap());
         }
         assert!(waits.iter().all(|w| *w <= 800 * MS));
@@ -141,16 +147,32 @@ mod tests {
     }
 
     #[test]
-    fn no_wait_reaches_the_deadline() {
+    fn no_attempt_starts_at_or_after_the_deadline() {
         let mut rng = StdRng::seed_from_u64(4);
         let now = Instant::now();
-        for left_ms in [0u32, 1, 50, 99, 150] {
+        for left_ms in [1u32, 50, 99, 150] {
             let deadline = now + left_ms * MS;
+            let (mut retried, mut gave_up) = (0, 0);
             for _ in 0..200 {
                 let mut b = Backoff::default();
-                if let Some(wait) = b.after_failure(&mut rng, now, deadline) {
-                    assert!(now + wait < deadline, "{wait:?} with {left_ms} ms left");
+                match b.after_failure(&mut rng, now, deadline) {
+                    Some(wait) => {
+                        assert!(
+                            now + wait < deadline,
+                            "{} ns with {left_ms} ms left",
+                            wait.as_nanos()
+                        );
+                        retried += 1;
+                    }
+                    None => gave_up += 1,
                 }
+            }
+            // First ceiling 100 ms: with 50 ms left about half the draws fit.
+            if left_ms == 50 {
+                assert!(retried > 50 && gave_up > 50, "{retried} / {gave_up}");
+            }
+            if left_ms == 150 {
+                assert_eq!(gave_up, 0);
             }
         }
         // At or past the deadline there is never another attempt.

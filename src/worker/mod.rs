@@ -195,26 +195,22 @@ async fn join_with_retry(
         let reason = failure.exit.reason;
         let now = tokio::time::Instant::now();
         let wait = backoff.after_failure(&mut rand::rng(), now.into_std(), deadline.into_std());
-        match wait {
-            Some(wait) => {
-                tracing::warn!(
-                    "worker {}: join attempt {attempts} failed ({reason}); retrying in {} ms",
-                    env.index,
-                    wait.as_millis()
-                );
-                tokio::time::sleep(wait).await;
-            }
-            None => {
-                return Err(WorkerExit::new(
-                    exit_code::UNREACHABLE,
-                    format!(
-                        "could not join the allocator at {} within the join deadline of {:?} \
-                         ({attempts} attempts); last: {reason}",
-                        env.allocator_addr, env.join_timeout
-                    ),
-                ))
-            }
-        }
+        let Some(wait) = wait else {
+            return Err(WorkerExit::new(
+                exit_code::UNREACHABLE,
+                format!(
+                    "could not join the allocator at {} within the join deadline of {:?} \
+                     ({attempts} attempts); last: {reason}",
+                    env.allocator_addr, env.join_timeout
+                ),
+            ));
+        };
+        tracing::warn!(
+            "worker {}: join attempt {attempts} failed ({reason}); retrying in {} ms",
+            env.index,
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -143,8 +143,9 @@ mod tests {
 
     #[test]
     fn each_absurd_value_is_refused_naming_its_field() {
+        type Spoil<'a> = Box<dyn Fn(&mut Welcome) + 'a>;
         let secs = Duration::from_secs;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Welcome)>)> = vec![
+        let cases: Vec<(&str, Spoil)> = vec![
             (
                 "heartbeat.interval",
                 Box::new(|w| w.heartbeat.interval = Duration::MAX),
