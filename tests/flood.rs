@@ -1,10 +1,11 @@
-//! Floods before admission: strangers who only send first packets, and
+//! Floods before admission: strangers who only send first packets, a
+//! stranger who proves its address and then stalls every handshake, and
 //! bursts of real workers larger than the handshake cap. Real workers must
-//! get in either way, and the allocator must keep serving the mesh.
+//! get in in every case, and the allocator must keep serving the mesh.
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -125,6 +126,131 @@ fn flood(
         // `socket` and `conn` are dropped: nothing ever answers from that port.
     }
     Ok(())
+}
+
+/// The TLS configuration of a stranger: trusts the mesh CA, has no certificate.
+fn stranger_config(ca: &Path) -> Result<quinn::ClientConfig, String> {
+    let roots = tls::load_roots(ca).map_err(|e| e.to_string())?;
+    let tls = tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// A stranger's connection attempt driven by hand: it answers the Retry (so
+/// its address is validated) and then never answers again.
+struct Stall {
+    socket: UdpSocket,
+    endpoint: quinn_proto::Endpoint,
+    conn: quinn_proto::Connection,
+    target: SocketAddr,
+}
+
+/// What the allocator did with a validated attempt.
+#[derive(Debug, PartialEq)]
+enum Stalled {
+    /// It started the handshake: the attempt holds a slot.
+    Held,
+    /// It refused the attempt (CONNECTION_REFUSED).
+    Refused,
+}
+
+impl Stall {
+    /// Sends an Initial from `source`, answers the Retry, and reports what
+    /// the allocator did with the validated attempt.
+    fn start(
+        target: SocketAddr,
+        source: IpAddr,
+        config: &quinn::ClientConfig,
+    ) -> Result<(Stall, Stalled), String> {
+        let socket = UdpSocket::bind((source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut endpoint = quinn_proto::Endpoint::new(
+            Arc::new(quinn_proto::EndpointConfig::default()),
+            None,
+            false,
+            None,
+        );
+        let (_, conn) = endpoint
+            .connect(Instant::now(), config.clone(), target, "localhost")
+            .map_err(|e| e.to_string())?;
+        let mut stall = Stall {
+            socket,
+            endpoint,
+            conn,
+            target,
+        };
+        stall.send()?; // the first Initial
+        stall.receive()?; // the Retry
+        if stall.lost().is_some() {
+            return Err("closed instead of a Retry".into());
+        }
+        stall.send()?; // the Initial with the Retry token: validated
+        stall.receive()?; // the allocator's handshake, or its refusal
+        let outcome = match stall.lost() {
+            None => Stalled::Held,
+            Some(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Stalled::Refused
+            }
+            Some(other) => return Err(format!("unexpected answer: {other}")),
+        };
+        Ok((stall, outcome))
+    }
+
+    fn send(&mut self) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(4096);
+        let transmit = self
+            .conn
+            .poll_transmit(Instant::now(), 1, &mut buf)
+            .ok_or("nothing to send")?;
+        self.socket
+            .send_to(&buf[..transmit.size], self.target)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Reads one datagram and hands it to the connection.
+    fn receive(&mut self) -> Result<(), String> {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = self
+            .socket
+            .recv_from(&mut buf)
+            .map_err(|e| format!("no answer: {e}"))?;
+        let mut response = Vec::new();
+        let data = bytes::BytesMut::from(&buf[..n]);
+        if let Some(quinn_proto::DatagramEvent::ConnectionEvent(_, event)) =
+            self.endpoint
+                .handle(Instant::now(), from, None, None, data, &mut response)
+        {
+            self.conn.handle_event(event);
+        }
+        Ok(())
+    }
+
+    /// Why the connection ended, if it did.
+    fn lost(&mut self) -> Option<quinn::ConnectionError> {
+        while let Some(event) = self.conn.poll() {
+            if let quinn_proto::Event::ConnectionLost { reason } = event {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    /// Reads (without ever answering) until the allocator abandons the
+    /// handshake; returns how it closed it.
+    fn wait_abandoned(&mut self) -> Result<quinn::ConnectionError, String> {
+        loop {
+            self.receive()?;
+            if let Some(reason) = self.lost() {
+                return Ok(reason);
+            }
+        }
+    }
 }
 
 /// Spawns an echo actor on `proc_id` and checks it answers.
@@ -285,5 +411,78 @@ async fn a_burst_of_workers_larger_than_the_handshake_cap_all_join() {
         .filter(|e| matches!(e, AllocEvent::WorkerExited { .. }))
         .collect();
     assert!(exits.is_empty(), "{exits:?}");
+    mesh.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validated_stranger_gets_only_its_share_and_only_until_the_tls_deadline() {
+    const TLS_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut mesh = TestMesh::with_config("flood-share", |c| {
+        c.transport.max_pending_handshakes = 8; // 2 per source
+        c.transport.tls_timeout = TLS_TIMEOUT;
+    })
+    .await;
+    let target = mesh.alloc.local_addr();
+    let config = stranger_config(&mesh.certs.ca_cert).expect("stranger TLS config");
+    // Another loopback address: a different source from the worker's 127.0.0.1.
+    let attacker: IpAddr = "127.0.0.2".parse().expect("address");
+
+    // The stranger answers Retries (so it is validated) and then stalls
+    // every handshake, trying to hold all 8 slots.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    for _ in 0..8 {
+        let (stall, outcome) =
+            tokio::task::block_in_place(|| Stall::start(target, attacker, &config))
+                .expect("stall a handshake");
+        match outcome {
+            Stalled::Held => held.push(stall),
+            Stalled::Refused => refused += 1,
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < TLS_TIMEOUT,
+        "stalling took {took:?}, longer than the TLS deadline: nothing was measured"
+    );
+    assert_eq!(
+        (held.len(), refused),
+        (2, 6),
+        "a single source held more than its quarter of the handshake slots"
+    );
+
+    // While it holds its share, a worker from another address gets in on its
+    // first attempt.
+    let ticket = mesh.alloc.reserve(1);
+    let worker = spawn_worker(&ticket.env);
+    mesh.wait_running(1).await;
+
+    // The stranger's slots are given back at the TLS deadline: the allocator
+    // abandons each stalled handshake.
+    let mut first = held.remove(0);
+    let closed = tokio::task::block_in_place(|| first.wait_abandoned()).expect("abandoned");
+    let after = started.elapsed();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR),
+        "{closed}"
+    );
+    assert!(
+        after >= TLS_TIMEOUT && after < SOON,
+        "stalled handshake abandoned after {after:?}"
+    );
+    // Its share is free again.
+    let (_again, outcome) =
+        tokio::task::block_in_place(|| Stall::start(target, attacker, &config)).expect("stall");
+    assert_eq!(outcome, Stalled::Held);
+
+    mesh.alloc.stop_all(0);
+    let (status, stderr) = worker.output(SOON).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("retrying"),
+        "the worker was refused while a stranger held its share:\n{stderr}"
+    );
     mesh.finish().await;
 }
