@@ -59,6 +59,16 @@ pub enum ConfigError {
     },
 }
 
+/// Shortest heartbeat interval either side accepts: shorter would have a
+/// process spin sending datagrams instead of doing work.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Longest heartbeat timeout either side accepts: half a worker's QUIC idle
+/// timeout, so that heartbeats, not the idle timer, decide when a peer is
+/// gone. (The timeout spans at least two intervals, which bounds the
+/// interval to half of this.)
+pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often heartbeats are sent and how long silence means death.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatConfig {
@@ -78,32 +88,48 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
-    /// Checks that the interval is positive and the timeout spans at least two intervals.
+    /// Checks that the interval is at least [`MIN_HEARTBEAT_INTERVAL`] and
+    /// the timeout spans at least two intervals and at most
+    /// [`MAX_HEARTBEAT_TIMEOUT`].
     ///
     /// A timeout shorter than two intervals would declare a peer dead after a
-    /// single lost datagram, which ordinary packet loss makes routine.
+    /// single lost datagram, which ordinary packet loss makes routine. The
+    /// bounds are the ones a worker applies to its allocator's Welcome, so an
+    /// allocator refuses at start-up a setting every worker would refuse.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat interval",
-                value: format!("{:?}", self.interval),
-                problem: "must be positive".into(),
-            });
+        let invalid = |name, value: Duration, problem: String| ConfigError::Invalid {
+            name,
+            value: format!("{value:?}"),
+            problem,
+        };
+        if self.interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(invalid(
+                "heartbeat interval",
+                self.interval,
+                format!("must be at least {MIN_HEARTBEAT_INTERVAL:?}"),
+            ));
         }
         // Checked: an interval near `Duration::MAX` must be refused, not overflow.
         let Some(two_intervals) = self.interval.checked_mul(2) else {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat interval",
-                value: format!("{:?}", self.interval),
-                problem: "is too large".into(),
-            });
+            return Err(invalid(
+                "heartbeat interval",
+                self.interval,
+                "is too large".into(),
+            ));
         };
         if self.timeout < two_intervals {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat timeout",
-                value: format!("{:?}", self.timeout),
-                problem: format!("must be at least twice the interval ({:?})", self.interval),
-            });
+            return Err(invalid(
+                "heartbeat timeout",
+                self.timeout,
+                format!("must be at least twice the interval ({:?})", self.interval),
+            ));
+        }
+        if self.timeout > MAX_HEARTBEAT_TIMEOUT {
+            return Err(invalid(
+                "heartbeat timeout",
+                self.timeout,
+                format!("must be at most {MAX_HEARTBEAT_TIMEOUT:?}"),
+            ));
         }
         Ok(())
     }
@@ -557,6 +583,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("too large"));
+    }
+
+    #[test]
+    fn heartbeat_bounds() {
+        let hb = |interval, timeout| HeartbeatConfig { interval, timeout };
+        let ms = Duration::from_millis;
+        assert!(hb(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_TIMEOUT)
+            .validate()
+            .is_ok());
+        assert!(hb(ms(0), ms(10)).validate().is_err());
+        assert!(hb(Duration::from_micros(999), ms(10)).validate().is_err());
+        let long = hb(ms(250), MAX_HEARTBEAT_TIMEOUT + ms(1)).validate();
+        assert!(long.unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

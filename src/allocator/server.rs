@@ -162,7 +162,11 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     let conn = match tokio::time::timeout(tls_timeout, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
-        Err(_) => return Err(format!("handshake not completed within {tls_timeout:?}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake not completed within {tls_timeout:?}"
+            ))
+        }
     };
     let timeout = shared.config.transport.hello_timeout;
     let deadline = tokio::time::Instant::now() + timeout;

@@ -149,10 +149,11 @@ fn transport_config(
 
 /// The idle timeout a worker proposes; the allocator's is smaller and decides.
 ///
-/// A Welcome's heartbeat timeout must stay well below it (see
-/// `worker::welcome`), or the idle timer, not the heartbeats, would end the
-/// connection.
-pub const WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Twice the longest heartbeat timeout accepted
+/// ([`crate::config::MAX_HEARTBEAT_TIMEOUT`]), so that heartbeats, not the
+/// idle timer, end the connection.
+pub const WORKER_IDLE_TIMEOUT: Duration =
+    Duration::from_secs(2 * crate::config::MAX_HEARTBEAT_TIMEOUT.as_secs());
 
 /// The idle timeout the allocator uses for a given heartbeat setting.
 ///

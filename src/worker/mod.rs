@@ -343,23 +343,9 @@ async fn join(
             transport::endpoint::open_welcomed(conn, &w.limits);
             Ok((send, recv, w))
         }
-        Ok(Some(other)) => Err(violation(format!(
-            "expected Welcome, got {}",
-            frame_name(&other)
-        ))),
+        Ok(Some(other)) => Err(violation(format!("expected Welcome, got {other:?}"))),
         Ok(None) => Err(lost(&conn.closed().await)),
         Err(e) => Err(on_stream_error(e)),
-    }
-}
-
-/// The variant name of a frame, for error messages.
-fn frame_name(msg: &AllocatorToWorker) -> &'static str {
-    match msg {
-        AllocatorToWorker::Welcome(_) => "Welcome",
-        AllocatorToWorker::StartProc { .. } => "StartProc",
-        AllocatorToWorker::StopAndExit { .. } => "StopAndExit",
-        AllocatorToWorker::StopProc { .. } => "StopProc",
-        AllocatorToWorker::Exit { .. } => "Exit",
     }
 }
 

@@ -12,18 +12,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::MAX_PRE_ADMISSION_FRAME;
-use crate::transport::endpoint::WORKER_IDLE_TIMEOUT;
+pub use crate::config::{MAX_HEARTBEAT_TIMEOUT, MIN_HEARTBEAT_INTERVAL};
 use crate::wire::Welcome;
-
-/// Shortest heartbeat interval accepted: shorter would have the worker spin
-/// sending datagrams instead of doing work.
-pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Longest heartbeat timeout accepted: half the worker's QUIC idle timeout,
-/// so that heartbeats, not the idle timer, decide when the allocator is
-/// gone. (The timeout must also span two intervals, which bounds the
-/// interval to half of this.)
-pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(WORKER_IDLE_TIMEOUT.as_secs() / 2);
 
 /// Largest frame this worker agrees to read or write: each frame is one
 /// allocation of that size. Four times the default.
@@ -81,6 +71,9 @@ fn out_of_range(
 
 /// Checks every value of `welcome`; returns the accepted settings or the
 /// first field out of range.
+///
+/// The heartbeat bounds ([`MIN_HEARTBEAT_INTERVAL`], [`MAX_HEARTBEAT_TIMEOUT`])
+/// are the ones an allocator checks its own configuration against.
 pub fn check(welcome: &Welcome) -> Result<Welcome, WelcomeError> {
     let hb = &welcome.heartbeat;
     let max_interval = MAX_HEARTBEAT_TIMEOUT / 2;
