@@ -792,6 +792,9 @@ fn raw_peer_main() -> anyhow::Result<()> {
                     Ok(c) => c,
                     Err(e) => return eprintln!("raw peer: handshake failed: {e}"),
                 };
+                // The same stream and window limits an admitted worker with
+                // one proc gets (the raw cases use one stream at a time).
+                transport::endpoint::open_admitted(&conn, &Limits::default(), 1);
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         if let Err(e) = serve_raw_stream(send, recv).await {
@@ -875,6 +878,8 @@ impl RawClient {
         )?;
         let conn =
             transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
+        // The same receive window a welcomed worker gets.
+        transport::endpoint::open_welcomed(&conn, &Limits::default());
         Ok(RawClient {
             endpoint,
             conn,

@@ -22,6 +22,21 @@ pub const ENV_CA: &str = "QUICMESH_CA";
 pub const ENV_CERT: &str = "QUICMESH_CERT";
 /// Environment variable: PEM path of this worker's private key.
 pub const ENV_KEY: &str = "QUICMESH_KEY";
+/// Environment variable (optional): how long a worker keeps trying to join,
+/// e.g. `30s`, `500ms`, `2m` or a number of seconds; default [`DEFAULT_JOIN_TIMEOUT`].
+pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
+
+/// How long a worker keeps trying to join when nothing says otherwise.
+///
+/// Long enough to ride out a burst of workers larger than the allocator's
+/// handshake cap, a flood of strangers, or an allocator that starts a little
+/// after its workers; short enough that a worker whose allocator is really
+/// gone does not linger for long.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest join timeout accepted (a year): anything longer is a typo,
+/// and keeping it bounded keeps deadline arithmetic far from overflow.
+pub const MAX_JOIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A configuration value that is missing or unusable; names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +59,16 @@ pub enum ConfigError {
     },
 }
 
+/// Shortest heartbeat interval either side accepts: shorter would have a
+/// process spin sending datagrams instead of doing work.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Longest heartbeat timeout either side accepts: half a worker's QUIC idle
+/// timeout, so that heartbeats, not the idle timer, decide when a peer is
+/// gone. (The timeout spans at least two intervals, which bounds the
+/// interval to half of this.)
+pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often heartbeats are sent and how long silence means death.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatConfig {
@@ -63,24 +88,48 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
-    /// Checks that the interval is positive and the timeout spans at least two intervals.
+    /// Checks that the interval is at least [`MIN_HEARTBEAT_INTERVAL`] and
+    /// the timeout spans at least two intervals and at most
+    /// [`MAX_HEARTBEAT_TIMEOUT`].
     ///
     /// A timeout shorter than two intervals would declare a peer dead after a
-    /// single lost datagram, which ordinary packet loss makes routine.
+    /// single lost datagram, which ordinary packet loss makes routine. The
+    /// bounds are the ones a worker applies to its allocator's Welcome, so an
+    /// allocator refuses at start-up a setting every worker would refuse.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat interval",
-                value: format!("{:?}", self.interval),
-                problem: "must be positive".into(),
-            });
+        let invalid = |name, value: Duration, problem: String| ConfigError::Invalid {
+            name,
+            value: format!("{value:?}"),
+            problem,
+        };
+        if self.interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(invalid(
+                "heartbeat interval",
+                self.interval,
+                format!("must be at least {MIN_HEARTBEAT_INTERVAL:?}"),
+            ));
         }
-        if self.timeout < self.interval * 2 {
-            return Err(ConfigError::Invalid {
-                name: "heartbeat timeout",
-                value: format!("{:?}", self.timeout),
-                problem: format!("must be at least twice the interval ({:?})", self.interval),
-            });
+        // Checked: an interval near `Duration::MAX` must be refused, not overflow.
+        let Some(two_intervals) = self.interval.checked_mul(2) else {
+            return Err(invalid(
+                "heartbeat interval",
+                self.interval,
+                "is too large".into(),
+            ));
+        };
+        if self.timeout < two_intervals {
+            return Err(invalid(
+                "heartbeat timeout",
+                self.timeout,
+                format!("must be at least twice the interval ({:?})", self.interval),
+            ));
+        }
+        if self.timeout > MAX_HEARTBEAT_TIMEOUT {
+            return Err(invalid(
+                "heartbeat timeout",
+                self.timeout,
+                format!("must be at most {MAX_HEARTBEAT_TIMEOUT:?}"),
+            ));
         }
         Ok(())
     }
@@ -114,16 +163,58 @@ impl Default for Limits {
 /// certificate of the mesh CA; it gets no more than this much memory.
 pub const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
 
-/// Timeouts of the QUIC transport.
+/// QUIC connection receive window before the peer is admitted (both sides).
+///
+/// This is all the unread data a peer that has not yet been admitted (or,
+/// for a worker, an allocator that has not yet sent its Welcome) can make us
+/// buffer on the whole connection. Twice [`MAX_PRE_ADMISSION_FRAME`], so a
+/// Hello or Welcome of the largest allowed size never waits for a window
+/// update. It is raised once admitted, see [`admitted_receive_window`].
+pub const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 2 * MAX_PRE_ADMISSION_FRAME;
+
+/// QUIC receive window of each stream, in bytes (both sides).
+///
+/// Unread data one mailbox stream can hold in quinn's buffers. 1 MiB keeps a
+/// single stream near memory speed on a LAN (a 1 MiB window drains every
+/// round trip: 10 GB/s at 100 us, 100 MB/s at 10 ms) while bounding what one
+/// stalled proc can pin.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// The connection receive window once a peer is admitted: one stream window
+/// for every stream it may have open (its procs' mailboxes and the control
+/// stream), plus one spare.
+///
+/// Smaller would let a few procs whose data is not read right away use up
+/// the connection's credit and block every other stream of that worker,
+/// the control stream included; this size keeps streams independent and is
+/// still a fixed bound per connection (about 1 GiB for the default 1024
+/// procs, reached only if every stream is full and unread at once). The
+/// arithmetic saturates, and the result never exceeds QUIC's largest window.
+pub fn admitted_receive_window(max_procs_per_worker: u32) -> u64 {
+    u64::from(max_procs_per_worker)
+        .saturating_add(2)
+        .saturating_mul(u64::from(STREAM_RECEIVE_WINDOW))
+        .min((1 << 62) - 1)
+}
+
+/// Timeouts and bounds of the QUIC transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportConfig {
-    /// Longest a worker waits for its connection to be established and welcomed.
+    /// Longest a worker waits, in one attempt, for its connection to be
+    /// established and welcomed (it retries until its join deadline).
     pub connect_timeout: Duration,
-    /// Longest the allocator waits for a Hello after the handshake.
+    /// Longest the allocator waits for a peer whose address is validated to
+    /// complete TLS. Shorter than `hello_timeout`: until TLS completes the
+    /// peer is a stranger that holds a handshake slot, so it gets little time.
+    pub tls_timeout: Duration,
+    /// Longest the allocator waits for a Hello once TLS is complete (the peer
+    /// then holds a certificate of the mesh CA).
     pub hello_timeout: Duration,
     /// Longest an allocator waits for a worker to leave after `StopAndExit`.
     pub stop_timeout: Duration,
-    /// Most handshakes the allocator runs at once; more are refused.
+    /// Most handshakes (TLS and Hello) the allocator runs at once; more are
+    /// refused and the workers retry. One source address may hold at most a
+    /// quarter of them, see [`TransportConfig::max_pending_per_source`].
     pub max_pending_handshakes: usize,
 }
 
@@ -131,10 +222,50 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             connect_timeout: Duration::from_secs(5),
+            tls_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
         }
+    }
+}
+
+impl TransportConfig {
+    /// Most pending handshakes one source may hold: a quarter of
+    /// `max_pending_handshakes`, at least one.
+    ///
+    /// A source is an IPv4 address or an IPv6 /64 (what one host usually
+    /// controls). A quarter means no single host can keep the others out,
+    /// while many workers behind one address (loopback, a NAT) still get in
+    /// a quarter at a time, the rest by retrying.
+    pub fn max_pending_per_source(&self) -> usize {
+        (self.max_pending_handshakes / 4).max(1)
+    }
+
+    /// Checks that every timeout is positive and at least one handshake may run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("TLS timeout", self.tls_timeout),
+            ("Hello timeout", self.hello_timeout),
+            ("stop timeout", self.stop_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    value: format!("{value:?}"),
+                    problem: "must be positive".into(),
+                });
+            }
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max pending handshakes",
+                value: "0".into(),
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +286,8 @@ pub struct WorkerEnv {
     pub cert: PathBuf,
     /// PEM path of this worker's key.
     pub key: PathBuf,
+    /// How long the worker keeps trying to join before it gives up (exit 69).
+    pub join_timeout: Duration,
 }
 
 impl WorkerEnv {
@@ -208,16 +341,59 @@ impl WorkerEnv {
                 problem: format!("not a non-negative integer ({e})"),
             })?;
         let token = required(ENV_TOKEN)?;
+        let ca = required(ENV_CA)?.into();
+        let cert = required(ENV_CERT)?.into();
+        let key = required(ENV_KEY)?.into();
+        let join_timeout = match get(ENV_JOIN_TIMEOUT) {
+            None => DEFAULT_JOIN_TIMEOUT,
+            Some(text) => parse_duration(&text).map_err(|problem| ConfigError::Invalid {
+                name: ENV_JOIN_TIMEOUT,
+                value: text,
+                problem,
+            })?,
+        };
         Ok(WorkerEnv {
             allocator_addr,
             server_name,
             index,
             token,
-            ca: required(ENV_CA)?.into(),
-            cert: required(ENV_CERT)?.into(),
-            key: required(ENV_KEY)?.into(),
+            ca,
+            cert,
+            key,
+            join_timeout,
         })
     }
+}
+
+/// Parses a positive duration: a number with an optional unit, `ms`, `s` or
+/// `m` (seconds when there is none), e.g. `500ms`, `30s`, `1.5`, `2m`.
+///
+/// Errors (as a sentence for [`ConfigError::Invalid`]): not a number, an
+/// unknown unit, zero, or longer than [`MAX_JOIN_TIMEOUT`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "expected a number with an optional unit, e.g. 30s or 500ms".to_string())?;
+    let too_long = || format!("must be at most {} s", MAX_JOIN_TIMEOUT.as_secs());
+    let duration = Duration::try_from_secs_f64(value * scale).map_err(|_| too_long())?;
+    if duration.is_zero() {
+        return Err("must be positive".into());
+    }
+    if duration > MAX_JOIN_TIMEOUT {
+        return Err(too_long());
+    }
+    Ok(duration)
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets) into host and port.
@@ -310,6 +486,116 @@ mod tests {
         assert_eq!(split_host_port("::1:443"), None);
         assert_eq!(split_host_port(":443"), None);
         assert_eq!(split_host_port("h:99999"), None);
+    }
+
+    #[test]
+    fn join_timeout_defaults_and_parses() {
+        let mut vars = full();
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(env.join_timeout, DEFAULT_JOIN_TIMEOUT);
+        vars.insert(ENV_JOIN_TIMEOUT, "2500ms".into());
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(env.join_timeout, Duration::from_millis(2500));
+        vars.insert(ENV_JOIN_TIMEOUT, "soon".into());
+        let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    name: ENV_JOIN_TIMEOUT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(ENV_JOIN_TIMEOUT), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = |t: &str| parse_duration(t).unwrap();
+        assert_eq!(ok("30"), Duration::from_secs(30));
+        assert_eq!(ok(" 30s "), Duration::from_secs(30));
+        assert_eq!(ok("1.5"), Duration::from_millis(1500));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("1 s"), Duration::from_secs(1));
+        for bad in [
+            "",
+            "s",
+            "0",
+            "0ms",
+            "-1",
+            "1h",
+            "1.2.3",
+            "nan",
+            "inf",
+            "1e9",
+            "9999999999",
+            "1e400",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        let huge = "9".repeat(400);
+        assert!(parse_duration(&huge).is_err());
+    }
+
+    #[test]
+    fn transport_validation_and_source_share() {
+        let mut t = TransportConfig::default();
+        assert!(t.validate().is_ok());
+        assert!(t.tls_timeout < t.hello_timeout);
+        assert_eq!(t.max_pending_per_source(), 64);
+        t.max_pending_handshakes = 3;
+        assert_eq!(t.max_pending_per_source(), 1);
+        t.max_pending_handshakes = 0;
+        assert!(t.validate().is_err());
+        let t = TransportConfig {
+            tls_timeout: Duration::ZERO,
+            ..TransportConfig::default()
+        };
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TLS timeout"));
+    }
+
+    #[test]
+    fn admitted_window_covers_every_stream_and_saturates() {
+        assert_eq!(
+            admitted_receive_window(1024),
+            1026 * u64::from(STREAM_RECEIVE_WINDOW)
+        );
+        // Even the largest count stays a valid QUIC window (below 2^62).
+        assert!(admitted_receive_window(u32::MAX) < 1 << 62);
+        assert!(u64::from(PRE_ADMISSION_RECEIVE_WINDOW) < admitted_receive_window(0));
+    }
+
+    #[test]
+    fn heartbeat_validation_never_overflows() {
+        let huge = HeartbeatConfig {
+            interval: Duration::MAX,
+            timeout: Duration::MAX,
+        };
+        assert!(huge
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn heartbeat_bounds() {
+        let hb = |interval, timeout| HeartbeatConfig { interval, timeout };
+        let ms = Duration::from_millis;
+        assert!(hb(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_TIMEOUT)
+            .validate()
+            .is_ok());
+        assert!(hb(ms(0), ms(10)).validate().is_err());
+        assert!(hb(Duration::from_micros(999), ms(10)).validate().is_err());
+        let long = hb(ms(250), MAX_HEARTBEAT_TIMEOUT + ms(1)).validate();
+        assert!(long.unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 /// Clean exit (also SIGTERM/SIGINT after an orderly stop).
 pub const OK: i32 = 0;
-/// Allocator unreachable, or the QUIC/TLS handshake failed.
+/// Could not join: the allocator stayed busy or unreachable until the join
+/// deadline (the last reason is given), or the QUIC/TLS handshake failed
+/// (a certificate refused by either side, which retrying cannot fix).
 pub const UNREACHABLE: i32 = 69;
 /// The connection to the allocator was lost after joining.
 pub const CONNECTION_LOST: i32 = 75;

@@ -21,6 +21,9 @@ use quinn::Connection;
 use crate::config::HeartbeatConfig;
 use crate::wire::{codec, Heartbeat};
 
+/// Stands for a timeout too large to represent as an instant: longer than any run.
+pub const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Decides whether the peer is alive from when its heartbeats arrived.
 #[derive(Debug, Clone)]
 pub struct HeartbeatJudge {
@@ -46,7 +49,7 @@ impl HeartbeatJudge {
     /// Datagrams may be reordered; a late beat still proves the peer was
     /// alive, and QUIC's packet protection already rules out replays.
     pub fn on_beat(&mut self, beat: &Heartbeat, now: Instant) {
-        self.beats += 1;
+        self.beats = self.beats.saturating_add(1);
         self.highest_seq = Some(self.highest_seq.map_or(beat.seq, |s| s.max(beat.seq)));
         if now > self.last_heard {
             self.last_heard = now;
@@ -61,8 +64,15 @@ impl HeartbeatJudge {
     }
 
     /// The instant at which the peer will be dead unless a beat arrives first.
+    ///
+    /// Checked: a timeout too large to add to an instant (settings are
+    /// validated, so only a bug gets here) counts as [`NEVER`] rather than
+    /// panicking.
     pub fn deadline(&self) -> Instant {
-        self.last_heard + self.timeout
+        self.last_heard
+            .checked_add(self.timeout)
+            .or_else(|| self.last_heard.checked_add(NEVER))
+            .unwrap_or(self.last_heard)
     }
 
     /// Whether the peer is dead at `now`.
@@ -101,11 +111,12 @@ impl HeartbeatSender {
 
     /// The beat to send at `now`.
     pub fn next_beat(&mut self, now: Instant) -> Heartbeat {
+        let micros = now.saturating_duration_since(self.epoch).as_micros();
         let beat = Heartbeat {
             seq: self.next_seq,
-            sent_at_micros: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            sent_at_micros: u64::try_from(micros).unwrap_or(u64::MAX),
         };
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         beat
     }
 }
@@ -280,6 +291,14 @@ mod tests {
         assert!(!judge.is_dead(t0 + 2000 * MS));
         assert!(judge.is_dead(t0 + 2500 * MS));
         assert_eq!(judge.beats(), 0);
+    }
+
+    #[test]
+    fn an_absurd_timeout_never_overflows() {
+        let t0 = Instant::now();
+        let judge = HeartbeatJudge::new(Duration::MAX, t0);
+        assert_eq!(judge.deadline(), t0 + NEVER);
+        assert!(!judge.is_dead(t0 + Duration::from_secs(3600)));
     }
 
     #[test]

@@ -61,6 +61,9 @@ struct WorkerArgs {
     /// Worker key PEM (QUICMESH_KEY).
     #[arg(long)]
     key: Option<String>,
+    /// How long to keep trying to join, e.g. 30s, 500ms, 2m (QUICMESH_JOIN_TIMEOUT; default 60s).
+    #[arg(long, value_name = "DURATION")]
+    join_timeout: Option<String>,
 }
 
 impl WorkerArgs {
@@ -74,6 +77,7 @@ impl WorkerArgs {
                 config::ENV_CA => &self.ca,
                 config::ENV_CERT => &self.cert,
                 config::ENV_KEY => &self.key,
+                config::ENV_JOIN_TIMEOUT => &self.join_timeout,
                 _ => &None,
             };
             flag.clone().or_else(|| std::env::var(name).ok())

@@ -531,3 +531,31 @@ async fn leaving_before_hello() {
     wait_rejected(&mut mesh, "first frame must be Hello").await;
     settle_and_finish(mesh, &[healthy]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_second_stream_before_admission() {
+    let (mut mesh, healthy) = healthy_mesh_with("hostile-streams", |c| {
+        c.transport.hello_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (endpoint, conn) = valid_client(&mesh).await;
+    // The control stream may be opened (and is, once written to)...
+    let (mut control, _control_recv) = conn.open_bi().await.expect("open control stream");
+    control
+        .write_all(&[0, 0])
+        .await
+        .expect("half a length prefix");
+    // ...but nothing else until a Hello is admitted: the allocator grants
+    // one stream before admission, so opening a second one waits.
+    let second = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await;
+    assert!(
+        second.is_err(),
+        "a second stream was opened before admission"
+    );
+    let c = app_close(&conn).await;
+    assert_eq!(c.error_code, close::HELLO_TIMEOUT, "{}", reason_of(&c));
+    drop(control);
+    endpoint.close(close::NORMAL, b"test done");
+    wait_rejected(&mut mesh, "no Hello").await;
+    settle_and_finish(mesh, &[healthy]).await;
+}

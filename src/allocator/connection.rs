@@ -115,6 +115,7 @@ impl WorkerSession {
                             ProcLink::new(proc_id.clone(), link_config, link_failures_tx.clone());
                         shared.router.add(link.clone());
                         links.insert(proc_id.clone(), link);
+                        crate::transport::endpoint::fit_receive_window(&conn, links.len());
                         shared.emit(AllocEvent::Proc {
                             proc_id,
                             worker: index,

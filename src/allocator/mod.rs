@@ -16,6 +16,7 @@
 mod admission;
 mod connection;
 mod events;
+mod handshakes;
 mod in_flight;
 mod launcher;
 mod link;
@@ -27,6 +28,7 @@ mod stall;
 
 pub use admission::{Admission, Rejection};
 pub use events::{AllocEvent, ExitReport, ProcState, RefusalStats};
+pub use handshakes::{Busy, HandshakeSlots, Source};
 pub use launcher::Launcher;
 pub use link::LinkStats;
 
@@ -306,6 +308,7 @@ impl Allocator {
     /// if the address cannot be bound.
     pub async fn bind(config: AllocatorConfig) -> Result<Allocator, AllocatorError> {
         config.heartbeat.validate()?;
+        config.transport.validate()?;
         if !is_valid_name(&config.alloc_name) {
             return Err(config::ConfigError::Invalid {
                 name: "allocation name",

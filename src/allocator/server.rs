@@ -1,43 +1,87 @@
-//! The allocator's listener: handshakes, Hello, admission.
+//! The allocator's listener: address validation, handshakes, Hello, admission.
 //!
-//! Everything before admission is bounded: at most
-//! `max_pending_handshakes` connections are being set up at once (more are
-//! refused), each gets `hello_timeout` to complete TLS and send its Hello, and
-//! the Hello frame may be at most [`MAX_PRE_ADMISSION_FRAME`] bytes. A hostile
-//! peer therefore costs a bounded amount of memory and time, and never
+//! Everything before admission is bounded, in this order:
+//!
+//! 1. **Address validation.** A connection attempt from an address that has
+//!    not proved it can receive packets there gets a QUIC Retry and nothing
+//!    else: no state is kept, no TLS work is done. A stranger who sends
+//!    Initial packets (from spoofed or throw-away addresses) and never
+//!    answers therefore costs one small Retry packet each and holds no
+//!    handshake slot. quinn's own queue of attempts not yet looked at is
+//!    bounded too (see [`crate::transport::endpoint`]).
+//! 2. **Handshake slots.** A validated attempt needs a slot
+//!    ([`HandshakeSlots`]): at most `max_pending_handshakes` at once, and at
+//!    most a quarter of them per source. Without one it is refused (QUIC
+//!    `CONNECTION_REFUSED`); workers retry with backoff, so a burst of workers
+//!    larger than the cap, or many behind one address, all get in.
+//! 3. **TLS deadline.** The slot holder has `tls_timeout` to complete TLS
+//!    (it is still a stranger then), and the connection can hold at most
+//!    [`crate::config::PRE_ADMISSION_RECEIVE_WINDOW`] unread bytes on one
+//!    stream.
+//! 4. **Hello deadline.** A peer that completed TLS holds a certificate of the
+//!    mesh CA; it has `hello_timeout` more to send its Hello, of at most
+//!    [`MAX_PRE_ADMISSION_FRAME`] bytes.
+//!
+//! So what a validated peer that then goes silent costs is one slot of its
+//! source's share for at most `tls_timeout + hello_timeout`, and a few KiB.
+//! Only after admission are the connection's stream and window limits raised
+//! ([`crate::transport::endpoint::open_admitted`]). A hostile peer never
 //! touches an admitted worker's state.
+//!
+//! Why refusals are not closed with [`close::BUSY`] and a reason: QUIC lets an
+//! application close carry its code and reason only once the handshake is
+//! done, and doing the handshake is exactly the work a refusal must avoid.
+//! Before it, the only answer is the transport's `CONNECTION_REFUSED`, which a
+//! worker reads as "busy" (and which also comes from quinn itself when its
+//! queue of attempts is full). The reason is counted and reported like every
+//! other refusal, at a limited rate (`Allocator::refusals`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use super::connection::WorkerSession;
 use super::events::AllocEvent;
+use super::handshakes::{Busy, HandshakeSlots, Source};
 use super::Shared;
 use crate::config::MAX_PRE_ADMISSION_FRAME;
+use crate::sync::lock;
+use crate::transport::endpoint::open_admitted;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, WorkerToAllocator};
 
 /// Accepts connections until the endpoint is closed.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let pending = Arc::new(Semaphore::new(
-        shared.config.transport.max_pending_handshakes,
-    ));
+    let transport = &shared.config.transport;
+    let slots = Arc::new(Mutex::new(HandshakeSlots::new(
+        transport.max_pending_handshakes,
+        transport.max_pending_per_source(),
+    )));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(
-                "refusing connection from {}: too many handshakes in progress",
-                incoming.remote_address()
-            );
-            incoming.refuse();
+        if !incoming.remote_address_validated() {
+            // Stateless: the peer must echo the Retry token from this address.
+            if let Err(e) = incoming.retry() {
+                // Unreachable by quinn's contract (unvalidated implies retry
+                // is allowed); refusing keeps no state either.
+                e.into_incoming().refuse();
+            }
             continue;
+        }
+        let addr = incoming.remote_address();
+        let claim = match Claim::take(&slots, Source::of(addr.ip())) {
+            Ok(claim) => claim,
+            Err(busy) => {
+                // Counted, and reported at a limited rate (see `Shared::connection_refused`).
+                shared.connection_refused(addr, format!("busy: {busy}"));
+                incoming.refuse();
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let addr = incoming.remote_address();
             let admitted = admit(&shared, incoming).await;
-            drop(permit);
+            drop(claim);
             match admitted {
                 Ok(session) => session.run().await,
                 Err(reason) => shared.connection_refused(addr, reason),
@@ -46,19 +90,47 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
     }
 }
 
+/// A handshake slot, given back when dropped (whatever way the handshake ends).
+struct Claim {
+    slots: Arc<Mutex<HandshakeSlots>>,
+    source: Source,
+}
+
+impl Claim {
+    fn take(slots: &Arc<Mutex<HandshakeSlots>>, source: Source) -> Result<Claim, Busy> {
+        lock(slots).claim(source)?;
+        Ok(Claim {
+            slots: slots.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.slots).release(self.source);
+    }
+}
+
 /// Completes the handshake and admits the peer, or says why not.
 ///
 /// Every refusal after the handshake closes the connection with a code and
 /// the same reason, so the worker can exit with the right code and message.
 async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<WorkerSession, String> {
-    let timeout = shared.config.transport.hello_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let tls_timeout = shared.config.transport.tls_timeout;
     let addr: SocketAddr = incoming.remote_address();
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+    // Dropping the handshake at the deadline closes it.
+    let conn = match tokio::time::timeout(tls_timeout, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
-        Err(_) => return Err(format!("handshake not completed within {timeout:?}")),
+        Err(_) => {
+            return Err(format!(
+                "TLS handshake not completed within {tls_timeout:?}"
+            ))
+        }
     };
+    let timeout = shared.config.transport.hello_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let refuse = |code: quinn::VarInt, reason: String| -> Result<WorkerSession, String> {
         conn.close(code, &close::reason_bytes(&reason));
         Err(reason)
@@ -108,6 +180,8 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         Ok(procs) => procs,
         Err(rejection) => return refuse(close::REJECTED, rejection.to_string()),
     };
+    // Admitted: its procs may now open their streams and fill their windows.
+    open_admitted(&conn, &shared.config.limits, procs.len());
     let (tx, rx) = mpsc::unbounded_channel();
     shared.worker_joined(hello.index, tx);
     tracing::info!(

@@ -1,11 +1,25 @@
 //! quinn endpoints configured the way every quicmesh connection needs.
 //!
 //! Both sides: TLS 1.3 with mutual authentication (see [`crate::tls`]), ALPN
-//! `quicmesh/1`, no 0-RTT, datagrams on (heartbeats), stream limits high
-//! enough for many procs per worker, and an idle timeout well above the
-//! heartbeat timeout so that heartbeats, not the idle timer, decide when a
-//! peer is dead. quinn has no handshake timeout of its own, so [`connect`]
-//! adds one.
+//! `quicmesh/1`, no 0-RTT, datagrams on (heartbeats), and an idle timeout
+//! well above the heartbeat timeout so that heartbeats, not the idle timer,
+//! decide when a peer is dead. quinn has no handshake timeout of its own, so
+//! [`connect`] adds one.
+//!
+//! Flow control is explicit and starts small. Until a peer is admitted (the
+//! allocator has checked its Hello; the worker has checked the Welcome) it may
+//! open one stream (the control stream; none towards a worker, whose
+//! allocator never opens streams) and have at most
+//! [`PRE_ADMISSION_RECEIVE_WINDOW`] bytes unread on the connection. Once
+//! admitted, [`open_admitted`] and [`open_welcomed`] raise the limits to what
+//! the admitted worker's procs need, still a fixed bound per connection
+//! (see [`admitted_receive_window`]); the allocator grows its window with
+//! each proc it starts on the worker ([`fit_receive_window`]).
+//!
+//! The allocator validates every source address with a QUIC Retry before it
+//! keeps any state for it (see `allocator::server`); the endpoint here only
+//! sets how long a Retry token lives and how much quinn may buffer for
+//! connection attempts the listener has not yet looked at.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +28,40 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, VarInt};
 
-use crate::config::{split_host_port, HeartbeatConfig, Limits};
+use crate::config::{
+    admitted_receive_window, split_host_port, HeartbeatConfig, Limits,
+    PRE_ADMISSION_RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW,
+};
+
+/// How long a Retry token is accepted after it was issued.
+///
+/// A worker echoes it one round trip after receiving it; 10 s covers slow
+/// links and loaded machines while keeping the window for replaying a
+/// captured token (from the same address only) short.
+const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+
+/// Connection attempts quinn keeps waiting for the listener to look at them.
+///
+/// The listener decides on each one at once (Retry, refuse or start the
+/// handshake), so this only matters if it falls behind; beyond it quinn
+/// refuses new attempts itself. 4096 first packets of at most ~1.5 KB each:
+/// about 6 MiB.
+const MAX_INCOMING: usize = 4096;
+
+/// Bytes quinn buffers for one attempt after its first packet, before the
+/// listener has decided on it (0-RTT is off, so legitimate peers send
+/// little), and for all attempts together.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
+
+/// Which side a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The allocator: the worker opens the control stream and one stream per proc.
+    Allocator,
+    /// A worker: the allocator opens no streams at all.
+    Worker,
+}
 
 /// An endpoint could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +119,12 @@ pub enum ConnectError {
     },
 }
 
-/// The transport parameters both sides use.
+/// The transport parameters of one side, as they stand before admission.
 ///
 /// `idle_timeout` must exceed the heartbeat timeout; the effective idle
 /// timeout is the smaller of the two sides' values.
 fn transport_config(
-    limits: &Limits,
+    side: Side,
     idle_timeout: Duration,
 ) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
@@ -85,11 +132,15 @@ fn transport_config(
         TransportError::Setting(format!("idle timeout {idle_timeout:?} is too large"))
     })?;
     t.max_idle_timeout(Some(idle));
-    // One bidi stream per proc plus the control stream, with headroom.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(
-        limits.max_procs_per_worker.saturating_add(8),
-    ));
+    // Before admission: the control stream only (raised by `open_admitted`).
+    // Towards a worker: none ever, the allocator opens no streams.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(match side {
+        Side::Allocator => 1,
+        Side::Worker => 0,
+    }));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.receive_window(VarInt::from_u32(PRE_ADMISSION_RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     // Heartbeats keep the connection busy; QUIC keep-alives would only hide a dead peer.
     t.keep_alive_interval(None);
     t.datagram_receive_buffer_size(Some(64 * 1024));
@@ -97,16 +148,67 @@ fn transport_config(
     Ok(t)
 }
 
+/// The idle timeout a worker proposes; the allocator's is smaller and decides.
+///
+/// Twice the longest heartbeat timeout accepted
+/// ([`crate::config::MAX_HEARTBEAT_TIMEOUT`]), so that heartbeats, not the
+/// idle timer, end the connection.
+pub const WORKER_IDLE_TIMEOUT: Duration =
+    Duration::from_secs(2 * crate::config::MAX_HEARTBEAT_TIMEOUT.as_secs());
+
 /// The idle timeout the allocator uses for a given heartbeat setting.
 ///
 /// Twice the heartbeat timeout, and at least 10 s: long enough that the
 /// heartbeat judge always decides first, short enough that a peer that
 /// vanished mid-handshake is dropped.
 pub fn idle_timeout_for(heartbeat: &HeartbeatConfig) -> Duration {
-    (heartbeat.timeout * 2).max(Duration::from_secs(10))
+    heartbeat
+        .timeout
+        .saturating_mul(2)
+        .max(Duration::from_secs(10))
+}
+
+/// Raises the allocator's limits on a worker's connection once its Hello is admitted.
+///
+/// The worker may then open one stream per proc (plus the control stream and
+/// some headroom for streams being closed), and have one stream window
+/// unread per proc it hosts now (see [`fit_receive_window`]).
+pub fn open_admitted(conn: &Connection, limits: &Limits, procs: usize) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(
+        limits.max_procs_per_worker.saturating_add(8),
+    ));
+    fit_receive_window(conn, procs);
+}
+
+/// Sets the allocator's receive window on a worker's connection for the
+/// `procs` procs it hosts: [`admitted_receive_window`] of that many, so one
+/// proc whose data is not read right away never takes the credit of the
+/// others or of the control stream, and a worker can make the allocator
+/// buffer only what its own procs are entitled to.
+pub fn fit_receive_window(conn: &Connection, procs: usize) {
+    let procs = u32::try_from(procs).unwrap_or(u32::MAX);
+    conn.set_receive_window(
+        VarInt::from_u64(admitted_receive_window(procs)).unwrap_or(VarInt::MAX),
+    );
+}
+
+/// Raises a worker's receive window once it has accepted the allocator's Welcome.
+///
+/// `limits` must be the checked limits of that Welcome: they bound the
+/// number of mailbox streams and therefore the window.
+pub fn open_welcomed(conn: &Connection, limits: &Limits) {
+    conn.set_receive_window(window(limits));
+}
+
+fn window(limits: &Limits) -> VarInt {
+    VarInt::from_u64(admitted_receive_window(limits.max_procs_per_worker)).unwrap_or(VarInt::MAX)
 }
 
 /// Creates the allocator's endpoint listening on `addr`.
+///
+/// `_limits` are applied per connection once a worker is admitted
+/// ([`open_admitted`]); until then every peer gets the small pre-admission
+/// limits.
 ///
 /// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,
 /// [`TransportError::Bind`] if the address is taken or not local.
@@ -114,31 +216,42 @@ pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     heartbeat: &HeartbeatConfig,
-    limits: &Limits,
+    _limits: &Limits,
 ) -> Result<Endpoint, TransportError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(
-        limits,
+        Side::Allocator,
         idle_timeout_for(heartbeat),
     )?));
-    // Make a client prove its address before we hold handshake state for it.
-    config.retry_token_lifetime(Duration::from_secs(15));
+    config.retry_token_lifetime(RETRY_TOKEN_LIFETIME);
+    // Workers never reconnect, so tokens for a later connection (NEW_TOKEN)
+    // would be an unused credential: address validation is by Retry only.
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0);
+    config.validation_token_config(tokens);
+    config.max_incoming(MAX_INCOMING);
+    config.incoming_buffer_size(INCOMING_BUFFER);
+    config.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
 }
 
 /// Creates a client endpoint able to reach `peer` (binds the matching address family).
 ///
-/// The worker's idle timeout is generous (60 s); the allocator's, being
-/// smaller, is the one in force.
+/// The worker's idle timeout is generous ([`WORKER_IDLE_TIMEOUT`]); the
+/// allocator's, being smaller, is the one in force. `_limits` are unused:
+/// the worker's limits come from the Welcome ([`open_welcomed`]).
 pub fn client_endpoint(
     tls: rustls::ClientConfig,
     peer: SocketAddr,
-    limits: &Limits,
+    _limits: &Limits,
 ) -> Result<Endpoint, TransportError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, Duration::from_secs(60))?));
+    config.transport_config(Arc::new(transport_config(
+        Side::Worker,
+        WORKER_IDLE_TIMEOUT,
+    )?));
     let bind = match peer.ip() {
         IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
         IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),

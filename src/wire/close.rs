@@ -17,7 +17,14 @@ pub const HELLO_TIMEOUT: VarInt = VarInt::from_u32(3);
 pub const HEARTBEAT_LOST: VarInt = VarInt::from_u32(4);
 /// The allocator is shutting down.
 pub const SHUTDOWN: VarInt = VarInt::from_u32(5);
-/// The allocator could not keep up with the number of handshakes.
+/// The allocator cannot take this worker now; the worker tries again later
+/// (with backoff, until its join deadline).
+///
+/// An application close, and so this code and its reason, can only be sent
+/// once the handshake is done. The allocator refuses attempts *before* any
+/// handshake (that is the point of refusing), so those arrive as QUIC's
+/// transport code `CONNECTION_REFUSED`, without a reason; a worker treats
+/// both the same, as "busy", and the allocator logs the reason instead.
 pub const BUSY: VarInt = VarInt::from_u32(6);
 
 /// Reason text as sent in a close frame: bounded so it fits in one packet.

@@ -9,10 +9,13 @@
 //! thing in `main`: when the process was started by an allocator it runs the
 //! worker and exits; otherwise it returns and `main` goes on as controller.
 
+pub mod attempt;
+pub mod backoff;
 mod exit;
 mod hosted;
 mod procs;
 mod session;
+pub mod welcome;
 
 pub use exit::{after_welcome, before_welcome, WorkerExit};
 pub use hosted::HostedProc;
@@ -24,12 +27,16 @@ use crate::actor::Registry;
 
 use std::time::Duration;
 
+use attempt::AttemptError;
+use backoff::Backoff;
+
 use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
 use crate::config::{TransportConfig, WorkerEnv, ENV_ALLOCATOR_ADDR};
 use crate::exit_code;
 use crate::tls;
-use crate::transport::{self, FramedRecv, FramedSend, StreamError};
-use crate::wire::{AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION};
+use crate::transport::endpoint::resolve;
+use crate::transport::{self, ConnectError, FramedRecv, FramedSend, StreamError};
+use crate::wire::{close, AllocatorToWorker, Hello, Welcome, WorkerToAllocator, PROTOCOL_VERSION};
 
 /// Priority of the control stream: above every mailbox stream, so bulk
 /// traffic cannot delay commands.
@@ -103,6 +110,11 @@ pub async fn run(env: WorkerEnv, registry: Registry) -> WorkerExit {
 }
 
 /// [`run`] with explicit transport timeouts.
+///
+/// Joining is retried (see [`attempt`] for what is retried and why, and
+/// [`backoff`] for when) until `env.join_timeout` has passed since the
+/// start; then the worker exits 69 with the last attempt's reason. Once
+/// welcomed it never reconnects: a lost connection ends the worker.
 pub async fn run_with(
     env: WorkerEnv,
     transport_config: TransportConfig,
@@ -123,69 +135,176 @@ pub async fn run_with(
         Ok(c) => c,
         Err(e) => return config_err(&e),
     };
-    let addr = match transport::endpoint::resolve(&env.allocator_addr).await {
-        Ok(a) => a,
-        Err(e) => return WorkerExit::new(exit_code::UNREACHABLE, e.to_string()),
+    let joined = match join_with_retry(&env, &client_tls, &transport_config).await {
+        Ok(j) => j,
+        Err(exit) => return exit,
     };
-    let limits = Limits::default();
-    let endpoint = match transport::client_endpoint(client_tls, addr, &limits) {
-        Ok(ep) => ep,
-        Err(e) => return WorkerExit::new(exit_code::UNREACHABLE, e.to_string()),
-    };
-    let deadline = tokio::time::Instant::now() + transport_config.connect_timeout;
-    let conn = match transport::connect(
-        &endpoint,
-        addr,
-        &env.server_name,
-        transport_config.connect_timeout,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(transport::ConnectError::Handshake { source, .. }) => return before_welcome(&source),
-        Err(e) => return WorkerExit::new(exit_code::UNREACHABLE, e.to_string()),
-    };
-    tracing::debug!("connected to allocator at {addr}");
-    let joined = tokio::time::timeout_at(deadline, join(&conn, &env)).await;
-    let (control_send, control_recv, welcome) = match joined {
-        Ok(Ok(j)) => j,
-        Ok(Err(exit)) => {
-            endpoint.wait_idle().await;
-            return exit;
-        }
-        Err(_) => {
-            conn.close(crate::wire::close::NORMAL, b"no Welcome in time");
-            return WorkerExit::new(
-                exit_code::UNREACHABLE,
-                format!(
-                    "no Welcome from the allocator at {addr} within {:?}",
-                    transport_config.connect_timeout
-                ),
-            );
-        }
-    };
-    tracing::info!("worker {} joined allocator at {addr}", env.index);
+    tracing::info!(
+        "worker {} joined allocator at {}",
+        env.index,
+        joined.conn.remote_address()
+    );
     let exit = session::Session::new(
-        conn,
-        control_send,
-        control_recv,
-        welcome,
+        joined.conn,
+        joined.control_send,
+        joined.control_recv,
+        joined.welcome,
         env.index,
         Arc::new(registry),
     )
     .run()
     .await;
     // Let close frames reach the allocator before the process ends.
-    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, joined.endpoint.wait_idle()).await;
     exit
 }
 
-/// Opens the control stream, sends Hello and waits for Welcome.
+/// How long a worker waits for its close frame to leave before it exits.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A connection welcomed by the allocator.
+struct Joined {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    control_send: FramedSend,
+    control_recv: FramedRecv,
+    welcome: Welcome,
+}
+
+/// Tries to join until welcomed, a final failure, or the join deadline.
+async fn join_with_retry(
+    env: &WorkerEnv,
+    client_tls: &rustls::ClientConfig,
+    transport_config: &TransportConfig,
+) -> Result<Joined, WorkerExit> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + env.join_timeout;
+    let mut backoff = Backoff::default();
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let limit = transport_config.connect_timeout.min(left);
+        let failure = match join_once(env, client_tls.clone(), limit).await {
+            Ok(joined) => return Ok(joined),
+            Err(failure) => failure,
+        };
+        if !failure.retry {
+            return Err(failure.exit);
+        }
+        let reason = failure.exit.reason;
+        let now = tokio::time::Instant::now();
+        let wait = backoff.after_failure(&mut rand::rng(), now.into_std(), deadline.into_std());
+        let Some(wait) = wait else {
+            return Err(WorkerExit::new(
+                exit_code::UNREACHABLE,
+                format!(
+                    "could not join the allocator at {} within the join deadline of {:?} \
+                     ({attempts} attempts); last: {reason}",
+                    env.allocator_addr, env.join_timeout
+                ),
+            ));
+        };
+        tracing::warn!(
+            "worker {}: join attempt {attempts} failed ({reason}); retrying in {} ms",
+            env.index,
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One attempt: resolve, handshake, Hello, Welcome, all within `limit`.
+async fn join_once(
+    env: &WorkerEnv,
+    client_tls: rustls::ClientConfig,
+    limit: Duration,
+) -> Result<Joined, AttemptError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let addr = match tokio::time::timeout_at(deadline, resolve(&env.allocator_addr)).await {
+        Ok(Ok(addr)) => addr,
+        // The text was checked at start-up: the name may not resolve *yet*.
+        Ok(Err(e)) => return Err(AttemptError::transient(e.to_string())),
+        Err(_) => {
+            return Err(AttemptError::transient(format!(
+                "cannot resolve {:?} within {limit:?}",
+                env.allocator_addr
+            )))
+        }
+    };
+    let endpoint = match transport::client_endpoint(client_tls, addr, &Limits::default()) {
+        Ok(ep) => ep,
+        Err(e) => {
+            return Err(AttemptError::fatal(WorkerExit::new(
+                exit_code::UNREACHABLE,
+                e.to_string(),
+            )))
+        }
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let conn = match transport::connect(&endpoint, addr, &env.server_name, left).await {
+        Ok(c) => c,
+        Err(ConnectError::Handshake { source, .. }) => {
+            let failure = attempt::classify(&source);
+            if !failure.retry {
+                flush_close(&endpoint).await;
+            }
+            return Err(failure);
+        }
+        Err(e @ ConnectError::Timeout { .. }) => {
+            return Err(AttemptError::transient(e.to_string()))
+        }
+        Err(e) => {
+            return Err(AttemptError::fatal(WorkerExit::new(
+                exit_code::UNREACHABLE,
+                e.to_string(),
+            )))
+        }
+    };
+    tracing::debug!("connected to allocator at {addr}");
+    match tokio::time::timeout_at(deadline, join(&conn, env)).await {
+        Ok(Ok((control_send, control_recv, welcome))) => Ok(Joined {
+            endpoint,
+            conn,
+            control_send,
+            control_recv,
+            welcome,
+        }),
+        Ok(Err(failure)) => {
+            if !failure.retry {
+                flush_close(&endpoint).await;
+            }
+            Err(failure)
+        }
+        Err(_) => {
+            // If the allocator did admit us, closing ends that slot: the
+            // next attempt is then told so instead of waiting forever.
+            conn.close(close::NORMAL, b"no Welcome in time");
+            Err(AttemptError::transient(format!(
+                "no Welcome from the allocator at {addr} within {limit:?}"
+            )))
+        }
+    }
+}
+
+/// Gives a close frame we sent a moment to leave before the worker exits.
+async fn flush_close(endpoint: &quinn::Endpoint) {
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+}
+
+/// Opens the control stream, sends Hello and waits for a Welcome it accepts.
+///
+/// The Welcome is checked ([`welcome::check`]) before anything uses it; then
+/// the frame limits and the connection's receive window are raised to it.
 async fn join(
     conn: &quinn::Connection,
     env: &WorkerEnv,
-) -> Result<(FramedSend, FramedRecv, crate::wire::Welcome), WorkerExit> {
-    let lost = |e: &quinn::ConnectionError| before_welcome(e);
+) -> Result<(FramedSend, FramedRecv, Welcome), AttemptError> {
+    let lost = |e: &quinn::ConnectionError| attempt::classify(e);
+    let violation = |why: String| -> AttemptError {
+        conn.close(close::PROTOCOL, &close::reason_bytes(&why));
+        AttemptError::fatal(WorkerExit::new(exit_code::PROTOCOL, why))
+    };
     let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let mut send = FramedSend::new(send, MAX_PRE_ADMISSION_FRAME);
     send.set_priority(CONTROL_PRIORITY);
@@ -197,26 +316,18 @@ async fn join(
         pid: std::process::id(),
         host: host_name(),
     };
-    let on_stream_error = |e: StreamError| -> WorkerExit {
+    let on_stream_error = |e: StreamError| -> AttemptError {
         match e {
             StreamError::Read(quinn::ReadError::ConnectionLost(c))
             | StreamError::Write(quinn::WriteError::ConnectionLost(c)) => lost(&c),
             e if e.is_protocol_violation() => {
-                conn.close(
-                    crate::wire::close::PROTOCOL,
-                    &crate::wire::close::reason_bytes(&e.to_string()),
-                );
-                WorkerExit::new(
-                    exit_code::PROTOCOL,
-                    format!("allocator sent an invalid frame: {e}"),
-                )
+                violation(format!("allocator sent an invalid frame: {e}"))
             }
             e => match conn.close_reason() {
                 Some(c) => lost(&c),
-                None => WorkerExit::new(
-                    exit_code::UNREACHABLE,
-                    format!("control stream failed before Welcome: {e}"),
-                ),
+                None => {
+                    AttemptError::transient(format!("control stream failed before Welcome: {e}"))
+                }
             },
         }
     };
@@ -225,28 +336,14 @@ async fn join(
         .map_err(on_stream_error)?;
     match recv.next::<AllocatorToWorker>().await {
         Ok(Some(AllocatorToWorker::Welcome(w))) => {
-            if let Err(e) = w.heartbeat.validate() {
-                conn.close(
-                    crate::wire::close::PROTOCOL,
-                    &crate::wire::close::reason_bytes(&e.to_string()),
-                );
-                return Err(WorkerExit::new(
-                    exit_code::PROTOCOL,
-                    format!("allocator sent unusable settings: {e}"),
-                ));
-            }
+            let w = welcome::check(&w)
+                .map_err(|e| violation(format!("allocator sent unusable settings: {e}")))?;
             send.set_max_frame(w.limits.max_frame);
             recv.set_max_frame(w.limits.max_frame);
+            transport::endpoint::open_welcomed(conn, &w.limits);
             Ok((send, recv, w))
         }
-        Ok(Some(other)) => {
-            let why = format!("expected Welcome, got {other:?}");
-            conn.close(
-                crate::wire::close::PROTOCOL,
-                &crate::wire::close::reason_bytes(&why),
-            );
-            Err(WorkerExit::new(exit_code::PROTOCOL, why))
-        }
+        Ok(Some(other)) => Err(violation(format!("expected Welcome, got {other:?}"))),
         Ok(None) => Err(lost(&conn.closed().await)),
         Err(e) => Err(on_stream_error(e)),
     }

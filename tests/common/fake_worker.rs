@@ -123,6 +123,7 @@ impl FakeWorker {
         };
         match fake.next_control().await {
             AllocatorToWorker::Welcome(welcome) => {
+                transport::endpoint::open_welcomed(&fake.conn, &welcome.limits);
                 fake.max_frame = welcome.limits.max_frame;
                 fake.control_recv.set_max_frame(welcome.limits.max_frame);
             }
