@@ -116,6 +116,29 @@ pid_gone() {
     [ -z "$state" ] || [ "$state" = Z ]
 }
 
+# Prints TEXT with every character that is special in an extended regular
+# expression escaped.
+regex_quote() {
+    printf '%s' "$1" | sed 's/[][\.*^$+?(){}|]/\\&/g'
+}
+
+# Prints the pid of every live process (other than this shell) whose
+# environment has a line that matches the extended regular expression
+# PATTERN in full, e.g. 'SLURM_CONF=/tmp/x/slurm\.conf'. Used to find what a
+# daemon of ours left behind: its children inherit a variable that names
+# our state folder or port.
+pids_with_env() {
+    local pattern=$1 environ pid
+    for environ in /proc/[0-9]*/environ; do
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        [ "$pid" != $$ ] || continue
+        pid_gone "$pid" && continue
+        { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -qxE -- "$pattern" && echo "$pid"
+    done
+    return 0
+}
+
 # stop_pidfile FILE NAME SECONDS: stops the process named NAME whose pid is
 # in FILE (if it is alive) and removes FILE.
 stop_pidfile() {
