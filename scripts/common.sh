@@ -63,6 +63,7 @@ apt_install_missing() {
         tail -n 30 "${TMPDIR:-/tmp}/quicmesh-apt.log" >&2
         die "apt-get could not install ${missing[*]} (exit $rc; full log in ${TMPDIR:-/tmp}/quicmesh-apt.log)"
     fi
+    rm -f "${TMPDIR:-/tmp}/quicmesh-apt.log"
     for pkg in "${missing[@]}"; do
         pkg_installed "$pkg" || die "apt-get finished but package $pkg is still not installed"
     done
