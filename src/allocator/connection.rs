@@ -165,6 +165,7 @@ impl WorkerSession {
         let welcome = AllocatorToWorker::Welcome(Welcome {
             heartbeat: shared.config.heartbeat,
             limits: shared.config.limits,
+            stop_timeout: shared.config.transport.stop_timeout,
         });
         let mut end: Option<End> = None;
         if let Err(e) = control_send.send(&welcome).await {

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::stop::Stop;
 
+use super::stop_budget::StopDeadlines;
 use crate::actor::{Proc, ProcConfig, Registry};
-use crate::id::ProcId;
+use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
 use crate::transport::{FramedRecv, FramedSend};
 use crate::wire::{close, MailboxFrame, WorkerToAllocator};
@@ -18,21 +20,49 @@ use crate::wire::{close, MailboxFrame, WorkerToAllocator};
 /// Most envelopes handed to a mailbox as one batch.
 const MAX_BATCH: usize = 256;
 
-/// How long a stopping proc may take to flush its mailbox stream.
+/// Longest a stopping proc's writer waits for the allocator to have read
+/// everything (the stop's own deadline may cut it shorter).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running proc and the tasks that move its mailbox stream.
 pub struct HostedProc {
     proc: Proc,
+    events: mpsc::UnboundedSender<WorkerToAllocator>,
     stop_reader: Stop,
     stop_writer: CancellationToken,
+    stop_forwarder: CancellationToken,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     forwarder: JoinHandle<()>,
 }
 
+/// How the stop of a proc went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcStopReport {
+    /// Actors that did not stop by the deadline and were aborted.
+    pub aborted: Vec<ActorId>,
+    /// Mailbox stream tasks that did not end in time and were abandoned.
+    pub abandoned: Vec<&'static str>,
+}
+
+impl ProcStopReport {
+    /// The reason to report with `ProcStopped`: `why`, and which actors were aborted.
+    pub fn reason(&self, why: &str) -> String {
+        if self.aborted.is_empty() {
+            return why.to_string();
+        }
+        let names: Vec<String> = self.aborted.iter().map(|a| a.to_string()).collect();
+        format!(
+            "{why}; aborted, as they did not stop in time: {}",
+            names.join(", ")
+        )
+    }
+}
+
 impl HostedProc {
     /// Starts proc `proc_id` on the mailbox stream `send`/`recv`; its failures go to `events`.
+    ///
+    /// The proc's tasks (and so its actors) run on the runtime of `actors`.
     pub fn start(
         proc_id: ProcId,
         registry: Arc<Registry>,
@@ -40,17 +70,23 @@ impl HostedProc {
         mut send: FramedSend,
         mut recv: FramedRecv,
         events: mpsc::UnboundedSender<WorkerToAllocator>,
+        actors: &Handle,
     ) -> HostedProc {
         let (proc, mut outputs) = Proc::new(proc_id.clone(), registry, config);
         let acks = Arc::new(AckState::default());
         let stop_reader = Stop::new();
         let stop_writer = CancellationToken::new();
-        let (reader_stop, writer_stop) = (stop_reader.clone(), stop_writer.clone());
+        let stop_forwarder = CancellationToken::new();
+        let (reader_stop, writer_stop, forwarder_stop) = (
+            stop_reader.clone(),
+            stop_writer.clone(),
+            stop_forwarder.clone(),
+        );
 
         let reader = {
             let (proc, acks, events, proc_id) =
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
-            tokio::spawn(async move {
+            actors.spawn(async move {
                 // A frame read while gathering a batch that did not belong to it.
                 let mut carried = None;
                 loop {
@@ -110,7 +146,7 @@ impl HostedProc {
         let outbound = outputs.outbound.take();
         let writer = {
             let (proc, events) = (proc.clone(), events.clone());
-            tokio::spawn(async move {
+            actors.spawn(async move {
                 let mut on_sent = |_, _| {};
                 let returner = proc.clone();
                 let mut on_too_large = move |u| returner.returned(u);
@@ -137,24 +173,32 @@ impl HostedProc {
             })
         };
 
-        let forwarder = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    Some(f) = outputs.failures.recv() => {
-                        let _ = events.send(WorkerToAllocator::ActorFailed { actor_id: f.actor_id, reason: f.reason });
+        let forwarder = {
+            let events = events.clone();
+            actors.spawn(async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(f) = outputs.failures.recv() => {
+                            let _ = events.send(WorkerToAllocator::ActorFailed { actor_id: f.actor_id, reason: f.reason });
+                        }
+                        Some(u) = outputs.returned.recv() => {
+                            tracing::debug!("returned to {}: {}", u.envelope.from, u.reason);
+                        }
+                        // Both channels are empty: everything reported so far is forwarded.
+                        _ = forwarder_stop.cancelled() => break,
+                        else => break,
                     }
-                    Some(u) = outputs.returned.recv() => {
-                        tracing::debug!("returned to {}: {}", u.envelope.from, u.reason);
-                    }
-                    else => break,
                 }
-            }
-        });
+            })
+        };
 
         HostedProc {
             proc,
+            events,
             stop_reader,
             stop_writer,
+            stop_forwarder,
             reader,
             writer,
             forwarder,
@@ -166,24 +210,62 @@ impl HostedProc {
         &self.proc
     }
 
-    /// Stops the proc in order: actors' stop hooks, then the stream is flushed and finished.
+    /// Stops the proc in order, within `deadlines`: actors' stop hooks, then
+    /// the stream is flushed and finished.
     ///
+    /// Actors still running at `deadlines.actors` are aborted, reported as
+    /// failed (`ActorFailed` on the events channel) and named in the report.
+    /// Stream tasks still running at `deadlines.streams` are abandoned.
     /// Envelopes that arrive after the actors stopped are not acknowledged,
-    /// so the allocator returns them to their senders.
-    pub async fn stop(self) {
-        self.proc.stop_all().await;
+    /// so the allocator returns them to their senders. This future runs on
+    /// whichever runtime awaits it and only waits: a stuck actor runtime
+    /// delays it to the deadlines, never beyond.
+    pub async fn stop(self, deadlines: StopDeadlines) -> ProcStopReport {
+        let started = tokio::time::Instant::now();
+        let aborted = self.proc.stop_all(deadlines.actors).await;
+        if !aborted.is_empty() {
+            let allowed = deadlines.actors.saturating_duration_since(started);
+            for actor_id in &aborted {
+                let reason = format!(
+                    "did not stop within {allowed:?} of being told to: its task was aborted"
+                );
+                let _ = self.events.send(WorkerToAllocator::ActorFailed {
+                    actor_id: actor_id.clone(),
+                    reason,
+                });
+            }
+        }
+        let mut abandoned = Vec::new();
         self.stop_reader.stop();
-        let _ = self.reader.await;
+        if !end_by(self.reader, deadlines.streams).await {
+            abandoned.push("reader");
+        }
         self.stop_writer.cancel();
-        if tokio::time::timeout(FLUSH_TIMEOUT * 2, self.writer)
-            .await
-            .is_err()
-        {
+        if !end_by(self.writer, deadlines.streams).await {
+            abandoned.push("writer");
+        }
+        self.stop_forwarder.cancel();
+        if !end_by(self.forwarder, deadlines.streams).await {
+            abandoned.push("failure forwarder");
+        }
+        if !abandoned.is_empty() {
             tracing::warn!(
-                "proc {}: mailbox stream not flushed in time",
-                self.proc.id()
+                "proc {}: {} did not end in time, abandoned",
+                self.proc.id(),
+                abandoned.join(", ")
             );
         }
-        self.forwarder.abort();
+        ProcStopReport { aborted, abandoned }
+    }
+}
+
+/// Waits for `task` until `deadline`, else aborts it; whether it ended in time.
+async fn end_by(mut task: JoinHandle<()>, deadline: tokio::time::Instant) -> bool {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(_) => true,
+        Err(_) => {
+            task.abort();
+            false
+        }
     }
 }
