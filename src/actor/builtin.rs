@@ -355,10 +355,11 @@ pub struct Spinner;
 pub enum SpinnerMsg {
     /// Reply `()` (proves it is alive and the proc delivers).
     Ping(PortRef<()>),
-    /// Busy-loop forever without yielding.
-    Spin,
-    /// Block the thread forever in `std::thread::sleep` (no CPU used).
-    BlockThread,
+    /// Reply `()` if given a port, then busy-loop forever without yielding.
+    Spin(Option<PortRef<()>>),
+    /// Reply `()` if given a port, then block the thread forever in
+    /// `std::thread::sleep` (no CPU used).
+    BlockThread(Option<PortRef<()>>),
 }
 
 impl Actor for Spinner {
@@ -373,13 +374,19 @@ impl Actor for Spinner {
     async fn handle(&mut self, msg: SpinnerMsg, ctx: &Context) -> anyhow::Result<()> {
         match msg {
             SpinnerMsg::Ping(port) => Ok(port.send(ctx.client(), ()).await?),
-            SpinnerMsg::Spin => {
+            SpinnerMsg::Spin(port) => {
+                if let Some(port) = port {
+                    port.send(ctx.client(), ()).await?;
+                }
                 tracing::info!("{}: spinning forever", ctx.id());
                 loop {
                     std::hint::spin_loop();
                 }
             }
-            SpinnerMsg::BlockThread => {
+            SpinnerMsg::BlockThread(port) => {
+                if let Some(port) = port {
+                    port.send(ctx.client(), ()).await?;
+                }
                 tracing::info!("{}: blocking its thread forever", ctx.id());
                 loop {
                     std::thread::sleep(Duration::from_secs(1));

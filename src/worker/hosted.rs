@@ -1,4 +1,14 @@
 //! A proc hosted by this worker, wired to its mailbox stream.
+//!
+//! Its tasks are split between the worker's two runtimes (see
+//! [`super::runtimes`]). The tasks that move the stream (reader, writer)
+//! and forward failures run where the session runs, on the transport
+//! runtime: they run no user code, and a handler that blocks its thread
+//! cannot strand them (a task woken by a handler just before it blocks
+//! would otherwise wait in that thread's run slot forever). What does run
+//! user code goes to the actor runtime: the actors themselves, and requests
+//! to the proc (spawning runs a constructor and decodes parameters), which
+//! the reader hands to a system task there, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +25,13 @@ use crate::actor::{Proc, ProcConfig, Registry};
 use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
 use crate::transport::{FramedRecv, FramedSend};
-use crate::wire::{close, MailboxFrame, WorkerToAllocator};
+use crate::wire::{close, Dest, Envelope, MailboxFrame, Undeliverable, WorkerToAllocator};
 
 /// Most envelopes handed to a mailbox as one batch.
 const MAX_BATCH: usize = 256;
+
+/// Requests to the proc itself waiting for its system task; more make the reader wait.
+const SYSTEM_QUEUE: usize = 256;
 
 /// Longest a stopping proc's writer waits for the allocator to have read
 /// everything (the stop's own deadline may cut it shorter).
@@ -28,9 +41,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HostedProc {
     proc: Proc,
     events: mpsc::UnboundedSender<WorkerToAllocator>,
+    stop_system: CancellationToken,
     stop_reader: Stop,
     stop_writer: CancellationToken,
     stop_forwarder: CancellationToken,
+    system: JoinHandle<()>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     forwarder: JoinHandle<()>,
@@ -41,7 +56,7 @@ pub struct HostedProc {
 pub struct ProcStopReport {
     /// Actors that did not stop by the deadline and were aborted.
     pub aborted: Vec<ActorId>,
-    /// Mailbox stream tasks that did not end in time and were abandoned.
+    /// The proc's own tasks that did not end in time and were abandoned.
     pub abandoned: Vec<&'static str>,
 }
 
@@ -59,10 +74,38 @@ impl ProcStopReport {
     }
 }
 
+/// Handles requests to the proc (spawn, stop actor, stats) one at a time, in order, until stopped.
+///
+/// Requests still queued when it stops go back to their senders.
+async fn serve_system(proc: Proc, mut requests: mpsc::Receiver<Envelope>, stop: CancellationToken) {
+    loop {
+        let env = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            env = requests.recv() => match env {
+                Some(env) => env,
+                None => return,
+            },
+        };
+        if let Err(u) = proc.deliver(env).await {
+            proc.return_to_sender(u);
+        }
+    }
+    requests.close();
+    while let Ok(env) = requests.try_recv() {
+        let reason = format!("proc {} is stopping", proc.id());
+        proc.return_to_sender(Undeliverable {
+            envelope: env,
+            reason,
+        });
+    }
+}
+
 impl HostedProc {
     /// Starts proc `proc_id` on the mailbox stream `send`/`recv`; its failures go to `events`.
     ///
-    /// The proc's tasks (and so its actors) run on the runtime of `actors`.
+    /// Its actors and its system task run on the runtime of `actors`; the
+    /// stream tasks on the runtime this is called from.
     pub fn start(
         proc_id: ProcId,
         registry: Arc<Registry>,
@@ -74,6 +117,7 @@ impl HostedProc {
     ) -> HostedProc {
         let (proc, mut outputs) = Proc::new(proc_id.clone(), registry, config);
         let acks = Arc::new(AckState::default());
+        let stop_system = CancellationToken::new();
         let stop_reader = Stop::new();
         let stop_writer = CancellationToken::new();
         let stop_forwarder = CancellationToken::new();
@@ -83,10 +127,13 @@ impl HostedProc {
             stop_forwarder.clone(),
         );
 
+        let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE);
+        let system = actors.spawn(serve_system(proc.clone(), system_rx, stop_system.clone()));
+
         let reader = {
             let (proc, acks, events, proc_id) =
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
-            actors.spawn(async move {
+            tokio::spawn(async move {
                 // A frame read while gathering a batch that did not belong to it.
                 let mut carried = None;
                 loop {
@@ -122,8 +169,23 @@ impl HostedProc {
                                 }
                             }
                             let n = batch.len() as u64;
-                            for u in proc.deliver_batch(batch).await {
-                                proc.return_to_sender(u);
+                            if matches!(batch[0].to, Dest::Proc(_)) {
+                                // Requests to the proc run user code: not here.
+                                for env in batch {
+                                    if let Err(mpsc::error::SendError(env)) =
+                                        system_tx.send(env).await
+                                    {
+                                        let reason = format!("proc {proc_id} is stopping");
+                                        proc.return_to_sender(Undeliverable {
+                                            envelope: env,
+                                            reason,
+                                        });
+                                    }
+                                }
+                            } else {
+                                for u in proc.deliver_batch(batch).await {
+                                    proc.return_to_sender(u);
+                                }
                             }
                             acks.bump_by(n, carried.is_some() || recv.frame_ready());
                         }
@@ -146,7 +208,7 @@ impl HostedProc {
         let outbound = outputs.outbound.take();
         let writer = {
             let (proc, events) = (proc.clone(), events.clone());
-            actors.spawn(async move {
+            tokio::spawn(async move {
                 let mut on_sent = |_, _| {};
                 let returner = proc.clone();
                 let mut on_too_large = move |u| returner.returned(u);
@@ -175,7 +237,7 @@ impl HostedProc {
 
         let forwarder = {
             let events = events.clone();
-            actors.spawn(async move {
+            tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         biased;
@@ -196,9 +258,11 @@ impl HostedProc {
         HostedProc {
             proc,
             events,
+            stop_system,
             stop_reader,
             stop_writer,
             stop_forwarder,
+            system,
             reader,
             writer,
             forwarder,
@@ -222,6 +286,12 @@ impl HostedProc {
     /// delays it to the deadlines, never beyond.
     pub async fn stop(self, deadlines: StopDeadlines) -> ProcStopReport {
         let started = tokio::time::Instant::now();
+        let mut abandoned = Vec::new();
+        // No new actors from here on: requests still queued go back.
+        self.stop_system.cancel();
+        if !end_by(self.system, deadlines.actors).await {
+            abandoned.push("system task");
+        }
         let aborted = self.proc.stop_all(deadlines.actors).await;
         if !aborted.is_empty() {
             let allowed = deadlines.actors.saturating_duration_since(started);
@@ -235,7 +305,6 @@ impl HostedProc {
                 });
             }
         }
-        let mut abandoned = Vec::new();
         self.stop_reader.stop();
         if !end_by(self.reader, deadlines.streams).await {
             abandoned.push("reader");
