@@ -201,7 +201,7 @@ impl Proc {
     /// Spawns actor `A` named `name` here.
     ///
     /// Errors (as text, returned to remote spawners): invalid or taken name,
-    /// or the actor's constructor failed.
+    /// or the actor's constructor failed or panicked.
     pub fn spawn<A: Actor>(&self, name: &str, params: A::Params) -> Result<ActorRef<A>, String> {
         if !is_valid_name(name) {
             return Err(format!(

@@ -69,7 +69,8 @@ impl Registry {
     /// Spawns `actor_type` named `name` on `proc` from encoded parameters.
     ///
     /// Errors (as text for the remote asker): unknown type, parameters that
-    /// do not decode, or the spawn's own errors.
+    /// do not decode (or whose decoding panics), or the spawn's own errors
+    /// (see [`Proc::spawn`]).
     pub fn spawn(
         &self,
         proc: &Proc,

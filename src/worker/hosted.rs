@@ -24,14 +24,12 @@ use super::stop_budget::StopDeadlines;
 use crate::actor::{Proc, ProcConfig, Registry};
 use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
+use crate::queue::{self, QueueError, QueueReceiver};
 use crate::transport::{FramedRecv, FramedSend};
 use crate::wire::{close, Dest, Envelope, MailboxFrame, Undeliverable, WorkerToAllocator};
 
 /// Most envelopes handed to a mailbox as one batch.
 const MAX_BATCH: usize = 256;
-
-/// Requests to the proc itself waiting for its system task; more make the reader wait.
-const SYSTEM_QUEUE: usize = 256;
 
 /// Longest a stopping proc's writer waits for the allocator to have read
 /// everything (the stop's own deadline may cut it shorter).
@@ -77,13 +75,13 @@ impl ProcStopReport {
 /// Handles requests to the proc (spawn, stop actor, stats) one at a time, in order, until stopped.
 ///
 /// Requests still queued when it stops go back to their senders.
-async fn serve_system(proc: Proc, mut requests: mpsc::Receiver<Envelope>, stop: CancellationToken) {
+async fn serve_system(proc: Proc, mut requests: QueueReceiver<Envelope>, stop: CancellationToken) {
     loop {
         let env = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            env = requests.recv() => match env {
-                Some(env) => env,
+            next = requests.recv() => match next {
+                Some((env, _permit)) => env,
                 None => return,
             },
         };
@@ -92,7 +90,7 @@ async fn serve_system(proc: Proc, mut requests: mpsc::Receiver<Envelope>, stop: 
         }
     }
     requests.close();
-    while let Ok(env) = requests.try_recv() {
+    while let Some((env, _permit)) = requests.try_recv() {
         let reason = format!("proc {} is stopping", proc.id());
         proc.return_to_sender(Undeliverable {
             envelope: env,
@@ -127,7 +125,9 @@ impl HostedProc {
             stop_forwarder.clone(),
         );
 
-        let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE);
+        // Requests waiting for the system task count against the same budget
+        // as an actor's mailbox; past it the reader waits, as for a full mailbox.
+        let (system_tx, system_rx) = queue::bounded(config.mailbox_bytes);
         let system = actors.spawn(serve_system(proc.clone(), system_rx, stop_system.clone()));
 
         let reader = {
@@ -172,8 +172,9 @@ impl HostedProc {
                             if matches!(batch[0].to, Dest::Proc(_)) {
                                 // Requests to the proc run user code: not here.
                                 for env in batch {
-                                    if let Err(mpsc::error::SendError(env)) =
-                                        system_tx.send(env).await
+                                    let cost = env.payload.len();
+                                    if let Err(QueueError::Closed(env) | QueueError::Full(env)) =
+                                        system_tx.send(env, cost).await
                                     {
                                         let reason = format!("proc {proc_id} is stopping");
                                         proc.return_to_sender(Undeliverable {

@@ -307,8 +307,8 @@ impl Session {
 
     /// Stops `hosted` in a task of its own; its report arrives on `stopped_rx`.
     ///
-    /// The task only waits (the proc's own tasks run on the actor runtime),
-    /// and every wait is bounded by `deadlines`.
+    /// The task only waits for the proc's own tasks, each wait bounded by
+    /// `deadlines`, so it reports by the streams deadline (plus a moment).
     fn stop_in_background(
         &mut self,
         proc_id: ProcId,
