@@ -142,6 +142,7 @@ async fn a_spinning_handler_harms_no_one_else_and_is_aborted_at_stop() {
     mesh.alloc.stop_worker(w, 5).expect("stop worker");
     let status = mesh.wait_exit(w, STOP_TIMEOUT + MARGIN).await;
     let took = told.elapsed();
+    eprintln!("worker {status} {took:?} after StopAndExit");
     assert_eq!(status, ExitReport::Code(5), "{}", mesh.log());
     assert!(took < STOP_TIMEOUT + MARGIN, "exit took {took:?}");
     assert_aborted_reported(&mut mesh, w, &[spinner.id()], &[near.id(), far.id()]).await;
@@ -169,6 +170,7 @@ async fn stop_and_exit_cuts_off_a_stop_hook_that_never_returns_and_a_blocked_thr
     mesh.alloc.stop_worker(w, 6).expect("stop worker");
     let status = mesh.wait_exit(w, STOP_TIMEOUT + MARGIN).await;
     let took = told.elapsed();
+    eprintln!("worker {status} {took:?} after StopAndExit");
     assert_eq!(status, ExitReport::Code(6), "{}", mesh.log());
     assert!(took < STOP_TIMEOUT + MARGIN, "exit took {took:?}");
     assert_aborted_reported(&mut mesh, w, &[stuck.id(), blocker.id()], &[echo.id()]).await;
@@ -218,6 +220,7 @@ async fn sigterm_ends_a_worker_whose_every_actor_thread_is_blocked() {
     common::signal(pid, libc::SIGTERM);
     let status = mesh.wait_exit(w, STOP_TIMEOUT + MARGIN).await;
     let took = signalled.elapsed();
+    eprintln!("worker {status} {took:?} after SIGTERM");
     assert_eq!(status, ExitReport::Code(0), "{}", mesh.log());
     assert!(took < STOP_TIMEOUT + MARGIN, "exit took {took:?}");
     assert_aborted_reported(&mut mesh, w, &[spinner.id(), blocker.id()], &[]).await;
