@@ -197,6 +197,14 @@ pub fn admitted_receive_window(max_procs_per_worker: u32) -> u64 {
         .min((1 << 62) - 1)
 }
 
+/// Shortest stop timeout an allocator may give its workers: enough for a
+/// proc's stop hooks and stream flush to have a chance at all.
+pub const MIN_STOP_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Longest stop timeout a worker accepts in `Welcome`; it keeps deadline
+/// arithmetic far from overflow whatever an allocator sends.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Timeouts and bounds of the QUIC transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportConfig {
@@ -257,6 +265,15 @@ impl TransportConfig {
                     problem: "must be positive".into(),
                 });
             }
+        }
+        if !(MIN_STOP_TIMEOUT..=MAX_STOP_TIMEOUT).contains(&self.stop_timeout) {
+            return Err(ConfigError::Invalid {
+                name: "stop timeout",
+                value: format!("{:?}", self.stop_timeout),
+                problem: format!(
+                    "must be {MIN_STOP_TIMEOUT:?} to {MAX_STOP_TIMEOUT:?} (workers refuse others)"
+                ),
+            });
         }
         if self.max_pending_handshakes == 0 {
             return Err(ConfigError::Invalid {

@@ -146,6 +146,7 @@ async fn serve(
     let sane = Welcome {
         heartbeat: HeartbeatConfig::default(),
         limits: Limits::default(),
+        stop_timeout: Duration::from_secs(10),
     };
     let welcome = |w: Welcome| AllocatorToWorker::Welcome(w);
     match script(hello.index, attempt) {
@@ -196,6 +197,7 @@ async fn absurd_welcome_values_are_protocol_violations_not_panics() {
     let base = Welcome {
         heartbeat: HeartbeatConfig::default(),
         limits: Limits::default(),
+        stop_timeout: secs(10),
     };
     // (field the message must name, the spoiled Welcome)
     let spoil = |f: &dyn Fn(&mut Welcome)| {
@@ -241,6 +243,8 @@ async fn absurd_welcome_values_are_protocol_violations_not_panics() {
             "limits.max_procs_per_worker",
             spoil(&|w| w.limits.max_procs_per_worker = u32::MAX),
         ),
+        ("stop_timeout", spoil(&|w| w.stop_timeout = Duration::MAX)),
+        ("stop_timeout", spoil(&|w| w.stop_timeout = Duration::ZERO)),
     ];
     let table: Arc<Vec<Welcome>> = Arc::new(cases.iter().map(|(_, w)| w.clone()).collect());
     let fake = FakeAllocator::start(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Actor, ActorRef, Context, PortRef, Registry};
 
@@ -19,6 +19,9 @@ pub fn registry() -> Registry {
         .with::<Recorder>()
         .with::<StopProbe>()
         .with::<Pump>()
+        .with::<Spinner>()
+        .with::<StuckStop>()
+        .with::<Fragile>()
 }
 
 /// Replies with what it is sent.
@@ -410,6 +413,146 @@ impl Actor for StopProbe {
             .await
         {
             tracing::warn!("{}: cannot report stop: {e}", ctx.id());
+        }
+    }
+}
+
+/// Takes its thread and never gives it back: for liveness tests.
+///
+/// Tokio cannot abort a task that never yields, so such an actor can only
+/// end with its process; the runtime must still heartbeat, stop its other
+/// actors and exit on time.
+pub struct Spinner;
+
+/// Messages of [`Spinner`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SpinnerMsg {
+    /// Reply `()` (proves it is alive and the proc delivers).
+    Ping(PortRef<()>),
+    /// Reply `()` if given a port, then busy-loop forever without yielding.
+    Spin(Option<PortRef<()>>),
+    /// Reply `()` if given a port, then block the thread forever in
+    /// `std::thread::sleep` (no CPU used).
+    BlockThread(Option<PortRef<()>>),
+}
+
+impl Actor for Spinner {
+    const NAME: &'static str = "spinner";
+    type Message = SpinnerMsg;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(Spinner)
+    }
+
+    async fn handle(&mut self, msg: SpinnerMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            SpinnerMsg::Ping(port) => Ok(port.send(ctx.client(), ()).await?),
+            SpinnerMsg::Spin(port) => {
+                if let Some(port) = port {
+                    port.send(ctx.client(), ()).await?;
+                }
+                tracing::info!("{}: spinning forever", ctx.id());
+                loop {
+                    std::hint::spin_loop();
+                }
+            }
+            SpinnerMsg::BlockThread(port) => {
+                if let Some(port) = port {
+                    port.send(ctx.client(), ()).await?;
+                }
+                tracing::info!("{}: blocking its thread forever", ctx.id());
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// An actor whose stop hook never returns (it waits forever, yielding).
+pub struct StuckStop;
+
+impl Actor for StuckStop {
+    const NAME: &'static str = "stuck-stop";
+    /// A port to answer: proves it is alive.
+    type Message = PortRef<()>;
+    type Params = ();
+
+    fn new(_: ()) -> anyhow::Result<Self> {
+        Ok(StuckStop)
+    }
+
+    async fn handle(&mut self, port: PortRef<()>, ctx: &Context) -> anyhow::Result<()> {
+        Ok(port.send(ctx.client(), ()).await?)
+    }
+
+    async fn on_stop(&mut self, ctx: &Context) {
+        tracing::info!("{}: stop hook waits forever", ctx.id());
+        std::future::pending::<()>().await
+    }
+}
+
+/// A value whose decoding panics when it is armed: a user `Deserialize` gone wrong.
+///
+/// It travels as a `bool`; `Tripwire(true)` encodes fine and panics when decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tripwire(pub bool);
+
+impl Serialize for Tripwire {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tripwire {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if bool::deserialize(d)? {
+            panic!("tripwire decoded");
+        }
+        Ok(Tripwire(false))
+    }
+}
+
+/// Panics where it is told to: in its constructor, or while its parameters
+/// or a message are decoded. For panic-containment tests.
+pub struct Fragile;
+
+/// Parameters of [`Fragile`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FragileParams {
+    /// Armed: decoding these parameters panics.
+    pub decode: Tripwire,
+    /// `Some(text)`: the constructor panics with this text.
+    pub panic_in_new: Option<String>,
+}
+
+/// Messages of [`Fragile`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FragileMsg {
+    /// Reply `()` (proves it is alive).
+    Ping(PortRef<()>),
+    /// Reply `()`; decoding this message panics if the tripwire is armed.
+    Trip(Tripwire, PortRef<()>),
+}
+
+impl Actor for Fragile {
+    const NAME: &'static str = "fragile";
+    type Message = FragileMsg;
+    type Params = FragileParams;
+
+    fn new(params: FragileParams) -> anyhow::Result<Self> {
+        if let Some(why) = params.panic_in_new {
+            panic!("{why}");
+        }
+        Ok(Fragile)
+    }
+
+    async fn handle(&mut self, msg: FragileMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            FragileMsg::Ping(port) | FragileMsg::Trip(_, port) => {
+                Ok(port.send(ctx.client(), ()).await?)
+            }
         }
     }
 }

@@ -18,6 +18,7 @@
 //! from a forged one.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +29,7 @@ use crate::stop::Stop;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::cell::{self, Delivery};
+use super::cell::{self, panic_message, Delivery};
 use super::client::{Client, SendError};
 use super::outlet::Outlet;
 use super::refs::ActorRef;
@@ -41,6 +42,21 @@ use crate::wire::{bounded_text, codec, Dest, Envelope, ProcStats, SystemMsg, Und
 
 /// Longest reason kept from a failed ask's port failure, in bytes.
 const MAX_PORT_FAILURE: usize = 512;
+
+/// How long an aborted actor task gets to be dropped before its proc moves on.
+const ABORT_GRACE: Duration = Duration::from_millis(100);
+
+/// Why an actor that had to be aborted is reported failed.
+fn aborted_reason(timeout: Duration) -> String {
+    format!("did not stop within {timeout:?} of being told to: its task was aborted")
+}
+
+/// The instant `timeout` from now (far in the future if that does not fit).
+fn deadline_in(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
 
 /// Why an envelope was not delivered at once.
 pub(crate) enum NotDelivered {
@@ -64,7 +80,8 @@ pub struct ActorFailure {
 pub struct ProcConfig {
     /// Byte budget of each actor's mailbox and of the proc's outbound queue.
     pub mailbox_bytes: usize,
-    /// How long an actor's stop hook may take.
+    /// How long an actor told to stop may take to finish the message it is
+    /// handling and run its stop hook; past it, its task is aborted.
     pub stop_timeout: Duration,
     /// Default timeout of `ask`.
     pub ask_timeout: Duration,
@@ -179,14 +196,28 @@ impl Proc {
     /// Spawns actor `A` named `name` here.
     ///
     /// Errors (as text, returned to remote spawners): invalid or taken name,
-    /// or the actor's constructor failed.
+    /// or the actor's constructor failed or panicked.
     pub fn spawn<A: Actor>(&self, name: &str, params: A::Params) -> Result<ActorRef<A>, String> {
         if !is_valid_name(name) {
             return Err(format!(
                 "invalid actor name {name:?}: use 1-128 characters of [A-Za-z0-9_-]"
             ));
         }
-        let actor = A::new(params).map_err(|e| format!("{} constructor failed: {e:#}", A::NAME))?;
+        // A panicking constructor is user code failing like any other: it
+        // refuses the spawn, it must not take down the task that asked.
+        let actor = match catch_unwind(AssertUnwindSafe(|| A::new(params))) {
+            Ok(Ok(actor)) => actor,
+            Ok(Err(e)) => return Err(format!("{} constructor failed: {e:#}", A::NAME)),
+            Err(panic) => {
+                let why = format!(
+                    "{} constructor panicked: {}",
+                    A::NAME,
+                    panic_message(&*panic)
+                );
+                tracing::warn!("spawn of {name} on {} refused: {why}", self.id());
+                return Err(why);
+            }
+        };
         let mut actors = lock(&self.inner.actors);
         if actors.contains_key(name) {
             return Err(format!("actor {name} already exists on {}", self.id()));
@@ -643,41 +674,96 @@ impl Proc {
         });
     }
 
-    /// Stops actor `name` (its stop hook runs) and waits for it.
+    /// Stops actor `name` (its stop hook runs) and waits for it, at most the stop timeout.
     ///
-    /// Errors: no such actor.
+    /// Errors: no such actor; or it did not stop within
+    /// [`ProcConfig::stop_timeout`], so its task was aborted (that is also
+    /// reported as the actor's failure). A task that never yields cannot be
+    /// aborted: it keeps its thread, but the actor no longer gets messages.
     pub async fn stop_actor(&self, name: &str) -> Result<(), String> {
-        let task = {
+        let (id, task) = {
             let mut actors = lock(&self.inner.actors);
             match actors.get_mut(name) {
                 Some(slot) => {
                     slot.stop.stop();
-                    slot.task.take()
+                    (self.id().actor(name, slot.pid), slot.task.take())
                 }
                 None => return Err(format!("actor {name} not found on {}", self.id())),
             }
         };
-        if let Some(task) = task {
-            let _ = task.await;
+        // Without a task, another stop of this actor is under way.
+        let Some(task) = task else { return Ok(()) };
+        let timeout = self.inner.config.stop_timeout;
+        let aborted = self
+            .await_stopped(vec![(id, task)], deadline_in(timeout))
+            .await;
+        match aborted.into_iter().next() {
+            None => Ok(()),
+            Some(id) => {
+                let why = aborted_reason(timeout);
+                self.report_failure(&id, why.clone());
+                Err(format!("actor {id} {why}"))
+            }
         }
-        Ok(())
     }
 
-    /// Stops every actor (stop hooks run, each within the stop timeout) and waits for them.
-    pub async fn stop_all(&self) {
-        let tasks: Vec<JoinHandle<()>> = {
+    /// Stops every actor and waits for them until `deadline`; returns those that had to be aborted.
+    ///
+    /// Each actor finishes the message it is handling, then runs its stop
+    /// hook; one still running at `deadline` has its task aborted and is
+    /// forgotten, so nothing more is delivered to it. Unlike
+    /// [`Proc::stop_actor`] this does not report them: the caller, which is
+    /// shutting the proc down, says which actors were aborted in its own
+    /// report (by then the path that forwards failures may be gone).
+    pub async fn stop_all(&self, deadline: tokio::time::Instant) -> Vec<ActorId> {
+        let tasks: Vec<(ActorId, JoinHandle<()>)> = {
             let mut actors = lock(&self.inner.actors);
             actors
-                .values_mut()
-                .filter_map(|slot| {
+                .iter_mut()
+                .filter_map(|(name, slot)| {
                     slot.stop.stop();
-                    slot.task.take()
+                    let id = self.id().actor(name.as_str(), slot.pid);
+                    slot.task.take().map(|task| (id, task))
                 })
                 .collect()
         };
-        for task in tasks {
-            let _ = task.await;
+        self.await_stopped(tasks, deadline).await
+    }
+
+    /// Waits for actor tasks until `deadline`, then aborts and forgets the late ones; returns them.
+    async fn await_stopped(
+        &self,
+        tasks: Vec<(ActorId, JoinHandle<()>)>,
+        deadline: tokio::time::Instant,
+    ) -> Vec<ActorId> {
+        let waits = tasks.into_iter().map(|(id, mut task)| async move {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(_) => None,
+                Err(_) => {
+                    task.abort();
+                    Some((id, task))
+                }
+            }
+        });
+        let late: Vec<(ActorId, JoinHandle<()>)> = futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        for (id, _) in &late {
+            tracing::warn!("actor {id} did not stop in time: aborted");
+            self.forget_actor(id);
         }
+        // An aborted task that yields is dropped at once, which returns what
+        // was left in its mailbox; give that a moment before the caller
+        // closes the proc's way out. One that never yields cannot be waited for.
+        let grace = tokio::time::Instant::now() + ABORT_GRACE;
+        let mut aborted = Vec::with_capacity(late.len());
+        for (id, task) in late {
+            let _ = tokio::time::timeout_at(grace, task).await;
+            aborted.push(id);
+        }
+        aborted
     }
 
     /// Queue occupancy of this proc.

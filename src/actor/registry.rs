@@ -1,6 +1,9 @@
 //! Actor types by name, so a worker can spawn what the controller asks for.
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::cell::panic_message;
 
 use super::proc::Proc;
 use super::Actor;
@@ -15,9 +18,28 @@ pub struct Registry {
     types: BTreeMap<&'static str, SpawnFn>,
 }
 
+/// Decodes `A`'s parameters and spawns it; every failure is text for the spawner.
+///
+/// Decoding runs the parameters' `Deserialize`, which is user code: a panic
+/// there refuses the spawn like a decoding error, instead of ending the task
+/// that reads the proc's mailbox stream.
 fn spawn_erased<A: Actor>(proc: &Proc, name: &str, params: &[u8]) -> Result<ActorId, String> {
-    let params: A::Params = codec::decode(params)
-        .map_err(|e| format!("parameters do not decode as those of {}: {e}", A::NAME))?;
+    let params: A::Params = match catch_unwind(AssertUnwindSafe(|| codec::decode(params))) {
+        Ok(Ok(params)) => params,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "parameters do not decode as those of {}: {e}",
+                A::NAME
+            ))
+        }
+        Err(panic) => {
+            return Err(format!(
+                "decoding the parameters of {} panicked: {}",
+                A::NAME,
+                panic_message(&*panic)
+            ))
+        }
+    };
     proc.spawn::<A>(name, params).map(|r| r.id().clone())
 }
 
@@ -47,7 +69,8 @@ impl Registry {
     /// Spawns `actor_type` named `name` on `proc` from encoded parameters.
     ///
     /// Errors (as text for the remote asker): unknown type, parameters that
-    /// do not decode, or the spawn's own errors.
+    /// do not decode (or whose decoding panics), or the spawn's own errors
+    /// (see [`Proc::spawn`]).
     pub fn spawn(
         &self,
         proc: &Proc,

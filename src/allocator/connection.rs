@@ -71,6 +71,7 @@ impl WorkerSession {
         let welcome = AllocatorToWorker::Welcome(Welcome {
             heartbeat: config.heartbeat,
             limits: config.limits,
+            stop_timeout: config.transport.stop_timeout,
         });
         let (mut session, actions) = Session::start(
             welcome,

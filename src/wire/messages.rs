@@ -4,6 +4,8 @@
 //! [`AllocatorToWorker`] the other; datagrams carry [`Heartbeat`]; the first
 //! frame of every mailbox stream is a [`MailboxOpen`].
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HeartbeatConfig, Limits};
@@ -34,6 +36,9 @@ pub struct Welcome {
     pub heartbeat: HeartbeatConfig,
     /// Limits both sides enforce from now on.
     pub limits: Limits,
+    /// How long the allocator waits for `Leaving` after `StopAndExit`; the
+    /// worker plans its own stop to end within it.
+    pub stop_timeout: Duration,
 }
 
 /// Frames a worker sends on its control stream.

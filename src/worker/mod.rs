@@ -14,12 +14,15 @@ pub mod backoff;
 mod exit;
 mod hosted;
 mod procs;
+pub mod runtimes;
 mod session;
+mod stop_budget;
 pub mod welcome;
 
 pub use exit::{after_welcome, before_welcome, WorkerExit};
-pub use hosted::HostedProc;
+pub use hosted::{HostedProc, ProcStopReport};
 pub use procs::{ProcTable, ProcTableError};
+pub use stop_budget::{StopBudget, StopDeadlines, MAX_STOP_TIMEOUT};
 
 use std::sync::Arc;
 
@@ -72,32 +75,18 @@ pub fn finish(exit: WorkerExit) -> ! {
     std::process::exit(exit.code)
 }
 
-/// Runs a worker to its end on a new runtime, from synchronous code.
+/// Runs a worker to its end on runtimes of its own, from synchronous code.
+///
+/// The connection, heartbeats and session run on a transport thread of
+/// their own, the actors on `QUICMESH_WORKER_THREADS` other threads (see
+/// [`runtimes`]), so no actor, stuck or not, can delay a heartbeat or an
+/// exit. Returns as soon as the worker's run ends, without waiting for actor
+/// tasks: the caller is expected to exit the process (as [`finish`] does).
 pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
-    let threads = std::env::var("QUICMESH_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2);
-    let job = move || match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("quicmesh-worker")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(run(env, registry)),
-        Err(e) => WorkerExit::new(
-            exit_code::CONFIG,
-            format!("cannot start tokio runtime: {e}"),
-        ),
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        match std::thread::spawn(job).join() {
-            Ok(exit) => exit,
-            Err(_) => WorkerExit::new(exit_code::CONFIG, "worker thread panicked"),
-        }
-    } else {
-        job()
+    let threads = runtimes::actor_threads();
+    match runtimes::run_on_worker_runtimes(threads, move || run(env, registry)) {
+        Ok(exit) => exit,
+        Err(e) => WorkerExit::new(exit_code::CONFIG, e),
     }
 }
 

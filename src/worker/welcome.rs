@@ -12,7 +12,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::MAX_PRE_ADMISSION_FRAME;
-pub use crate::config::{MAX_HEARTBEAT_TIMEOUT, MIN_HEARTBEAT_INTERVAL};
+pub use crate::config::{
+    MAX_HEARTBEAT_TIMEOUT, MAX_STOP_TIMEOUT, MIN_HEARTBEAT_INTERVAL, MIN_STOP_TIMEOUT,
+};
 use crate::wire::Welcome;
 
 /// Largest frame this worker agrees to read or write: each frame is one
@@ -114,6 +116,13 @@ pub fn check(welcome: &Welcome) -> Result<Welcome, WelcomeError> {
         1,
         MAX_PROCS_PER_WORKER,
     )?;
+    if !(MIN_STOP_TIMEOUT..=MAX_STOP_TIMEOUT).contains(&welcome.stop_timeout) {
+        return Err(out_of_range(
+            "stop_timeout",
+            welcome.stop_timeout,
+            format!("{MIN_STOP_TIMEOUT:?} to {MAX_STOP_TIMEOUT:?}"),
+        ));
+    }
     Ok(welcome.clone())
 }
 
@@ -126,6 +135,7 @@ mod tests {
         Welcome {
             heartbeat: HeartbeatConfig::default(),
             limits: Limits::default(),
+            stop_timeout: Duration::from_secs(10),
         }
     }
 
@@ -188,6 +198,11 @@ mod tests {
                 "limits.max_procs_per_worker",
                 Box::new(|w| w.limits.max_procs_per_worker = u32::MAX),
             ),
+            (
+                "stop_timeout",
+                Box::new(|w| w.stop_timeout = Duration::ZERO),
+            ),
+            ("stop_timeout", Box::new(|w| w.stop_timeout = Duration::MAX)),
         ];
         for (field, spoil) in cases {
             let mut w = welcome();
