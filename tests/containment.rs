@@ -193,24 +193,6 @@ impl Scene {
         fake
     }
 
-    /// Waits for `proc_id` to be reported failed; returns the reason.
-    async fn wait_failed(&mut self, proc_id: &ProcId, within: Duration) -> String {
-        let event = self
-            .mesh
-            .ensure(within, &format!("{proc_id} failed"), |e| {
-                matches!(e, AllocEvent::Proc { proc_id: p, state: ProcState::Failed { .. }, .. }
-                    if p == proc_id)
-            })
-            .await;
-        match event {
-            AllocEvent::Proc {
-                state: ProcState::Failed { reason },
-                ..
-            } => reason,
-            _ => unreachable!(),
-        }
-    }
-
     /// Ends the test: the attacker leaves, more healthy traffic, memory
     /// bound, healthy workers untouched, then everything stopped in order.
     async fn finish(mut self, fake: FakeWorker) {
@@ -276,7 +258,7 @@ async fn return_flood_to_unknown_procs_while_never_reading() {
     };
     let (sent, _) = tokio::join!(attack, s.healthy_traffic(1000));
     eprintln!("the attacker wrote {sent} MiB of envelopes to nowhere");
-    let reason = s.wait_failed(&a, SOON).await;
+    let reason = s.mesh.wait_failed(&a, SOON).await;
     assert!(
         reason.contains("returned messages not read"),
         "A failed for another reason: {reason}"
@@ -301,13 +283,13 @@ async fn envelopes_with_oversized_ids() {
     let huge_to = Dest::Actor(actor_with_name_len(&s.procs[1], 8 << 20));
     let env = envelope(&a, 0, huge_to, Vec::new());
     fake.send_frame(&a, &MailboxFrame::Envelope(env)).await;
-    let reason = s.wait_failed(&a, SOON).await;
+    let reason = s.mesh.wait_failed(&a, SOON).await;
     assert!(reason.contains("invalid name"), "A: {reason}");
     // The same as the sender.
     let mut env = envelope(&b, 0, Dest::Actor(s.echo1.id().clone()), Vec::new());
     env.from = actor_with_name_len(&b, 8 << 20);
     fake.send_frame(&b, &MailboxFrame::Envelope(env)).await;
-    let reason = s.wait_failed(&b, SOON).await;
+    let reason = s.mesh.wait_failed(&b, SOON).await;
     assert!(reason.contains("invalid name"), "B: {reason}");
     s.healthy_traffic(500).await;
     // C was not involved and still carries messages both ways.
@@ -335,7 +317,7 @@ async fn forged_and_bogus_returns() {
     );
     fake.send_frame(&procs[0], &MailboxFrame::Undeliverable(forged))
         .await;
-    let reason = s.wait_failed(&procs[0], SOON).await;
+    let reason = s.mesh.wait_failed(&procs[0], SOON).await;
     assert!(reason.contains("refusing them"), "{reason}");
     // A refusal of an envelope never sent.
     let bogus = MailboxFrame::Refused {
@@ -343,7 +325,7 @@ async fn forged_and_bogus_returns() {
         reason: "never sent".into(),
     };
     fake.send_frame(&procs[1], &bogus).await;
-    let reason = s.wait_failed(&procs[1], SOON).await;
+    let reason = s.mesh.wait_failed(&procs[1], SOON).await;
     assert!(reason.contains("refusal of envelope 5"), "{reason}");
     // A refusal of an envelope already acknowledged: one genuine envelope
     // from the controller, acknowledged, then refused.
@@ -371,7 +353,7 @@ async fn forged_and_bogus_returns() {
         },
     )
     .await;
-    let reason = s.wait_failed(&procs[2], SOON).await;
+    let reason = s.mesh.wait_failed(&procs[2], SOON).await;
     assert!(reason.contains("already acknowledged"), "{reason}");
     // A genuine refusal before the ack: the controller gets its own copy back,
     // certainly not delivered, with the worker's (bounded) reason.
@@ -591,7 +573,7 @@ async fn a_stalled_proc_delays_only_its_senders_and_is_failed() {
         "healthy traffic took until the stalled proc was failed ({:?})",
         started.elapsed()
     );
-    let reason = s.wait_failed(&a, STALL + SOON).await;
+    let reason = s.mesh.wait_failed(&a, STALL + SOON).await;
     assert!(reason.contains("stalled"), "{reason}");
     assert!(
         started.elapsed() >= STALL,

@@ -16,7 +16,7 @@ use common::fake_worker::FakeWorker;
 use common::{TestMesh, SOON};
 use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::Client;
-use quicmesh::allocator::{AllocEvent, ProcState};
+use quicmesh::allocator::AllocEvent;
 use quicmesh::config::Limits;
 use quicmesh::wire::{close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen};
 use quicmesh::{ActorRef, ProcId};
@@ -75,24 +75,6 @@ impl Scene {
             .await;
         match event {
             AllocEvent::MailboxRejected { reason, .. } => reason,
-            _ => unreachable!(),
-        }
-    }
-
-    /// Waits for `proc_id` to be reported failed; returns the reason.
-    async fn wait_failed(&mut self, proc_id: &ProcId) -> String {
-        let event = self
-            .mesh
-            .ensure(SOON, &format!("{proc_id} failed"), |e| {
-                matches!(e, AllocEvent::Proc { proc_id: p, state: ProcState::Failed { .. }, .. }
-                    if p == proc_id)
-            })
-            .await;
-        match event {
-            AllocEvent::Proc {
-                state: ProcState::Failed { reason },
-                ..
-            } => reason,
             _ => unreachable!(),
         }
     }
@@ -328,7 +310,7 @@ async fn violation_on_a(tag: &str, bad: impl FnOnce(&Scene) -> Vec<u8>, needles:
 
     let bytes = bad(&s);
     fake.send_raw(&a, &bytes).await;
-    let reason = s.wait_failed(&a).await;
+    let reason = s.mesh.wait_failed(&a, SOON).await;
     for needle in needles {
         assert!(
             reason.contains(needle),

@@ -172,6 +172,13 @@ struct ChildSlot {
     kill: mpsc::UnboundedSender<Duration>,
 }
 
+/// What was refused: a connection from an address, or a stream of a worker.
+#[derive(Clone, Copy)]
+enum Refused {
+    Connection(SocketAddr),
+    Stream(u32),
+}
+
 /// Refusal counters and the throttles of their events.
 struct Refusals {
     stats: RefusalStats,
@@ -209,40 +216,51 @@ impl Shared {
 
     /// Counts a connection refused before admission; reports it at a limited rate.
     pub(crate) fn connection_refused(&self, addr: SocketAddr, reason: String) {
-        let reason = bounded_text(&reason, MAX_REFUSAL_REASON);
-        let mut refusals = lock(&self.refusals);
-        refusals.stats.connections += 1;
-        refusals.stats.last_connection_reason = Some(reason.clone());
-        let admitted = refusals.connections.admit(std::time::Instant::now());
-        drop(refusals);
-        if let Some(suppressed) = admitted {
-            let event = AllocEvent::WorkerRejected {
-                addr,
-                reason,
-                suppressed,
-            };
-            tracing::warn!("{event}");
-            self.emit(event);
-        }
+        self.refused(Refused::Connection(addr), reason);
     }
 
     /// Counts a mailbox stream rejected; reports it at a limited rate.
     pub(crate) fn stream_rejected(&self, worker: u32, reason: String) {
+        self.refused(Refused::Stream(worker), reason);
+    }
+
+    /// Counts a refusal and keeps its (bounded) reason; emits and logs an
+    /// event for it unless its kind's throttle says enough were reported.
+    fn refused(&self, what: Refused, reason: String) {
         let reason = bounded_text(&reason, MAX_REFUSAL_REASON);
         let mut refusals = lock(&self.refusals);
-        refusals.stats.streams += 1;
-        refusals.stats.last_stream_reason = Some(reason.clone());
-        let admitted = refusals.streams.admit(std::time::Instant::now());
+        let Refusals {
+            stats,
+            connections,
+            streams,
+        } = &mut *refusals;
+        let (count, last, throttle) = match what {
+            Refused::Connection(_) => (
+                &mut stats.connections,
+                &mut stats.last_connection_reason,
+                connections,
+            ),
+            Refused::Stream(_) => (&mut stats.streams, &mut stats.last_stream_reason, streams),
+        };
+        *count += 1;
+        *last = Some(reason.clone());
+        let admitted = throttle.admit(std::time::Instant::now());
         drop(refusals);
-        if let Some(suppressed) = admitted {
-            let event = AllocEvent::MailboxRejected {
+        let Some(suppressed) = admitted else { return };
+        let event = match what {
+            Refused::Connection(addr) => AllocEvent::WorkerRejected {
+                addr,
+                reason,
+                suppressed,
+            },
+            Refused::Stream(worker) => AllocEvent::MailboxRejected {
                 worker,
                 reason,
                 suppressed,
-            };
-            tracing::warn!("{event}");
-            self.emit(event);
-        }
+            },
+        };
+        tracing::warn!("{event}");
+        self.emit(event);
     }
 
     pub(crate) fn lock_admission(&self) -> MutexGuard<'_, Admission> {

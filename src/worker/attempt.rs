@@ -107,14 +107,8 @@ pub fn classify(err: &ConnectionError) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quinn::VarInt;
 
-    fn app(code: VarInt, reason: &str) -> ConnectionError {
-        ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-            error_code: code,
-            reason: reason.as_bytes().to_vec().into(),
-        })
-    }
+    use super::super::exit::app;
 
     fn transport(code: TransportErrorCode) -> ConnectionError {
         ConnectionError::ConnectionClosed(quinn::ConnectionClose {

@@ -113,17 +113,18 @@ pub fn after_welcome(err: &ConnectionError) -> WorkerExit {
     }
 }
 
+/// A connection closed by the peer with `code` and `reason` (for tests).
+#[cfg(test)]
+pub(super) fn app(code: quinn::VarInt, reason: &str) -> ConnectionError {
+    ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+        error_code: code,
+        reason: reason.as_bytes().to_vec().into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quinn::VarInt;
-
-    fn app(code: VarInt, reason: &str) -> ConnectionError {
-        ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-            error_code: code,
-            reason: reason.as_bytes().to_vec().into(),
-        })
-    }
 
     #[test]
     fn rejection_is_77_with_the_allocators_reason() {

@@ -200,6 +200,23 @@ impl TestMesh {
         self.wait_for(within, what, pred).await
     }
 
+    /// Waits (or finds already seen) `proc_id` reported failed; returns the reason.
+    pub async fn wait_failed(&mut self, proc_id: &quicmesh::ProcId, within: Duration) -> String {
+        let event = self
+            .ensure(within, &format!("{proc_id} failed"), |e| {
+                matches!(e, AllocEvent::Proc { proc_id: p, state: ProcState::Failed { .. }, .. }
+                    if p == proc_id)
+            })
+            .await;
+        match event {
+            AllocEvent::Proc {
+                state: ProcState::Failed { reason },
+                ..
+            } => reason,
+            _ => unreachable!("ensure returns what matched"),
+        }
+    }
+
     /// Collects every event for `dur`.
     pub async fn collect_for(&mut self, dur: Duration) -> Vec<AllocEvent> {
         let deadline = tokio::time::Instant::now() + dur;
