@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use quicmesh::config::{self, WorkerEnv};
+use quicmesh::tls::DevCertOptions;
 use quicmesh::worker::{self, WorkerExit};
 
 /// A mesh of worker processes over QUIC with mutual TLS.
@@ -90,7 +91,8 @@ fn main() -> ExitCode {
     quicmesh::logging::init();
     match cli.command {
         Command::Certs { dir, force, sans } => {
-            match quicmesh::tls::generate_dev_certs(&dir, &sans, force) {
+            let options = DevCertOptions::new().sans(sans).force(force);
+            match quicmesh::tls::generate_dev_certs(&dir, &options) {
                 Ok(paths) => {
                     for p in paths.all() {
                         println!("wrote {}", p.display());

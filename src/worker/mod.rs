@@ -123,15 +123,15 @@ pub async fn run_with(
     let config_err = |e: &dyn std::fmt::Display| {
         WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
     };
-    let roots = match tls::load_roots(&env.ca) {
+    let roots = match tls::load::load_roots(&env.ca) {
         Ok(r) => r,
         Err(e) => return config_err(&e),
     };
-    let identity = match tls::load_identity(&env.cert, &env.key) {
+    let identity = match tls::load::load_identity(&env.cert, &env.key) {
         Ok(i) => i,
         Err(e) => return config_err(&e),
     };
-    let client_tls = match tls::client_config(roots, identity) {
+    let client_tls = match tls::rustls_config::client_config(roots, identity) {
         Ok(c) => c,
         Err(e) => return config_err(&e),
     };
