@@ -97,7 +97,7 @@ impl Clone for Identity {
 /// Errors name the file: [`TlsError::Expired`] or [`TlsError::NotYetValid`]
 /// for the certificate file when the leaf is outside its validity period,
 /// [`TlsError::KeyMismatch`] naming both files when the key belongs to
-/// another certificate, plus everything [`load_certs`] and [`load_key`]
+/// another certificate, plus everything `load_certs` and `load_key`
 /// report.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let chain = load_certs(cert)?;

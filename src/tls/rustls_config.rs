@@ -24,7 +24,7 @@ pub(crate) const ALPN: &[u8] = b"quicmesh/1";
 ///
 /// TLS 1.3 only (QUIC requires it), *ring* provider, client certificates
 /// **required** and verified against `roots` (so only workers holding a
-/// certificate from the mesh CA can connect), ALPN = [`ALPN`], and
+/// certificate from the mesh CA can connect), ALPN = `quicmesh/1`, and
 /// `max_early_data_size = 0`: 0-RTT data can be replayed by an attacker, and
 /// nothing quicmesh sends is worth that.
 pub fn server_config(roots: RootCertStore, identity: Identity) -> Result<ServerConfig, TlsError> {
@@ -48,7 +48,7 @@ pub fn server_config(roots: RootCertStore, identity: Identity) -> Result<ServerC
 /// The rustls client configuration for a worker.
 ///
 /// TLS 1.3 only, *ring* provider, the allocator verified against `roots`,
-/// the worker authenticating with `identity`, ALPN = [`ALPN`], and
+/// the worker authenticating with `identity`, ALPN = `quicmesh/1`, and
 /// `enable_early_data = false` (no replayable 0-RTT data).
 pub fn client_config(roots: RootCertStore, identity: Identity) -> Result<ClientConfig, TlsError> {
     let mut config = client_builder(roots)?
