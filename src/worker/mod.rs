@@ -8,6 +8,9 @@
 //! A user's binary becomes a worker by calling [`bootstrap_or_die`] first
 //! thing in `main`: when the process was started by an allocator it runs the
 //! worker and exits; otherwise it returns and `main` goes on as controller.
+//! What a worker is told (allocator address, index, token, certificates...)
+//! is defined once, flags and `QUICMESH_*` variables alike, in
+//! [`WorkerSettings`].
 
 pub mod attempt;
 pub mod backoff;
@@ -15,11 +18,13 @@ mod exit;
 mod hosted;
 mod procs;
 mod session;
+mod settings;
 pub mod welcome;
 
 pub use exit::{after_welcome, before_welcome, WorkerExit};
 pub use hosted::HostedProc;
 pub use procs::{ProcTable, ProcTableError};
+pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
 
 use std::sync::Arc;
 
@@ -31,7 +36,7 @@ use attempt::AttemptError;
 use backoff::Backoff;
 
 use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
-use crate::config::{TransportConfig, WorkerEnv, ENV_ALLOCATOR_ADDR};
+use crate::config::{TransportConfig, ENV_ALLOCATOR_ADDR};
 use crate::exit_code;
 use crate::tls;
 use crate::transport::endpoint::resolve;
@@ -45,21 +50,45 @@ pub const CONTROL_PRIORITY: i32 = 100;
 /// Runs this process as a worker if an allocator started it, else returns.
 ///
 /// "Started by an allocator" means `QUICMESH_ALLOCATOR_ADDR` is set. Then the
-/// rest of the environment (design §4) is read, the worker runs, and the
-/// process exits with the worker's exit code; on a configuration error it
-/// exits 78 naming the variable. Call it before anything else in `main`; it
-/// starts its own tokio runtime (on a separate thread if one is running).
-/// `registry` holds the actor types the controller may spawn here.
+/// rest of the environment is read ([`WorkerSettings::from_env`]), the worker
+/// runs, and the process exits with the worker's exit code; on a
+/// configuration error it exits 78 naming the variable (and the flag of
+/// `quicmesh worker` that would set it). Call it before anything else in
+/// `main`; it starts its own tokio runtime (on a separate thread if one is
+/// running). `registry` holds the actor types the controller may spawn here.
 pub fn bootstrap_or_die(registry: &Registry) {
     if std::env::var_os(ENV_ALLOCATOR_ADDR).is_none() {
         return;
     }
+    match WorkerSettings::from_env() {
+        Ok(settings) => run_and_exit(&settings, registry),
+        Err(e) => {
+            crate::logging::init();
+            finish(config_error(&e))
+        }
+    }
+}
+
+/// Checks `settings`, runs the worker, and ends the process with its exit
+/// code; never returns.
+///
+/// Settings that fail [`WorkerSettings::validate`] end it at once with 78
+/// ([`exit_code::CONFIG`]) and a line naming the variable and the flag. Sets
+/// up logging ([`crate::logging::init`]) unless the program already did.
+/// This is what `quicmesh worker` and [`bootstrap_or_die`] do, for a program
+/// that flattens [`WorkerSettings`] into its own command line.
+pub fn run_and_exit(settings: &WorkerSettings, registry: &Registry) -> ! {
     crate::logging::init();
-    let exit = match WorkerEnv::from_env() {
+    let exit = match settings.validate() {
         Ok(env) => run_blocking(env, registry.clone()),
-        Err(e) => WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}")),
+        Err(e) => config_error(&e),
     };
     finish(exit)
+}
+
+/// The exit for settings that cannot be used.
+fn config_error(e: &SettingsError) -> WorkerExit {
+    WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
 }
 
 /// Logs `exit` in one line and ends the process with its code.
@@ -72,13 +101,13 @@ pub fn finish(exit: WorkerExit) -> ! {
     std::process::exit(exit.code)
 }
 
-/// Runs a worker to its end on a new runtime, from synchronous code.
+/// Runs a worker to its end on a new runtime of `env.worker_threads`
+/// threads, from synchronous code.
+///
+/// Never fails: every way the run can end is a [`WorkerExit`], a runtime
+/// that cannot start included (78).
 pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
-    let threads = std::env::var("QUICMESH_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2);
+    let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
     let job = move || match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("quicmesh-worker")
