@@ -102,7 +102,8 @@ pub fn finish(exit: WorkerExit) -> ! {
 }
 
 /// Runs a worker to its end on a new runtime of `env.worker_threads`
-/// threads, from synchronous code.
+/// threads (taken as 1 to 1024, the range settings accept), from
+/// synchronous code.
 ///
 /// Never fails: every way the run can end is a [`WorkerExit`], a runtime
 /// that cannot start included (78).
