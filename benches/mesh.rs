@@ -250,7 +250,7 @@ fn median(samples: &mut [Duration]) -> Duration {
 async fn controller(sizes: Sizes) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = TempDir::new("certs")?;
-    let certs = tls::generate_dev_certs(dir.path(), &[], false)?;
+    let certs = tls::generate_dev_certs(dir.path(), &tls::DevCertOptions::new())?;
     let mut r = Results::new();
 
     // Throughput cases: one worker with one proc against one raw peer process.

@@ -1,16 +1,17 @@
-//! Configuration: heartbeat and transport settings, and the worker's environment.
+//! Configuration: heartbeat and transport settings, and the names of the
+//! worker's environment variables (read by [`crate::worker::WorkerSettings`]).
 //!
 //! Defaults follow the design: heartbeat every 250 ms, peer declared dead after
 //! 1.5 s of silence, frames up to 16 MiB, connect timeout 5 s, Hello within 5 s.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// Environment variable: `host:port` of the allocator.
 pub const ENV_ALLOCATOR_ADDR: &str = "QUICMESH_ALLOCATOR_ADDR";
-/// Environment variable: the name the allocator's certificate must carry.
+/// Environment variable: the name the allocator's certificate must carry
+/// (optional for a worker, default [`DEFAULT_SERVER_NAME`]).
 pub const ENV_SERVER_NAME: &str = "QUICMESH_SERVER_NAME";
 /// Environment variable: this worker's index in the allocation.
 pub const ENV_INDEX: &str = "QUICMESH_INDEX";
@@ -25,6 +26,12 @@ pub const ENV_KEY: &str = "QUICMESH_KEY";
 /// Environment variable (optional): how long a worker keeps trying to join,
 /// e.g. `30s`, `500ms`, `2m` or a number of seconds; default [`DEFAULT_JOIN_TIMEOUT`].
 pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
+/// Environment variable (optional): threads of a worker's tokio runtime.
+pub const ENV_WORKER_THREADS: &str = "QUICMESH_WORKER_THREADS";
+
+/// The name the allocator's certificate must carry when nothing says
+/// otherwise: the development certificates are issued for it.
+pub const DEFAULT_SERVER_NAME: &str = "localhost";
 
 /// How long a worker keeps trying to join when nothing says otherwise.
 ///
@@ -286,102 +293,6 @@ impl TransportConfig {
     }
 }
 
-/// Everything a worker needs to find and join its allocator (design §4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerEnv {
-    /// `host:port` of the allocator.
-    pub allocator_addr: String,
-    /// Name the allocator's certificate must carry.
-    pub server_name: String,
-    /// This worker's index in the allocation.
-    pub index: u32,
-    /// Secret issued for this index.
-    pub token: String,
-    /// PEM path of the mesh CA.
-    pub ca: PathBuf,
-    /// PEM path of this worker's certificate.
-    pub cert: PathBuf,
-    /// PEM path of this worker's key.
-    pub key: PathBuf,
-    /// How long the worker keeps trying to join before it gives up (exit 69).
-    pub join_timeout: Duration,
-}
-
-impl WorkerEnv {
-    /// Reads the worker's settings from the process environment.
-    ///
-    /// Errors name the first variable that is missing or invalid.
-    pub fn from_env() -> Result<WorkerEnv, ConfigError> {
-        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
-    }
-
-    /// Reads the worker's settings through `get` (a variable name to its value).
-    ///
-    /// This is [`WorkerEnv::from_env`] without the process environment, for
-    /// flags that override variables and for tests.
-    pub fn from_lookup(
-        get: impl Fn(&'static str) -> Option<String>,
-    ) -> Result<WorkerEnv, ConfigError> {
-        let required = |name: &'static str| -> Result<String, ConfigError> {
-            match get(name) {
-                Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-                Some(v) => Err(ConfigError::Invalid {
-                    name,
-                    value: v,
-                    problem: "is empty".into(),
-                }),
-                None => Err(ConfigError::Missing { name }),
-            }
-        };
-        let allocator_addr = required(ENV_ALLOCATOR_ADDR)?;
-        if split_host_port(&allocator_addr).is_none() {
-            return Err(ConfigError::Invalid {
-                name: ENV_ALLOCATOR_ADDR,
-                value: allocator_addr,
-                problem: "expected host:port, e.g. 127.0.0.1:4433 or [::1]:4433".into(),
-            });
-        }
-        let server_name = required(ENV_SERVER_NAME)?;
-        if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-            return Err(ConfigError::Invalid {
-                name: ENV_SERVER_NAME,
-                value: server_name,
-                problem: "not a valid DNS name or IP address".into(),
-            });
-        }
-        let index_text = required(ENV_INDEX)?;
-        let index = index_text
-            .parse::<u32>()
-            .map_err(|e| ConfigError::Invalid {
-                name: ENV_INDEX,
-                value: index_text.clone(),
-                problem: format!("not a non-negative integer ({e})"),
-            })?;
-        let token = required(ENV_TOKEN)?;
-        let ca = required(ENV_CA)?.into();
-        let cert = required(ENV_CERT)?.into();
-        let key = required(ENV_KEY)?.into();
-        let join_timeout = match get(ENV_JOIN_TIMEOUT) {
-            None => DEFAULT_JOIN_TIMEOUT,
-            Some(text) => parse_duration(&text).map_err(|problem| ConfigError::Invalid {
-                name: ENV_JOIN_TIMEOUT,
-                value: text,
-                problem,
-            })?,
-        };
-        Ok(WorkerEnv {
-            allocator_addr,
-            server_name,
-            index,
-            token,
-            ca,
-            cert,
-            key,
-            join_timeout,
-        })
-    }
-}
-
 /// Parses a positive duration: a number with an optional unit, `ms`, `s` or
 /// `m` (seconds when there is none), e.g. `500ms`, `30s`, `1.5`, `2m`.
 ///
@@ -431,70 +342,6 @@ pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn full() -> HashMap<&'static str, String> {
-        [
-            (ENV_ALLOCATOR_ADDR, "127.0.0.1:4433"),
-            (ENV_SERVER_NAME, "localhost"),
-            (ENV_INDEX, "3"),
-            (ENV_TOKEN, "secret"),
-            (ENV_CA, "certs/ca.pem"),
-            (ENV_CERT, "certs/worker.pem"),
-            (ENV_KEY, "certs/worker.key"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k, v.to_string()))
-        .collect()
-    }
-
-    #[test]
-    fn complete_environment_parses() {
-        let vars = full();
-        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
-        assert_eq!(env.index, 3);
-        assert_eq!(env.allocator_addr, "127.0.0.1:4433");
-    }
-
-    #[test]
-    fn each_missing_variable_is_named() {
-        for name in [
-            ENV_ALLOCATOR_ADDR,
-            ENV_SERVER_NAME,
-            ENV_INDEX,
-            ENV_TOKEN,
-            ENV_CA,
-            ENV_CERT,
-            ENV_KEY,
-        ] {
-            let mut vars = full();
-            vars.remove(name);
-            let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
-            assert_eq!(err, ConfigError::Missing { name });
-            assert!(err.to_string().contains(name));
-        }
-    }
-
-    #[test]
-    fn malformed_values_are_named() {
-        for (name, value) in [
-            (ENV_ALLOCATOR_ADDR, "nowhere"),
-            (ENV_ALLOCATOR_ADDR, "::1:80"),
-            (ENV_INDEX, "-1"),
-            (ENV_INDEX, "three"),
-            (ENV_SERVER_NAME, "bad name!"),
-            (ENV_TOKEN, "  "),
-        ] {
-            let mut vars = full();
-            vars.insert(name, value.to_string());
-            let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
-            assert!(
-                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
-                "{err}"
-            );
-            assert!(err.to_string().contains(name), "{err}");
-        }
-    }
 
     #[test]
     fn host_port_forms() {
@@ -503,29 +350,6 @@ mod tests {
         assert_eq!(split_host_port("::1:443"), None);
         assert_eq!(split_host_port(":443"), None);
         assert_eq!(split_host_port("h:99999"), None);
-    }
-
-    #[test]
-    fn join_timeout_defaults_and_parses() {
-        let mut vars = full();
-        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
-        assert_eq!(env.join_timeout, DEFAULT_JOIN_TIMEOUT);
-        vars.insert(ENV_JOIN_TIMEOUT, "2500ms".into());
-        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
-        assert_eq!(env.join_timeout, Duration::from_millis(2500));
-        vars.insert(ENV_JOIN_TIMEOUT, "soon".into());
-        let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConfigError::Invalid {
-                    name: ENV_JOIN_TIMEOUT,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(err.to_string().contains(ENV_JOIN_TIMEOUT), "{err}");
     }
 
     #[test]

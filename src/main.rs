@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quicmesh::config::{self, WorkerEnv};
-use quicmesh::worker::{self, WorkerExit};
+use quicmesh::tls::DevCertOptions;
+use quicmesh::worker::{self, WorkerSettings};
 
 /// A mesh of worker processes over QUIC with mutual TLS.
 #[derive(Parser, Debug)]
@@ -33,64 +33,21 @@ enum Command {
     },
     /// Run a local mesh: allocator plus worker processes, then stop it.
     Demo(demo::DemoArgs),
-    /// Run as a worker (settings from QUICMESH_* variables; flags override).
-    Worker(WorkerArgs),
-}
-
-/// Flags of `quicmesh worker`; each overrides the variable of the same meaning.
-#[derive(Parser, Debug)]
-struct WorkerArgs {
-    /// Allocator `host:port` (QUICMESH_ALLOCATOR_ADDR).
-    #[arg(long)]
-    allocator: Option<String>,
-    /// Name in the allocator's certificate (QUICMESH_SERVER_NAME).
-    #[arg(long)]
-    server_name: Option<String>,
-    /// This worker's index (QUICMESH_INDEX).
-    #[arg(long)]
-    index: Option<String>,
-    /// Secret for this index (QUICMESH_TOKEN); prefer the variable, flags show in `ps`.
-    #[arg(long)]
-    token: Option<String>,
-    /// Mesh CA PEM (QUICMESH_CA).
-    #[arg(long)]
-    ca: Option<String>,
-    /// Worker certificate PEM (QUICMESH_CERT).
-    #[arg(long)]
-    cert: Option<String>,
-    /// Worker key PEM (QUICMESH_KEY).
-    #[arg(long)]
-    key: Option<String>,
-    /// How long to keep trying to join, e.g. 30s, 500ms, 2m (QUICMESH_JOIN_TIMEOUT; default 60s).
-    #[arg(long, value_name = "DURATION")]
-    join_timeout: Option<String>,
-}
-
-impl WorkerArgs {
-    fn env(&self) -> Result<WorkerEnv, config::ConfigError> {
-        WorkerEnv::from_lookup(|name| {
-            let flag = match name {
-                config::ENV_ALLOCATOR_ADDR => &self.allocator,
-                config::ENV_SERVER_NAME => &self.server_name,
-                config::ENV_INDEX => &self.index,
-                config::ENV_TOKEN => &self.token,
-                config::ENV_CA => &self.ca,
-                config::ENV_CERT => &self.cert,
-                config::ENV_KEY => &self.key,
-                config::ENV_JOIN_TIMEOUT => &self.join_timeout,
-                _ => &None,
-            };
-            flag.clone().or_else(|| std::env::var(name).ok())
-        })
-    }
+    /// Run as a worker: each setting from its flag, else its QUICMESH_*
+    /// variable, else its default.
+    Worker(WorkerSettings),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     quicmesh::logging::init();
     match cli.command {
         Command::Certs { dir, force, sans } => {
-            match quicmesh::tls::generate_dev_certs(&dir, &sans, force) {
+            let options = DevCertOptions::new().sans(sans).force(force);
+            match quicmesh::tls::generate_dev_certs(&dir, &options) {
                 Ok(paths) => {
                     for p in paths.all() {
                         println!("wrote {}", p.display());
@@ -104,15 +61,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo::main(args),
-        Command::Worker(args) => {
-            let exit = match args.env() {
-                Ok(env) => worker::run_blocking(env, quicmesh::actor::builtin::registry()),
-                Err(e) => WorkerExit::new(
-                    quicmesh::exit_code::CONFIG,
-                    format!("configuration error: {e}"),
-                ),
-            };
-            worker::finish(exit)
+        Command::Worker(settings) => {
+            worker::run_and_exit(&settings, &quicmesh::actor::builtin::registry())
         }
     }
+}
+
+/// Prints a command-line error (or the help or version asked for) and
+/// returns clap's exit code, except for `quicmesh worker`: a worker's flags
+/// are its configuration, and whoever launched it reads a configuration
+/// error from exit code 78, whether it came from a flag or a variable.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    let is_worker = std::env::args_os().nth(1).is_some_and(|a| a == "worker");
+    let code = if e.use_stderr() && is_worker {
+        quicmesh::exit_code::CONFIG
+    } else {
+        e.exit_code()
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

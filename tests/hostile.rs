@@ -360,9 +360,10 @@ async fn duplicate_index() {
 async fn missing_and_malformed_environment() {
     let (mesh, healthy) = healthy_mesh("hostile-env").await;
     let ticket = mesh.alloc.reserve(1);
+    // Every required variable (QUICMESH_SERVER_NAME is not: it defaults to
+    // localhost, see tests/worker_settings.rs).
     let all = [
         config::ENV_ALLOCATOR_ADDR,
-        config::ENV_SERVER_NAME,
         config::ENV_INDEX,
         config::ENV_TOKEN,
         config::ENV_CA,

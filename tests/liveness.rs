@@ -304,7 +304,9 @@ async fn allocator_host() {
     let Some(dir) = std::env::var_os(HOST_DIR) else {
         return;
     };
-    let certs = quicmesh::tls::generate_dev_certs(dir.as_ref(), &[], false).expect("certs");
+    let certs =
+        quicmesh::tls::generate_dev_certs(dir.as_ref(), &quicmesh::tls::DevCertOptions::new())
+            .expect("certs");
     let mut config = AllocatorConfig::new(&certs);
     config.alloc_name = "host".into();
     let mut alloc = Allocator::bind(config).await.expect("bind");

@@ -336,10 +336,10 @@ impl Allocator {
             .into());
         }
         // Workers get these paths: check them now rather than in every worker.
-        tls::load_identity(&config.worker_cert, &config.worker_key)?;
-        let roots = tls::load_roots(&config.ca)?;
-        let identity = tls::load_identity(&config.cert, &config.key)?;
-        let server_tls = tls::server_config(roots, identity)?;
+        tls::load::load_identity(&config.worker_cert, &config.worker_key)?;
+        let roots = tls::load::load_roots(&config.ca)?;
+        let identity = tls::load::load_identity(&config.cert, &config.key)?;
+        let server_tls = tls::rustls_config::server_config(roots, identity)?;
         let endpoint = crate::transport::server_endpoint(
             config.listen,
             server_tls,

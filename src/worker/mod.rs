@@ -8,6 +8,9 @@
 //! A user's binary becomes a worker by calling [`bootstrap_or_die`] first
 //! thing in `main`: when the process was started by an allocator it runs the
 //! worker and exits; otherwise it returns and `main` goes on as controller.
+//! What a worker is told (allocator address, index, token, certificates...)
+//! is defined once, flags and `QUICMESH_*` variables alike, in
+//! [`WorkerSettings`].
 
 pub mod attempt;
 pub mod backoff;
@@ -16,12 +19,14 @@ mod hosted;
 mod procs;
 pub mod runtimes;
 mod session;
+mod settings;
 mod stop_budget;
 pub mod welcome;
 
 pub use exit::{after_welcome, before_welcome, WorkerExit};
 pub use hosted::{HostedProc, ProcStopReport};
 pub use procs::{ProcTable, ProcTableError};
+pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
 pub use stop_budget::{StopBudget, StopDeadlines, MAX_STOP_TIMEOUT};
 
 use std::sync::Arc;
@@ -34,7 +39,7 @@ use attempt::AttemptError;
 use backoff::Backoff;
 
 use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
-use crate::config::{TransportConfig, WorkerEnv, ENV_ALLOCATOR_ADDR};
+use crate::config::{TransportConfig, ENV_ALLOCATOR_ADDR};
 use crate::exit_code;
 use crate::tls;
 use crate::transport::endpoint::resolve;
@@ -48,21 +53,45 @@ pub const CONTROL_PRIORITY: i32 = 100;
 /// Runs this process as a worker if an allocator started it, else returns.
 ///
 /// "Started by an allocator" means `QUICMESH_ALLOCATOR_ADDR` is set. Then the
-/// rest of the environment (design §4) is read, the worker runs, and the
-/// process exits with the worker's exit code; on a configuration error it
-/// exits 78 naming the variable. Call it before anything else in `main`; it
-/// starts its own tokio runtime (on a separate thread if one is running).
-/// `registry` holds the actor types the controller may spawn here.
+/// rest of the environment is read ([`WorkerSettings::from_env`]), the worker
+/// runs, and the process exits with the worker's exit code; on a
+/// configuration error it exits 78 naming the variable (and the flag of
+/// `quicmesh worker` that would set it). Call it before anything else in
+/// `main`; it starts its own tokio runtime (on a separate thread if one is
+/// running). `registry` holds the actor types the controller may spawn here.
 pub fn bootstrap_or_die(registry: &Registry) {
     if std::env::var_os(ENV_ALLOCATOR_ADDR).is_none() {
         return;
     }
+    match WorkerSettings::from_env() {
+        Ok(settings) => run_and_exit(&settings, registry),
+        Err(e) => {
+            crate::logging::init();
+            finish(config_error(&e))
+        }
+    }
+}
+
+/// Checks `settings`, runs the worker, and ends the process with its exit
+/// code; never returns.
+///
+/// Settings that fail [`WorkerSettings::validate`] end it at once with 78
+/// ([`exit_code::CONFIG`]) and a line naming the variable and the flag. Sets
+/// up logging ([`crate::logging::init`]) unless the program already did.
+/// This is what `quicmesh worker` and [`bootstrap_or_die`] do, for a program
+/// that flattens [`WorkerSettings`] into its own command line.
+pub fn run_and_exit(settings: &WorkerSettings, registry: &Registry) -> ! {
     crate::logging::init();
-    let exit = match WorkerEnv::from_env() {
+    let exit = match settings.validate() {
         Ok(env) => run_blocking(env, registry.clone()),
-        Err(e) => WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}")),
+        Err(e) => config_error(&e),
     };
     finish(exit)
+}
+
+/// The exit for settings that cannot be used.
+fn config_error(e: &SettingsError) -> WorkerExit {
+    WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
 }
 
 /// Logs `exit` in one line and ends the process with its code.
@@ -83,7 +112,7 @@ pub fn finish(exit: WorkerExit) -> ! {
 /// exit. Returns as soon as the worker's run ends, without waiting for actor
 /// tasks: the caller is expected to exit the process (as [`finish`] does).
 pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
-    let threads = runtimes::actor_threads();
+    let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
     match runtimes::run_on_worker_runtimes(threads, move || run(env, registry)) {
         Ok(exit) => exit,
         Err(e) => WorkerExit::new(exit_code::CONFIG, e),
@@ -112,15 +141,15 @@ pub async fn run_with(
     let config_err = |e: &dyn std::fmt::Display| {
         WorkerExit::new(exit_code::CONFIG, format!("configuration error: {e}"))
     };
-    let roots = match tls::load_roots(&env.ca) {
+    let roots = match tls::load::load_roots(&env.ca) {
         Ok(r) => r,
         Err(e) => return config_err(&e),
     };
-    let identity = match tls::load_identity(&env.cert, &env.key) {
+    let identity = match tls::load::load_identity(&env.cert, &env.key) {
         Ok(i) => i,
         Err(e) => return config_err(&e),
     };
-    let client_tls = match tls::client_config(roots, identity) {
+    let client_tls = match tls::rustls_config::client_config(roots, identity) {
         Ok(c) => c,
         Err(e) => return config_err(&e),
     };

@@ -13,7 +13,7 @@
 //!   heartbeat task and the session (control stream, stops, exit). Nothing
 //!   of the user's runs there.
 //! - the **actor** runtime, `QUICMESH_WORKER_THREADS` threads (default 2,
-//!   named `quicmesh-actor`): actors, and the tasks that move each proc's
+//!   named `quicmesh-actor`; `QUICMESH_WORKER_THREADS` or `--worker-threads`): actors, and the tasks that move each proc's
 //!   mailbox stream, which also run user code (message and parameter
 //!   decoding, constructors of remotely spawned actors).
 //!
@@ -30,12 +30,6 @@ tokio::task_local! {
     static ACTORS: Handle;
 }
 
-/// Environment variable: number of actor threads of a worker (default 2).
-pub const ENV_WORKER_THREADS: &str = "QUICMESH_WORKER_THREADS";
-
-/// Actor threads when [`ENV_WORKER_THREADS`] is unset or invalid.
-pub const DEFAULT_ACTOR_THREADS: usize = 2;
-
 /// The runtime on which the worker polled here runs actors and mailbox tasks.
 ///
 /// That is the actor runtime when the worker was started by
@@ -45,15 +39,6 @@ pub(super) fn actor_handle() -> Handle {
     ACTORS
         .try_with(Handle::clone)
         .unwrap_or_else(|_| Handle::current())
-}
-
-/// Number of actor threads: [`ENV_WORKER_THREADS`] if it is a positive number, else the default.
-pub(super) fn actor_threads() -> usize {
-    std::env::var(ENV_WORKER_THREADS)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_ACTOR_THREADS)
 }
 
 /// Runs the future made by `make` on a new transport runtime, in a thread of

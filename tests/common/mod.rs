@@ -52,7 +52,9 @@ impl Drop for TempDir {
 /// Fresh development certificates in their own directory.
 pub fn certs(tag: &str) -> (TempDir, CertPaths) {
     let dir = TempDir::new(tag);
-    let paths = quicmesh::tls::generate_dev_certs(dir.path(), &[], false).expect("generate certs");
+    let paths =
+        quicmesh::tls::generate_dev_certs(dir.path(), &quicmesh::tls::DevCertOptions::new())
+            .expect("generate certs");
     (dir, paths)
 }
 

@@ -1,0 +1,50 @@
+//! Certificates and rustls configuration for quicmesh's mutual TLS.
+//!
+//! Every quicmesh connection is QUIC, and QUIC is always TLS 1.3. The allocator
+//! (the server) and the workers (the clients) authenticate *each other*: the
+//! allocator proves who it is with a server certificate, and every worker
+//! proves it belongs to the mesh with a client certificate. Both are checked
+//! against one certificate authority (CA), so trust in the mesh is exactly
+//! "holds a key whose certificate the mesh CA signed".
+//!
+//! What a user needs from here is a set of development certificates
+//! ([`ensure_dev_certs`], [`generate_dev_certs`], [`CertPaths`]) and the
+//! error type; an allocator and its workers load and check their PEM files
+//! themselves, from the paths in their configuration.
+//!
+//! One file per job, in layers that only look down:
+//!
+//! * `dev_certs`: **generating** a throw-away development CA plus an
+//!   allocator and a worker certificate, written with private modes, so that
+//!   a mesh works without openssl or any PKI.
+//! * `rustls_config`: **building** the rustls configurations of both sides
+//!   with quicmesh's policy (TLS 1.3, client certificates required, ALPN, no
+//!   0-RTT); it takes what `load` produced.
+//! * `load`: **loading and checking** PEM files, with errors that name the
+//!   file and with the checks rustls would only make later and less
+//!   helpfully (validity period, key matching its certificate).
+//! * `provider` (the *ring* crypto provider and its digest) and `error`
+//!   ([`TlsError`]), used by all three.
+//!
+//! This module sits at the bottom of the crate: it uses std, rustls, rcgen
+//! and x509-parser only, never another quicmesh module.
+
+pub(crate) mod dev_certs;
+mod error;
+pub(crate) mod load;
+mod provider;
+pub(crate) mod rustls_config;
+#[cfg(test)]
+mod test_support;
+
+pub use dev_certs::{ensure_dev_certs, generate_dev_certs, CertPaths, DevCertOptions};
+pub use error::TlsError;
+
+// Not user-facing: fixtures and internals the project's own tests and
+// benches use, until they move to a test-only module.
+#[doc(hidden)]
+pub use load::{load_identity, load_roots}; // testkit: tests, benches
+#[doc(hidden)]
+pub use rustls_config::client_config_without_cert; // testkit: tests/hostile.rs, tests/flood.rs
+#[doc(hidden)]
+pub use rustls_config::{client_config, server_config}; // testkit: tests, benches

@@ -1,0 +1,608 @@
+//! A worker's settings: every `QUICMESH_*` variable a worker reads, defined
+//! once, with its flag, default and check.
+//!
+//! [`WorkerSettings`] is a clap argument group: each setting has a flag and a
+//! variable, the flag winning when both are given, and `--help` lists the
+//! variables. The same definition serves `quicmesh worker` (flags and
+//! variables), [`bootstrap_or_die`](super::bootstrap_or_die) (variables only,
+//! through [`WorkerSettings::from_env`]) and any program that flattens it into
+//! its own command line. Clap only collects the text; [`WorkerSettings::validate`]
+//! checks it and produces the typed [`WorkerEnv`], so that every error names
+//! both the variable and the flag, whichever was used.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, FromArgMatches};
+
+use crate::config::{
+    parse_duration, split_host_port, DEFAULT_JOIN_TIMEOUT, DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR,
+    ENV_CA, ENV_CERT, ENV_INDEX, ENV_JOIN_TIMEOUT, ENV_KEY, ENV_SERVER_NAME, ENV_TOKEN,
+    ENV_WORKER_THREADS,
+};
+
+/// Threads of a worker's tokio runtime when nothing says otherwise: enough
+/// that a handler busy for a moment does not hold up the heartbeats.
+pub(crate) const DEFAULT_WORKER_THREADS: usize = 2;
+
+/// The most runtime threads a worker accepts: more is a typo, and each
+/// thread costs a stack.
+pub(crate) const MAX_WORKER_THREADS: usize = 1024;
+
+/// A worker's settings as given: flags, else `QUICMESH_*` variables, else
+/// defaults. Unchecked text; [`WorkerSettings::validate`] checks it.
+///
+/// Flatten it into a command of your own to give your binary a worker mode
+/// with the same flags and variables as `quicmesh worker`:
+///
+/// ```no_run
+/// use clap::Parser;
+/// use quicmesh::worker::{self, WorkerSettings};
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     worker: WorkerSettings,
+/// }
+///
+/// let cli = Cli::parse();
+/// worker::run_and_exit(&cli.worker, &quicmesh::Registry::new());
+/// ```
+#[derive(Args, Clone)]
+pub struct WorkerSettings {
+    /// Address of the allocator, host:port, IPv6 hosts in brackets (required).
+    #[arg(long = "allocator", env = ENV_ALLOCATOR_ADDR, value_name = "HOST:PORT")]
+    allocator_addr: Option<OsString>,
+
+    /// Name the allocator's certificate must carry (a DNS name or an IP
+    /// address).
+    #[arg(long, env = ENV_SERVER_NAME, value_name = "NAME", default_value = DEFAULT_SERVER_NAME)]
+    server_name: OsString,
+
+    /// This worker's index in the allocation (required).
+    #[arg(long, env = ENV_INDEX, value_name = "N")]
+    index: Option<OsString>,
+
+    /// Secret issued by the allocator for this index (required). Prefer the
+    /// variable: other users of the machine can read command lines (ps).
+    #[arg(long, env = ENV_TOKEN, value_name = "SECRET", hide_env_values = true)]
+    token: Option<OsString>,
+
+    /// PEM file of the mesh CA (required).
+    #[arg(long, env = ENV_CA, value_name = "PEM")]
+    ca: Option<OsString>,
+
+    /// PEM file of this worker's certificate (required).
+    #[arg(long, env = ENV_CERT, value_name = "PEM")]
+    cert: Option<OsString>,
+
+    /// PEM file of this worker's private key (required).
+    #[arg(long, env = ENV_KEY, value_name = "PEM")]
+    key: Option<OsString>,
+
+    /// How long to keep trying to join, e.g. 30s, 500ms, 2m or a number of
+    /// seconds (default 60s).
+    #[arg(long, env = ENV_JOIN_TIMEOUT, value_name = "DURATION")]
+    join_timeout: Option<OsString>,
+
+    /// Threads of the worker's async runtime, 1 to 1024 (default 2).
+    #[arg(long, env = ENV_WORKER_THREADS, value_name = "N")]
+    worker_threads: Option<OsString>,
+}
+
+/// The token is a secret: never printed, not even by `{:?}`.
+impl fmt::Debug for WorkerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerSettings")
+            .field("allocator_addr", &self.allocator_addr)
+            .field("server_name", &self.server_name)
+            .field("index", &self.index)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("join_timeout", &self.join_timeout)
+            .field("worker_threads", &self.worker_threads)
+            .finish()
+    }
+}
+
+/// A worker's settings, checked: everything it needs to find and join its
+/// allocator, and to run.
+///
+/// [`WorkerSettings::validate`] produces it from flags and variables; a
+/// program that has the values some other way builds it directly and hands
+/// it to [`run`](super::run) or [`run_blocking`](super::run_blocking).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerEnv {
+    /// `host:port` of the allocator.
+    pub allocator_addr: String,
+    /// Name the allocator's certificate must carry.
+    pub server_name: String,
+    /// This worker's index in the allocation.
+    pub index: u32,
+    /// Secret issued for this index.
+    pub token: String,
+    /// PEM path of the mesh CA.
+    pub ca: PathBuf,
+    /// PEM path of this worker's certificate.
+    pub cert: PathBuf,
+    /// PEM path of this worker's key.
+    pub key: PathBuf,
+    /// How long the worker keeps trying to join before it gives up (exit 69).
+    pub join_timeout: Duration,
+    /// Threads of the runtime [`run_blocking`](super::run_blocking) starts.
+    pub worker_threads: usize,
+}
+
+/// The token is a secret: never printed, not even by `{:?}`.
+impl fmt::Debug for WorkerEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerEnv")
+            .field("allocator_addr", &self.allocator_addr)
+            .field("server_name", &self.server_name)
+            .field("index", &self.index)
+            .field("token", &"<hidden>")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("join_timeout", &self.join_timeout)
+            .field("worker_threads", &self.worker_threads)
+            .finish()
+    }
+}
+
+/// A worker setting that is missing or unusable. Every variant names the
+/// variable and the flag, since either may have supplied the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A required setting is given neither as a flag nor as a variable.
+    #[error("{var} is not set and {flag} is not given")]
+    Missing {
+        /// The environment variable.
+        var: &'static str,
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A setting is given but empty (or only blanks). Its value is not
+    /// repeated, as it may be the token.
+    #[error("{var} (or {flag}) is empty")]
+    Empty {
+        /// The environment variable.
+        var: &'static str,
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A setting is given but its value cannot be used.
+    #[error("invalid value {value:?} for {var} (or {flag}): {problem}")]
+    Invalid {
+        /// The environment variable.
+        var: &'static str,
+        /// The flag.
+        flag: &'static str,
+        /// The offending value (lossily converted if it is not UTF-8).
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The settings could not be collected at all (clap refused them).
+    #[error("cannot read the worker settings: {0}")]
+    Unreadable(String),
+}
+
+/// One setting: its variable and flag, for errors.
+#[derive(Clone, Copy)]
+struct Setting {
+    var: &'static str,
+    flag: &'static str,
+}
+
+const ALLOCATOR_ADDR: Setting = Setting {
+    var: ENV_ALLOCATOR_ADDR,
+    flag: "--allocator",
+};
+const SERVER_NAME: Setting = Setting {
+    var: ENV_SERVER_NAME,
+    flag: "--server-name",
+};
+const INDEX: Setting = Setting {
+    var: ENV_INDEX,
+    flag: "--index",
+};
+const TOKEN: Setting = Setting {
+    var: ENV_TOKEN,
+    flag: "--token",
+};
+const CA: Setting = Setting {
+    var: ENV_CA,
+    flag: "--ca",
+};
+const CERT: Setting = Setting {
+    var: ENV_CERT,
+    flag: "--cert",
+};
+const KEY: Setting = Setting {
+    var: ENV_KEY,
+    flag: "--key",
+};
+const JOIN_TIMEOUT: Setting = Setting {
+    var: ENV_JOIN_TIMEOUT,
+    flag: "--join-timeout",
+};
+const WORKER_THREADS: Setting = Setting {
+    var: ENV_WORKER_THREADS,
+    flag: "--worker-threads",
+};
+
+impl Setting {
+    fn missing(self) -> SettingsError {
+        SettingsError::Missing {
+            var: self.var,
+            flag: self.flag,
+        }
+    }
+
+    fn invalid(self, value: &str, problem: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid {
+            var: self.var,
+            flag: self.flag,
+            value: value.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The value as text without surrounding blanks; empty or not UTF-8 is
+    /// an error.
+    fn text(self, value: &OsStr) -> Result<&str, SettingsError> {
+        let text = value
+            .to_str()
+            .ok_or_else(|| self.invalid(&value.to_string_lossy(), "is not valid UTF-8"))?
+            .trim();
+        if text.is_empty() {
+            return Err(SettingsError::Empty {
+                var: self.var,
+                flag: self.flag,
+            });
+        }
+        Ok(text)
+    }
+
+    /// A required value as text, see [`Setting::text`].
+    fn required(self, value: &Option<OsString>) -> Result<&str, SettingsError> {
+        self.text(value.as_deref().ok_or_else(|| self.missing())?)
+    }
+
+    /// A required path. Paths need not be UTF-8; blanks around a UTF-8
+    /// path are dropped (they are never meant).
+    fn path(self, value: &Option<OsString>) -> Result<PathBuf, SettingsError> {
+        let value = value.as_deref().ok_or_else(|| self.missing())?;
+        if value.to_str().is_none() {
+            return Ok(PathBuf::from(value));
+        }
+        Ok(PathBuf::from(self.text(value)?))
+    }
+}
+
+impl WorkerSettings {
+    /// The settings from the process environment alone (no flags), as
+    /// [`bootstrap_or_die`](super::bootstrap_or_die) reads them.
+    ///
+    /// Only collects; [`WorkerSettings::validate`] checks. Errors with
+    /// [`SettingsError::Unreadable`] if clap refuses the environment, which
+    /// the settings' definitions leave no way for (kept so that it could
+    /// never be a panic).
+    pub fn from_env() -> Result<WorkerSettings, SettingsError> {
+        let command = WorkerSettings::augment_args(
+            clap::Command::new("quicmesh-worker").no_binary_name(true),
+        );
+        let matches = command
+            .try_get_matches_from(std::iter::empty::<OsString>())
+            .map_err(|e| SettingsError::Unreadable(e.to_string()))?;
+        WorkerSettings::from_arg_matches(&matches)
+            .map_err(|e| SettingsError::Unreadable(e.to_string()))
+    }
+
+    /// Checks every setting and returns them typed.
+    ///
+    /// Errors name the variable and the flag of the first setting that is
+    /// [missing](SettingsError::Missing) (allocator address, index, token,
+    /// CA, certificate and key are required), [empty](SettingsError::Empty)
+    /// or [invalid](SettingsError::Invalid): an address that is not
+    /// `host:port`, a server name that is neither a DNS name nor an IP
+    /// address, an index that is not a `u32`, a join timeout that
+    /// [`parse_duration`] refuses, a thread count outside 1 to 1024. Files
+    /// are not read here: loading them names the file that is missing or
+    /// wrong.
+    pub fn validate(&self) -> Result<WorkerEnv, SettingsError> {
+        let allocator_addr = ALLOCATOR_ADDR.required(&self.allocator_addr)?;
+        if split_host_port(allocator_addr).is_none() {
+            return Err(ALLOCATOR_ADDR.invalid(
+                allocator_addr,
+                "expected host:port, e.g. 127.0.0.1:4433 or [::1]:4433",
+            ));
+        }
+        let server_name = SERVER_NAME.text(&self.server_name)?;
+        if rustls_pki_types::ServerName::try_from(server_name).is_err() {
+            return Err(SERVER_NAME.invalid(server_name, "not a valid DNS name or IP address"));
+        }
+        let index_text = INDEX.required(&self.index)?;
+        let index = index_text
+            .parse::<u32>()
+            .map_err(|e| INDEX.invalid(index_text, format!("not a non-negative integer ({e})")))?;
+        let token = TOKEN.required(&self.token)?;
+        let ca = CA.path(&self.ca)?;
+        let cert = CERT.path(&self.cert)?;
+        let key = KEY.path(&self.key)?;
+        let join_timeout = match &self.join_timeout {
+            None => DEFAULT_JOIN_TIMEOUT,
+            Some(value) => {
+                let text = JOIN_TIMEOUT.text(value)?;
+                parse_duration(text).map_err(|problem| JOIN_TIMEOUT.invalid(text, problem))?
+            }
+        };
+        let worker_threads = match &self.worker_threads {
+            None => DEFAULT_WORKER_THREADS,
+            Some(value) => {
+                let text = WORKER_THREADS.text(value)?;
+                let problem =
+                    || format!("expected a number of threads from 1 to {MAX_WORKER_THREADS}");
+                let n = text
+                    .parse::<usize>()
+                    .map_err(|_| WORKER_THREADS.invalid(text, problem()))?;
+                if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                    return Err(WORKER_THREADS.invalid(text, problem()));
+                }
+                n
+            }
+        };
+        Ok(WorkerEnv {
+            allocator_addr: allocator_addr.to_owned(),
+            server_name: server_name.to_owned(),
+            index,
+            token: token.to_owned(),
+            ca,
+            cert,
+            key,
+            join_timeout,
+            worker_threads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// A command with only the worker settings, reading flags and never the
+    /// process environment (so that the tests do not depend on it).
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        settings: WorkerSettings,
+    }
+
+    fn parse<S: AsRef<str>>(args: &[S]) -> WorkerSettings {
+        let command = <Cli as clap::CommandFactory>::command()
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(args.iter().map(AsRef::as_ref))
+            .expect("flags parse");
+        Cli::from_arg_matches(&matches).expect("settings").settings
+    }
+
+    const FULL: [&str; 12] = [
+        "--allocator",
+        "127.0.0.1:4433",
+        "--index",
+        "3",
+        "--token",
+        "secret",
+        "--ca",
+        "certs/ca.pem",
+        "--cert",
+        "certs/worker.pem",
+        "--key",
+        "certs/worker.key",
+    ];
+
+    /// [`FULL`] plus `extra` (a later flag of the same name is refused by
+    /// clap, so `extra` replaces the pair it names).
+    fn full_with(extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let replaced: Vec<&str> = extra.iter().step_by(2).copied().collect();
+        for pair in FULL.chunks(2) {
+            if !replaced.contains(&pair[0]) {
+                args.extend(pair.iter().map(|s| s.to_string()));
+            }
+        }
+        // `--flag=value`, so that a value starting with `-` is one.
+        args.extend(extra.chunks(2).map(|pair| pair.join("=")));
+        args
+    }
+
+    fn validate(args: &[String]) -> Result<WorkerEnv, SettingsError> {
+        parse(args).validate()
+    }
+
+    #[test]
+    fn complete_settings_validate_with_defaults() {
+        let env = validate(&full_with(&[])).expect("valid");
+        assert_eq!(env.allocator_addr, "127.0.0.1:4433");
+        assert_eq!(env.server_name, DEFAULT_SERVER_NAME);
+        assert_eq!(env.server_name, "localhost");
+        assert_eq!(env.index, 3);
+        assert_eq!(env.token, "secret");
+        assert_eq!(env.ca, PathBuf::from("certs/ca.pem"));
+        assert_eq!(env.cert, PathBuf::from("certs/worker.pem"));
+        assert_eq!(env.key, PathBuf::from("certs/worker.key"));
+        assert_eq!(env.join_timeout, DEFAULT_JOIN_TIMEOUT);
+        assert_eq!(env.worker_threads, DEFAULT_WORKER_THREADS);
+
+        let env = validate(&full_with(&[
+            "--server-name",
+            "mesh.example",
+            "--join-timeout",
+            "2500ms",
+            "--worker-threads",
+            "4",
+            "--allocator",
+            " [::1]:9 ",
+        ]))
+        .expect("valid");
+        assert_eq!(env.server_name, "mesh.example");
+        assert_eq!(env.join_timeout, Duration::from_millis(2500));
+        assert_eq!(env.worker_threads, 4);
+        assert_eq!(env.allocator_addr, "[::1]:9", "blanks are trimmed");
+    }
+
+    #[test]
+    fn each_missing_setting_names_variable_and_flag() {
+        for (setting, flag) in [
+            (ALLOCATOR_ADDR, "--allocator"),
+            (INDEX, "--index"),
+            (TOKEN, "--token"),
+            (CA, "--ca"),
+            (CERT, "--cert"),
+            (KEY, "--key"),
+        ] {
+            let args: Vec<String> = FULL
+                .chunks(2)
+                .filter(|pair| pair[0] != flag)
+                .flatten()
+                .map(|s| s.to_string())
+                .collect();
+            let err = validate(&args).expect_err(flag);
+            assert_eq!(err, setting.missing());
+            let text = err.to_string();
+            assert!(text.contains(setting.var) && text.contains(flag), "{text}");
+        }
+    }
+
+    #[test]
+    fn each_invalid_value_names_variable_and_flag() {
+        for (flag, value, var) in [
+            ("--allocator", "nowhere", ENV_ALLOCATOR_ADDR),
+            ("--allocator", "::1:80", ENV_ALLOCATOR_ADDR),
+            ("--allocator", "host:99999", ENV_ALLOCATOR_ADDR),
+            ("--server-name", "bad name!", ENV_SERVER_NAME),
+            ("--index", "-1", ENV_INDEX),
+            ("--index", "three", ENV_INDEX),
+            ("--index", "4294967296", ENV_INDEX),
+            ("--join-timeout", "soon", ENV_JOIN_TIMEOUT),
+            ("--join-timeout", "0", ENV_JOIN_TIMEOUT),
+            ("--join-timeout", "1h", ENV_JOIN_TIMEOUT),
+            ("--worker-threads", "0", ENV_WORKER_THREADS),
+            ("--worker-threads", "1025", ENV_WORKER_THREADS),
+            ("--worker-threads", "two", ENV_WORKER_THREADS),
+        ] {
+            let err = validate(&full_with(&[flag, value])).expect_err(value);
+            assert!(
+                matches!(&err, SettingsError::Invalid { var: v, flag: f, value: got, .. }
+                    if *v == var && *f == flag && got == value),
+                "{flag} {value}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(var) && text.contains(flag), "{text}");
+            assert!(text.contains(value), "{text}");
+        }
+    }
+
+    #[test]
+    fn empty_values_are_refused_without_echoing_them() {
+        for (setting, flag) in [
+            (ALLOCATOR_ADDR, "--allocator"),
+            (SERVER_NAME, "--server-name"),
+            (INDEX, "--index"),
+            (TOKEN, "--token"),
+            (CA, "--ca"),
+            (CERT, "--cert"),
+            (KEY, "--key"),
+            (JOIN_TIMEOUT, "--join-timeout"),
+            (WORKER_THREADS, "--worker-threads"),
+        ] {
+            for blank in ["", "   "] {
+                let err = validate(&full_with(&[flag, blank])).expect_err(flag);
+                assert_eq!(
+                    err,
+                    SettingsError::Empty {
+                        var: setting.var,
+                        flag
+                    }
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!("{} (or {flag}) is empty", setting.var)
+                );
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_values_are_named() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut settings = parse(&FULL);
+        settings.index = Some(OsString::from_vec(vec![b'3', 0xff]));
+        let err = settings.validate().expect_err("not UTF-8");
+        assert!(
+            matches!(&err, SettingsError::Invalid { var: ENV_INDEX, problem, .. }
+                if problem.contains("UTF-8")),
+            "{err:?}"
+        );
+        // A path need not be UTF-8.
+        let mut settings = parse(&FULL);
+        settings.ca = Some(OsString::from_vec(vec![b'c', 0xff]));
+        let env = settings.validate().expect("non-UTF-8 path");
+        assert_eq!(env.ca.as_os_str().len(), 2);
+    }
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let settings = parse(&full_with(&["--token", "hunter2-secret"]));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let env = settings.validate().expect("valid");
+        assert_eq!(env.token, "hunter2-secret");
+        assert!(!format!("{env:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn help_names_every_variable_and_hides_the_token() {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let help = command.render_long_help().to_string();
+        for var in [
+            ENV_ALLOCATOR_ADDR,
+            ENV_SERVER_NAME,
+            ENV_INDEX,
+            ENV_TOKEN,
+            ENV_CA,
+            ENV_CERT,
+            ENV_KEY,
+            ENV_JOIN_TIMEOUT,
+            ENV_WORKER_THREADS,
+        ] {
+            assert!(help.contains(&format!("[env: {var}")), "{var}:\n{help}");
+        }
+        // The defaults the help states are the ones applied.
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_SERVER_NAME}]")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("(default {}s)", DEFAULT_JOIN_TIMEOUT.as_secs())),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("(default {DEFAULT_WORKER_THREADS})")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("1 to {MAX_WORKER_THREADS}")),
+            "{help}"
+        );
+    }
+}
