@@ -16,7 +16,7 @@
 //! cross from one budget's accounting into another queue: memory stays
 //! bounded by the sum of the budgets whatever path an item takes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -125,6 +125,7 @@ impl Budget {
 pub struct QueueSender<T> {
     tx: mpsc::UnboundedSender<(T, Permit)>,
     budget: Arc<Budget>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl<T> Clone for QueueSender<T> {
@@ -132,6 +133,7 @@ impl<T> Clone for QueueSender<T> {
         QueueSender {
             tx: self.tx.clone(),
             budget: self.budget.clone(),
+            queued: self.queued.clone(),
         }
     }
 }
@@ -139,17 +141,20 @@ impl<T> Clone for QueueSender<T> {
 /// The receiving side of a byte-bounded queue.
 pub struct QueueReceiver<T> {
     rx: mpsc::UnboundedReceiver<(T, Permit)>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// A queue holding at most `capacity_bytes` (an item larger than that takes the whole budget).
 pub fn bounded<T>(capacity_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
     (
         QueueSender {
             tx,
             budget: Budget::new(capacity_bytes),
+            queued: queued.clone(),
         },
-        QueueReceiver { rx },
+        QueueReceiver { rx, queued },
     )
 }
 
@@ -197,9 +202,16 @@ impl<T> QueueSender<T> {
     ///
     /// Errors: [`QueueError::Closed`] if the receiver is gone.
     pub fn push(&self, item: T, permit: Permit) -> Result<(), QueueError<T>> {
-        self.tx
-            .send((item, permit))
-            .map_err(|e| QueueError::Closed(e.0 .0))
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send((item, permit)).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            QueueError::Closed(e.0 .0)
+        })
+    }
+
+    /// Items in the queue now, whatever budget they are charged to.
+    pub fn queued_items(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// The budget items of this queue are charged to.
@@ -231,12 +243,20 @@ impl<T> QueueSender<T> {
 impl<T> QueueReceiver<T> {
     /// The next item and its permit; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<(T, Permit)> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if item.is_some() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        item
     }
 
     /// The next item if one is queued now.
     pub fn try_recv(&mut self) -> Option<(T, Permit)> {
-        self.rx.try_recv().ok()
+        let item = self.rx.try_recv().ok();
+        if item.is_some() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        item
     }
 
     /// Refuses further items; those already queued can still be received.

@@ -725,3 +725,180 @@ async fn a_proc_that_only_reads_returns_is_not_stalled() {
     let dummy = FakeWorker::join(&s.mesh, 1).await;
     s.finish(dummy).await;
 }
+
+/// Tells `sink` (on a proc that does not read) until the path to it is full;
+/// returns how many were accepted.
+async fn fill(client: &Client, sink: &ActorRef<Counter>) -> u64 {
+    let mut told = 0u64;
+    loop {
+        let msg = CounterMsg::Count {
+            seq: told,
+            pad: vec![0; 256],
+        };
+        match sink
+            .tell_within(client, Duration::from_millis(200), msg)
+            .await
+        {
+            Ok(()) => told += 1,
+            Err(quicmesh::actor::SendError::Timeout(_)) => return told,
+            Err(e) => panic!("tell: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_that_cover_nothing_new_do_not_hide_a_stall() {
+    const STALL: Duration = Duration::from_secs(2);
+    let mut s = scene("cont-dupack", |c| {
+        c.limits.mailbox_bytes = 1 << 20;
+        c.stall_timeout = STALL;
+    })
+    .await;
+    let mut fake = s.attacker(1).await;
+    let a = fake.proc(0);
+    let sink: ActorRef<Counter> = ActorRef::attest(a.actor("sink", 0));
+    let told = fill(&s.client, &sink).await;
+    // A never reads its stream; it only repeats `Ack { processed: 0 }`.
+    let started = tokio::time::Instant::now();
+    let nothing_new =
+        codec::frame(&MailboxFrame::Ack { processed: 0 }, fake.max_frame).expect("encode ack");
+    let failed = loop {
+        if let Some(ProcState::Failed { reason }) = s.mesh.alloc.proc_state(&a) {
+            break reason;
+        }
+        // Once A is failed the allocator stops reading: a write may fail then.
+        let _ = fake.mailbox(&a).send.write_all(&nothing_new).await;
+        assert!(
+            started.elapsed() < STALL + SOON,
+            "A read nothing for {:?} with {told} messages waiting, yet it is {:?}",
+            started.elapsed(),
+            s.mesh.alloc.proc_state(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(failed.contains("stalled"), "{failed}");
+    s.finish(fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_returned_to_a_sender_that_does_not_read_cost_the_destination_nothing() {
+    let mut s = scene("cont-pin", |c| {
+        c.limits.mailbox_bytes = 1 << 20;
+        c.stall_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut fake = s.attacker(2).await;
+    let (a, b) = (fake.proc(0), fake.proc(1));
+    // To an actor that does not exist on healthy proc 1: its worker refuses
+    // each one, and the allocator hands each back to A, which never reads.
+    let ghost = Dest::Actor(s.procs[1].actor("ghost", 0));
+    for i in 0..64u64 {
+        let env = envelope(&a, i, ghost.clone(), vec![0u8; 64 << 10]);
+        let frame = codec::frame(&MailboxFrame::Envelope(env), fake.max_frame).expect("encode");
+        let write = fake.mailbox(&a).send.write_all(&frame);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), write).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+    }
+    // Healthy proc 1 keeps its whole budget: traffic to it flows.
+    s.healthy_traffic(500).await;
+    let reason = s.mesh.wait_failed(&a, SOON).await;
+    assert!(reason.contains("returned messages not read"), "{reason}");
+    let back = fake.echo_via(&b, &s.echo1, b"b").await;
+    assert_eq!(back, b"b");
+    s.finish(fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_destination_never_stops_a_senders_other_traffic() {
+    const STALL: Duration = Duration::from_secs(8);
+    let mut s = scene("cont-parkfull", |c| {
+        c.limits.mailbox_bytes = 1 << 20;
+        c.stall_timeout = STALL;
+    })
+    .await;
+    let fake = s.attacker(1).await;
+    let a = fake.proc(0);
+    // A second pump on healthy proc 0 sends A far more than A's queue and
+    // proc 0's parking budget hold, from the same stream as proc 0's traffic
+    // to healthy proc 1.
+    let flood_pump = s
+        .client
+        .spawn::<Pump>(&s.procs[0], "flood", &())
+        .await
+        .expect("spawn a second pump");
+    let sink: ActorRef<Counter> = ActorRef::attest(a.actor("sink", 0));
+    let flood = {
+        let (client, pump) = (s.client.clone(), flood_pump.clone());
+        tokio::spawn(async move {
+            pump.ask_within(&client, SOON * 2, |done| PumpMsg::Run {
+                to: sink,
+                from: 0,
+                n: 10_000,
+                pad: 1000,
+                done,
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Proc 0's other traffic flows while A is full and not yet failed.
+    s.healthy_traffic(500).await;
+    assert!(
+        !matches!(s.mesh.alloc.proc_state(&a), Some(ProcState::Failed { .. })),
+        "healthy traffic only flowed once the full destination was failed"
+    );
+    // The flood was not all parked: what did not fit came back as "full".
+    let sent = flood
+        .await
+        .expect("flood task")
+        .expect("the flooding pump finished handing over");
+    assert_eq!(sent, 10_000);
+    let reason = s.mesh.wait_failed(&a, STALL + SOON).await;
+    assert!(reason.contains("stalled"), "{reason}");
+    // Everything the flood sent comes back to it (full, or A failed); proc 0
+    // is not failed for the returns it is owed.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let returned: u64 = flood_pump
+            .ask(&s.client, PumpMsg::Returned)
+            .await
+            .expect("pump reports its returns");
+        if returned == 10_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{returned} of 10000 came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.finish(fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proc_whose_stream_never_opens_is_failed() {
+    const STALL: Duration = Duration::from_secs(2);
+    let mut s = scene("cont-noattach", |c| {
+        c.limits.mailbox_bytes = 1 << 20;
+        c.stall_timeout = STALL;
+    })
+    .await;
+    // Joins, but never opens its proc's mailbox stream.
+    let fake = FakeWorker::join(&s.mesh, 1).await;
+    let a = fake.proc(0);
+    let sink: ActorRef<Counter> = ActorRef::attest(a.actor("sink", 0));
+    let told = fill(&s.client, &sink).await;
+    let reason = s.mesh.wait_failed(&a, STALL + SOON).await;
+    assert!(reason.contains("not opened"), "{reason}");
+    // What waited for it comes back.
+    let mut returned = s.mesh.alloc.take_returned().expect("returned stream");
+    for _ in 0..told {
+        let u = common::next_returned(&mut returned).await;
+        assert!(u.reason.contains("not opened"), "{}", u.reason);
+    }
+    s.finish(fake).await;
+}

@@ -565,13 +565,15 @@ impl Proc {
         };
         let to = Dest::PortFailure(u.envelope.from.port(port));
         let env = self.envelope(&from, to, payload, None);
-        if self
-            .inner
-            .outlet
-            .send_unbudgeted(Outgoing::Envelope(env))
-            .is_err()
-        {
-            tracing::debug!("cannot fail ask of {}: proc closed", u.envelope.from);
+        // Within the proc's outbound budget: a peer sending many asks that
+        // fail here must not grow this worker's memory. If there is no room,
+        // the ask is left to its timeout.
+        if let Err(e) = self.inner.outlet.try_send(Outgoing::Envelope(env)) {
+            let why = match e {
+                QueueError::Full(_) => "outbound queue full",
+                QueueError::Closed(_) => "proc closed",
+            };
+            tracing::debug!("cannot fail ask of {} at once: {why}", u.envelope.from);
         }
     }
 

@@ -13,8 +13,11 @@
 //! - when the link closes, what is left is handed back with whether it was
 //!   certainly not delivered or possibly delivered.
 //!
-//! A refused envelope keeps its position (acks count it as processed) but
-//! gives its item back at once, so its memory is not held until the ack.
+//! A refused envelope keeps its position (acks count it as processed) and
+//! gives its envelope back at once; what the caller chooses to keep of it
+//! (its budget share) stays in the position until the ack covers it, so a
+//! worker that refuses everything and never acknowledges fills its own
+//! budget, not someone else's memory.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -55,18 +58,29 @@ impl fmt::Display for Violation {
     }
 }
 
+/// One position on the stream.
+#[derive(Debug)]
+enum Slot<T, K> {
+    /// Written, waiting for its ack or refusal.
+    Pending(T),
+    /// Refused; what is kept of it until the ack covers it.
+    Refused(K),
+    /// Only while a slot is being changed.
+    Moving,
+}
+
 /// The unacknowledged envelopes of one stream, by position.
 #[derive(Debug)]
-pub(crate) struct InFlight<T> {
-    /// Entry `i` is position `acked + i`; `None` once refused.
-    entries: VecDeque<Option<T>>,
+pub(crate) struct InFlight<T, K = ()> {
+    /// Entry `i` is position `acked + i`.
+    entries: VecDeque<Slot<T, K>>,
     /// Envelopes acknowledged so far (the worker's cumulative count).
     acked: u64,
     /// Envelopes the worker acknowledged and had not refused.
     delivered: u64,
 }
 
-impl<T> Default for InFlight<T> {
+impl<T, K> Default for InFlight<T, K> {
     fn default() -> Self {
         InFlight {
             entries: VecDeque::new(),
@@ -76,10 +90,15 @@ impl<T> Default for InFlight<T> {
     }
 }
 
-impl<T> InFlight<T> {
+impl<T, K> InFlight<T, K> {
     /// Envelopes written so far.
     pub(crate) fn sent(&self) -> u64 {
         self.acked + self.entries.len() as u64
+    }
+
+    /// Envelopes acknowledged so far (the worker's cumulative count).
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
     }
 
     /// Envelopes acknowledged as delivered (not refused) so far.
@@ -96,7 +115,7 @@ impl<T> InFlight<T> {
     /// Records that `item` was written; returns its position on the stream.
     pub(crate) fn on_sent(&mut self, item: T) -> u64 {
         let seq = self.sent();
-        self.entries.push_back(Some(item));
+        self.entries.push_back(Slot::Pending(item));
         seq
     }
 
@@ -119,7 +138,7 @@ impl<T> InFlight<T> {
         }
         let mut delivered = 0;
         for _ in self.acked..processed {
-            if let Some(Some(_)) = self.entries.pop_front() {
+            if let Some(Slot::Pending(_)) = self.entries.pop_front() {
                 delivered += 1;
             }
         }
@@ -128,10 +147,15 @@ impl<T> InFlight<T> {
         Ok(delivered)
     }
 
-    /// Applies a refusal of the envelope at `seq`; returns the item to give back.
+    /// Applies a refusal of the envelope at `seq`: `split` divides its item
+    /// into what to give back (returned) and what to keep until the ack.
     ///
     /// Errors: `seq` already acknowledged, never written, or refused before.
-    pub(crate) fn on_refused(&mut self, seq: u64) -> Result<T, Violation> {
+    pub(crate) fn on_refused<U>(
+        &mut self,
+        seq: u64,
+        split: impl FnOnce(T) -> (U, K),
+    ) -> Result<U, Violation> {
         if seq < self.acked {
             return Err(Violation::RefusedAcked {
                 seq,
@@ -143,13 +167,26 @@ impl<T> InFlight<T> {
             .ok()
             .and_then(|i| self.entries.get_mut(i))
             .ok_or(Violation::RefusedUnsent { seq, sent })?;
-        slot.take().ok_or(Violation::RefusedTwice { seq })
+        match std::mem::replace(slot, Slot::Moving) {
+            Slot::Pending(item) => {
+                let (back, keep) = split(item);
+                *slot = Slot::Refused(keep);
+                Ok(back)
+            }
+            other => {
+                *slot = other;
+                Err(Violation::RefusedTwice { seq })
+            }
+        }
     }
 
     /// Takes every item written and neither acknowledged nor refused, in order.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.acked += self.entries.len() as u64;
-        self.entries.drain(..).flatten()
+        self.entries.drain(..).filter_map(|slot| match slot {
+            Slot::Pending(item) => Some(item),
+            Slot::Refused(_) | Slot::Moving => None,
+        })
     }
 }
 
@@ -170,7 +207,7 @@ mod tests {
         let mut f = sent(5);
         assert_eq!(f.on_ack(2), Ok(2));
         assert_eq!(f.on_ack(2), Ok(0), "a repeated ack is harmless");
-        assert_eq!(f.on_refused(3), Ok(3));
+        assert_eq!(f.on_refused(3, |x| (x, ())), Ok(3));
         assert_eq!(
             f.on_ack(5),
             Ok(2),
@@ -210,29 +247,32 @@ mod tests {
         let mut f = sent(4);
         f.on_ack(1).unwrap();
         assert_eq!(
-            f.on_refused(0),
+            f.on_refused(0, |x| (x, ())),
             Err(Violation::RefusedAcked { seq: 0, acked: 1 })
         );
         assert_eq!(
-            f.on_refused(4),
+            f.on_refused(4, |x| (x, ())),
             Err(Violation::RefusedUnsent { seq: 4, sent: 4 })
         );
         assert_eq!(
-            f.on_refused(u64::MAX),
+            f.on_refused(u64::MAX, |x| (x, ())),
             Err(Violation::RefusedUnsent {
                 seq: u64::MAX,
                 sent: 4
             })
         );
-        assert_eq!(f.on_refused(2), Ok(2));
-        assert_eq!(f.on_refused(2), Err(Violation::RefusedTwice { seq: 2 }));
+        assert_eq!(f.on_refused(2, |x| (x, ())), Ok(2));
+        assert_eq!(
+            f.on_refused(2, |x| (x, ())),
+            Err(Violation::RefusedTwice { seq: 2 })
+        );
     }
 
     #[test]
     fn drain_hands_back_what_is_unacknowledged_and_unrefused() {
         let mut f = sent(5);
         f.on_ack(1).unwrap();
-        f.on_refused(2).unwrap();
+        f.on_refused(2, |x| (x, ())).unwrap();
         assert_eq!(f.drain().collect::<Vec<_>>(), vec![1, 3, 4]);
         assert!(f.is_empty());
         assert_eq!(f.sent(), 5);

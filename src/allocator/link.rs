@@ -43,20 +43,27 @@ use crate::wire::{
 /// Longest reason text kept from a peer (refusals, failures), in bytes.
 pub(crate) const MAX_PEER_REASON: usize = 256;
 
+/// Why an envelope was not forwarded at once.
+pub(crate) enum NotForwarded {
+    /// Its destination is full now: the envelope, to wait or go back.
+    Full(Envelope),
+    /// It cannot go anywhere (unknown or closed destination): the return.
+    Undeliverable(Undeliverable),
+}
+
 /// Where a link sends what its worker gives it: implemented by the router.
 pub(crate) trait Switch: Send + Sync + 'static {
-    /// Forwards `env` if its destination has room now, else hands it back.
-    ///
-    /// An envelope that cannot go anywhere (unknown or closed destination)
-    /// is returned to its sender and counts as forwarded.
-    fn try_forward(&self, env: Envelope) -> Result<(), Envelope>;
+    /// Forwards `env` if its destination has room now.
+    fn try_forward(&self, env: Envelope) -> Result<(), NotForwarded>;
 
-    /// Forwards `env`, waiting for room at its destination.
-    fn forward(&self, env: Envelope) -> BoxFuture<'_, ()>;
+    /// Forwards `env`, waiting for room at its destination; the return if
+    /// it cannot go anywhere.
+    fn forward(&self, env: Envelope) -> BoxFuture<'_, Result<(), Undeliverable>>;
 
-    /// Returns `u` to its sender. `permit` is the budget share the envelope
-    /// already holds, if any; without one the return is charged to the
-    /// sender's returns budget.
+    /// Returns `u` to its sender. `permit` is a budget share the envelope
+    /// holds that may travel with it (one that no live destination needs
+    /// back); without one the return is charged to the sender's returns
+    /// budget.
     fn give_back(&self, u: Undeliverable, permit: Option<Permit>);
 }
 
@@ -94,7 +101,8 @@ pub struct LinkStats {
 }
 
 struct State {
-    in_flight: InFlight<Pending>,
+    /// Refused positions keep their budget share until acknowledged.
+    in_flight: InFlight<Pending, Permit>,
     closed: Option<String>,
     /// The worker finished its side of the stream in order (final ack sent).
     finished: bool,
@@ -113,6 +121,8 @@ pub(crate) struct ProcLink {
     is_closed: AtomicBool,
     /// Set once a failure of this link was reported (reported once).
     failing: AtomicBool,
+    /// Set once the worker opened the proc's mailbox stream.
+    attached: AtomicBool,
     failures: mpsc::UnboundedSender<(ProcId, String)>,
     stop_writer: CancellationToken,
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -131,7 +141,7 @@ impl ProcLink {
         failures: mpsc::UnboundedSender<(ProcId, String)>,
     ) -> Arc<ProcLink> {
         let (tx, rx) = queue::bounded(config.budget_bytes);
-        Arc::new(ProcLink {
+        let link = Arc::new(ProcLink {
             proc_id,
             config,
             queue: tx,
@@ -145,13 +155,27 @@ impl ProcLink {
             }),
             is_closed: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
             failures,
             stop_writer: CancellationToken::new(),
             reader: Mutex::new(None),
             writer: Mutex::new(None),
             reader_done: CancellationToken::new(),
             returned: AtomicU64::new(0),
-        })
+        });
+        // A worker that never opens the proc's stream would leave it, and
+        // everyone waiting to send to it, hanging for ever.
+        let watched = Arc::downgrade(&link);
+        let timeout = config.stall_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(link) = watched.upgrade() {
+                if !link.attached.load(Ordering::Acquire) && link.closed_reason().is_none() {
+                    link.fail(format!("mailbox stream not opened within {timeout:?}"));
+                }
+            }
+        });
+        link
     }
 
     /// Queues `env` for the proc if there is room now.
@@ -239,9 +263,12 @@ impl ProcLink {
         }
     }
 
-    /// Whether anything waits to reach the worker (queued, in flight or owed).
+    /// Whether anything waits to reach the worker (queued, in flight or
+    /// owed), whatever budget it is charged to.
     fn data_waiting(&self) -> bool {
-        self.queue.used_bytes() > 0 || self.returns.used_bytes() > 0
+        self.queue.queued_items() > 0
+            || self.queue.used_bytes() > 0
+            || self.returns.used_bytes() > 0
     }
 
     /// Starts moving envelopes over the proc's mailbox stream.
@@ -259,6 +286,7 @@ impl ProcLink {
         let Some(mut rx) = lock(&self.idle_rx).take() else {
             return;
         };
+        self.attached.store(true, Ordering::Release);
         let acks = Arc::new(AckState::default());
         // What the worker takes off the stream, so a peer that reads returns
         // (which it never acknowledges) is not taken for a stalled one.
@@ -277,9 +305,11 @@ impl ProcLink {
                     lock(&sent_link.state).in_flight.on_sent((env, permit));
                 };
                 let (large_switch, large_link) = (switch.clone(), link.clone());
-                let mut on_too_large = move |u: Undeliverable, permit: Permit| {
+                // This proc's budget share goes back to it at once; the return
+                // is charged to its sender.
+                let mut on_too_large = move |u: Undeliverable, _permit: Permit| {
                     large_link.returned.fetch_add(1, Ordering::Relaxed);
-                    large_switch.give_back(u, Some(permit));
+                    large_switch.give_back(u, None);
                 };
                 // Closing the link abandons the stream at once: whatever was
                 // written but not acknowledged is handed back by `close`.
@@ -315,7 +345,7 @@ impl ProcLink {
     /// Reads the worker's frames until the stream ends; `Err` with the reason
     /// on a protocol violation, a broken stream or a stall.
     async fn read_loop(
-        &self,
+        self: &Arc<Self>,
         recv: &mut FramedRecv,
         acks: &AckState,
         written: &AtomicU64,
@@ -369,19 +399,30 @@ impl ProcLink {
                     acks.bump(recv.frame_ready());
                 }
                 MailboxFrame::Refused { seq, reason } => {
-                    let refused = lock(&self.state).in_flight.on_refused(seq);
-                    let (env, permit) = refused.map_err(|v| format!("protocol violation: {v}"))?;
+                    // The envelope goes back to its sender, charged to the
+                    // sender's returns budget; this proc's budget share stays
+                    // with the position until this worker acknowledges it.
+                    let refused = lock(&self.state)
+                        .in_flight
+                        .on_refused(seq, |(env, permit)| (env, permit));
+                    let env = refused.map_err(|v| format!("protocol violation: {v}"))?;
                     self.returned.fetch_add(1, Ordering::Relaxed);
                     let u =
                         Undeliverable::not_delivered(env, bounded_text(&reason, MAX_PEER_REASON));
-                    switch.give_back(u, Some(permit));
+                    switch.give_back(u, None);
                 }
                 MailboxFrame::Ack { processed } => {
-                    lock(&self.state)
+                    let mut state = lock(&self.state);
+                    let before = state.in_flight.acked();
+                    state
                         .in_flight
                         .on_ack(processed)
                         .map_err(|v| format!("protocol violation: {v}"))?;
-                    judge.on_progress(Instant::now());
+                    drop(state);
+                    // Only an ack that covers something new is progress.
+                    if processed > before {
+                        judge.on_progress(Instant::now());
+                    }
                 }
                 MailboxFrame::Undeliverable(_) => {
                     return Err("protocol violation: a worker returns envelopes by refusing them, not by sending them back".into());
@@ -391,15 +432,24 @@ impl ProcLink {
     }
 
     /// Passes an envelope from the proc on: at once if its destination has
-    /// room and no line of this proc waits for it, else into that line.
-    async fn forward(&self, env: Envelope, switch: &Arc<dyn Switch>, judge: &mut StallJudge) {
+    /// room and no line of this proc waits for it, else into that line; if
+    /// this proc's parking budget is used up, back to it as "full". The
+    /// proc's stream is never left unread because a destination is full.
+    async fn forward(
+        self: &Arc<Self>,
+        env: Envelope,
+        switch: &Arc<dyn Switch>,
+        judge: &mut StallJudge,
+    ) {
         if let Dest::Proc(target) = &env.to {
             if !self.config.remote_proc_requests {
                 let reason = format!(
                     "refused: {} may not send requests to proc {target} (remote proc requests are disabled by the allocator)",
                     self.proc_id
                 );
-                return switch.give_back(Undeliverable::not_delivered(env, reason), None);
+                return self
+                    .owe(Undeliverable::not_delivered(env, reason), judge)
+                    .await;
             }
         }
         let env = if self.parking.has_line(env.to.proc_id()) {
@@ -407,29 +457,64 @@ impl ProcLink {
         } else {
             match switch.try_forward(env) {
                 Ok(()) => return,
-                Err(env) => env,
+                Err(NotForwarded::Full(env)) => env,
+                Err(NotForwarded::Undeliverable(u)) => return self.owe(u, judge).await,
             }
         };
-        let cost = env.wire_size();
-        let permit = match self.parking.budget().try_reserve(cost) {
-            Some(p) => p,
-            None => {
-                // This proc has parked all it may: stop reading it until a
-                // line moves. Its acks cannot be seen meanwhile.
-                judge.pause();
-                let p = self.parking.budget().reserve(cost).await;
-                judge.resume(Instant::now());
-                p
-            }
+        let Some(permit) = self.parking.budget().try_reserve(env.wire_size()) else {
+            let reason = format!(
+                "destination proc {} is full, and {} bytes {} sent to full destinations already wait",
+                env.to.proc_id(),
+                self.parking.parked_bytes(),
+                self.proc_id
+            );
+            return self
+                .owe(Undeliverable::not_delivered(env, reason), judge)
+                .await;
         };
         let dest = env.to.proc_id().clone();
         if self.parking.park(env, permit) {
-            let (parking, switch) = (self.parking.clone(), switch.clone());
+            let (link, switch) = (self.clone(), switch.clone());
             tokio::spawn(async move {
-                while let Some((env, _permit)) = parking.next(&dest) {
-                    switch.forward(env).await;
+                while let Some((env, permit)) = link.parking.next(&dest) {
+                    // What cannot go comes back with this proc's own parking
+                    // share: no new budget is needed for it.
+                    if let Err(u) = switch.forward(env).await {
+                        link.give_back(u, Some(permit));
+                    }
                 }
             });
+        }
+    }
+
+    /// Queues a return this proc caused while its stream was being read
+    /// (it sent to nowhere, or to a destination that is full), charged to
+    /// its returns budget. If that is used up the reading waits, as the
+    /// proc is not reading what it is owed; if it stays used up for the
+    /// stall timeout, the proc is failed.
+    async fn owe(&self, u: Undeliverable, judge: &mut StallJudge) {
+        let cost = u.envelope.wire_size() + u.reason.len();
+        let permit = match self.returns.try_reserve(cost) {
+            Some(p) => p,
+            None => {
+                judge.pause();
+                let got =
+                    tokio::time::timeout(self.config.stall_timeout, self.returns.reserve(cost))
+                        .await;
+                judge.resume(Instant::now());
+                match got {
+                    Ok(p) => p,
+                    Err(_) => {
+                        return self.fail(format!(
+                            "more than {} bytes of returned messages not read",
+                            self.returns.capacity_bytes()
+                        ))
+                    }
+                }
+            }
+        };
+        if self.queue.push(Outgoing::Returned(u), permit).is_err() {
+            tracing::debug!("return to {} dropped: proc closed", self.proc_id);
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, Weak};
 
 use futures::future::BoxFuture;
 
-use super::link::{ProcLink, Switch};
+use super::link::{NotForwarded, ProcLink, Switch};
 use crate::actor::{NotDelivered, Outlet, Proc};
 use crate::id::ProcId;
 use crate::mailbox::Outgoing;
@@ -71,52 +71,54 @@ impl Router {
         }
     }
 
-    /// Sends `env` on towards its destination, waiting for room; returns it
-    /// to its sender if it cannot go.
-    pub(crate) async fn route(&self, env: Envelope) {
+    /// Sends `env` on towards its destination, waiting for room.
+    ///
+    /// Errors: the return, if it cannot go where it was sent (unknown or
+    /// closed proc, actor not found on the controller's proc).
+    pub(crate) async fn route(&self, env: Envelope) -> Result<(), Undeliverable> {
         let reason = match self.destination(env.to.proc_id()) {
-            Destination::Controller => match self.controller.deliver(env).await {
-                Ok(()) => return,
-                Err(u) => return self.return_to_sender(u, None),
-            },
+            Destination::Controller => return self.controller.deliver(env).await,
             Destination::Link(link) => match link.send(env).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(env) => {
                     let reason = closed_reason(&link);
-                    return self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
+                    return Err(Undeliverable::not_delivered(env, reason));
                 }
             },
             Destination::Nowhere(reason) => reason,
         };
-        self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
+        Err(Undeliverable::not_delivered(env, reason))
     }
 
-    /// Sends `env` on if there is room now; hands it back when the
-    /// destination is full. One that cannot go anywhere is returned to its
-    /// sender (and counts as sent).
-    pub(crate) fn try_route(&self, env: Envelope) -> Result<(), Envelope> {
+    /// Sends `env` on if its destination has room now.
+    ///
+    /// Errors: [`NotForwarded::Full`] with the envelope when the destination
+    /// is full, [`NotForwarded::Undeliverable`] with the return when it
+    /// cannot go where it was sent.
+    pub(crate) fn try_route(&self, env: Envelope) -> Result<(), NotForwarded> {
         let reason = match self.destination(env.to.proc_id()) {
-            Destination::Controller => match self.controller.try_deliver(env) {
-                Ok(()) => return Ok(()),
-                Err(NotDelivered::Undeliverable(u)) => {
-                    self.return_to_sender(u, None);
-                    return Ok(());
+            Destination::Controller => {
+                return match self.controller.try_deliver(env) {
+                    Ok(()) => Ok(()),
+                    Err(NotDelivered::Undeliverable(u)) => Err(NotForwarded::Undeliverable(u)),
+                    Err(NotDelivered::Full(env)) => Err(NotForwarded::Full(env)),
                 }
-                Err(NotDelivered::Full(env)) => return Err(env),
-            },
+            }
             Destination::Link(link) => match link.try_send(env) {
                 Ok(()) => return Ok(()),
-                Err(QueueError::Full(env)) => return Err(env),
+                Err(QueueError::Full(env)) => return Err(NotForwarded::Full(env)),
                 Err(QueueError::Closed(env)) => {
                     let reason = closed_reason(&link);
-                    self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
-                    return Ok(());
+                    return Err(NotForwarded::Undeliverable(Undeliverable::not_delivered(
+                        env, reason,
+                    )));
                 }
             },
             Destination::Nowhere(reason) => reason,
         };
-        self.return_to_sender(Undeliverable::not_delivered(env, reason), None);
-        Ok(())
+        Err(NotForwarded::Undeliverable(Undeliverable::not_delivered(
+            env, reason,
+        )))
     }
 
     /// Sends a returned envelope back to the proc of its sender (dropped if
@@ -156,11 +158,11 @@ fn closed_reason(link: &ProcLink) -> String {
 }
 
 impl Switch for Router {
-    fn try_forward(&self, env: Envelope) -> Result<(), Envelope> {
+    fn try_forward(&self, env: Envelope) -> Result<(), NotForwarded> {
         self.try_route(env)
     }
 
-    fn forward(&self, env: Envelope) -> BoxFuture<'_, ()> {
+    fn forward(&self, env: Envelope) -> BoxFuture<'_, Result<(), Undeliverable>> {
         Box::pin(self.route(env))
     }
 
@@ -179,7 +181,11 @@ impl Outlet for RouterOutlet {
                 return Err(item);
             };
             match item {
-                Outgoing::Envelope(env) => router.route(env).await,
+                Outgoing::Envelope(env) => {
+                    if let Err(u) = router.route(env).await {
+                        router.return_to_sender(u, None);
+                    }
+                }
                 Outgoing::Returned(u) => router.return_to_sender(u, None),
                 // The controller's proc receives nothing over a stream.
                 Outgoing::Refused { .. } => {}
@@ -193,9 +199,14 @@ impl Outlet for RouterOutlet {
             return Err(QueueError::Closed(item));
         };
         match item {
-            Outgoing::Envelope(env) => router
-                .try_route(env)
-                .map_err(|env| QueueError::Full(Outgoing::Envelope(env))),
+            Outgoing::Envelope(env) => match router.try_route(env) {
+                Ok(()) => Ok(()),
+                Err(NotForwarded::Full(env)) => Err(QueueError::Full(Outgoing::Envelope(env))),
+                Err(NotForwarded::Undeliverable(u)) => {
+                    router.return_to_sender(u, None);
+                    Ok(())
+                }
+            },
             Outgoing::Returned(u) => {
                 router.return_to_sender(u, None);
                 Ok(())
@@ -211,7 +222,11 @@ impl Outlet for RouterOutlet {
         match item {
             Outgoing::Envelope(env) => {
                 let router = router.clone();
-                tokio::spawn(async move { router.route(env).await });
+                tokio::spawn(async move {
+                    if let Err(u) = router.route(env).await {
+                        router.return_to_sender(u, None);
+                    }
+                });
             }
             Outgoing::Returned(u) => router.return_to_sender(u, None),
             Outgoing::Refused { .. } => {}

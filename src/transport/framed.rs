@@ -117,6 +117,8 @@ pub struct FramedSend {
     buf: Vec<u8>,
     /// Bytes written so far, shared with whoever watches the stream's progress.
     written: Option<Arc<AtomicU64>>,
+    /// Finished or reset explicitly (else dropping resets the stream).
+    ended: bool,
 }
 
 impl FramedSend {
@@ -127,6 +129,7 @@ impl FramedSend {
             max_frame,
             buf: Vec::new(),
             written: None,
+            ended: false,
         }
     }
 
@@ -171,20 +174,33 @@ impl FramedSend {
 
     /// Writes everything buffered.
     ///
-    /// Errors: [`StreamError::Write`] if the stream is gone (the buffer is kept).
+    /// Errors: [`StreamError::Write`] if the stream is gone (what was not
+    /// written stays buffered).
     pub async fn flush(&mut self) -> Result<(), StreamError> {
-        if !self.buf.is_empty() {
-            self.send.write_all(&self.buf).await?;
-            if let Some(written) = &self.written {
-                written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        // Written piece by piece so that progress is counted as it happens:
+        // one large frame on a slow link is still progress.
+        let mut done = 0;
+        while done < self.buf.len() {
+            match self.send.write(&self.buf[done..]).await {
+                Ok(n) => {
+                    done += n;
+                    if let Some(written) = &self.written {
+                        written.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    self.buf.drain(..done);
+                    return Err(e.into());
+                }
             }
-            self.buf.clear();
         }
+        self.buf.clear();
         Ok(())
     }
 
     /// Abandons the stream with `code`: unsent data is discarded.
     pub fn reset(&mut self, code: quinn::VarInt) {
+        self.ended = true;
         let _ = self.send.reset(code);
     }
 
@@ -195,6 +211,20 @@ impl FramedSend {
 
     /// Finishes the stream: the peer reads a clean end after the last frame.
     pub fn finish(&mut self) {
+        self.ended = true;
         let _ = self.send.finish();
+    }
+}
+
+impl Drop for FramedSend {
+    /// A stream dropped without [`FramedSend::finish`] is reset, not finished:
+    /// a writer that was abandoned part way (aborted, or its task cut off at a
+    /// deadline) must not look to the peer like one that ended in order, for
+    /// a clean end means "everything I meant to send, including my final
+    /// acknowledgement, is there".
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.send.reset(crate::wire::close::ABANDONED);
+        }
     }
 }

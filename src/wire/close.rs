@@ -26,6 +26,9 @@ pub const SHUTDOWN: VarInt = VarInt::from_u32(5);
 /// transport code `CONNECTION_REFUSED`, without a reason; a worker treats
 /// both the same, as "busy", and the allocator logs the reason instead.
 pub const BUSY: VarInt = VarInt::from_u32(6);
+/// Stream reset code: the writer gave the stream up without ending it in
+/// order (its task was cut off, or its side is going away).
+pub const ABANDONED: VarInt = VarInt::from_u32(7);
 
 /// Reason text as sent in a close frame: bounded so it fits in one packet.
 pub fn reason_bytes(reason: &str) -> Vec<u8> {

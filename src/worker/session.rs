@@ -231,6 +231,10 @@ impl Session {
         let exit = match msg {
             Ok(Some(AllocatorToWorker::StartProc { proc_id })) => self.start_proc(proc_id).await,
             Ok(Some(AllocatorToWorker::StopProc { proc_id })) => {
+                if self.stopping.contains_key(&proc_id) {
+                    // Already being stopped: it will report `ProcStopped` once.
+                    return None;
+                }
                 let Some(hosted) = self.procs.remove(&proc_id) else {
                     let reason = format!("no proc {proc_id} on this worker");
                     return self
