@@ -28,6 +28,7 @@ use futures::future::join_all;
 use quicmesh::actor::builtin::{self, Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
 use quicmesh::config::{HeartbeatConfig, Limits};
+use quicmesh::link::LinkConfig;
 use quicmesh::tls::{self, CertPaths};
 use quicmesh::transport::{self, FramedRecv, FramedSend};
 use quicmesh::{ActorRef, Client, ProcMesh};
@@ -781,6 +782,7 @@ fn raw_peer_main() -> anyhow::Result<()> {
             tls::server_config(roots, identity)?,
             &HeartbeatConfig::default(),
             &Limits::default(),
+            &LinkConfig::default(),
         )?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", endpoint.local_addr()?.port())?;
@@ -794,7 +796,12 @@ fn raw_peer_main() -> anyhow::Result<()> {
                 };
                 // The same stream and window limits an admitted worker with
                 // one proc gets (the raw cases use one stream at a time).
-                transport::endpoint::open_admitted(&conn, &Limits::default(), 1);
+                transport::endpoint::open_admitted(
+                    &conn,
+                    &Limits::default(),
+                    1,
+                    &LinkConfig::default(),
+                );
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         if let Err(e) = serve_raw_stream(send, recv).await {
@@ -875,11 +882,12 @@ impl RawClient {
             tls::client_config(roots, identity)?,
             addr,
             &Limits::default(),
+            &LinkConfig::default(),
         )?;
         let conn =
             transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
         // The same receive window a welcomed worker gets.
-        transport::endpoint::open_welcomed(&conn, &Limits::default());
+        transport::endpoint::open_welcomed(&conn, &Limits::default(), &LinkConfig::default());
         Ok(RawClient {
             endpoint,
             conn,

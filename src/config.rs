@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::link::LinkConfig;
+
 /// Environment variable: `host:port` of the allocator.
 pub const ENV_ALLOCATOR_ADDR: &str = "QUICMESH_ALLOCATOR_ADDR";
 /// Environment variable: the name the allocator's certificate must carry.
@@ -25,6 +27,18 @@ pub const ENV_KEY: &str = "QUICMESH_KEY";
 /// Environment variable (optional): how long a worker keeps trying to join,
 /// e.g. `30s`, `500ms`, `2m` or a number of seconds; default [`DEFAULT_JOIN_TIMEOUT`].
 pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
+/// Environment variable (optional): the link setting of this worker's
+/// connection, e.g. `wan` (see [`crate::link`]); default `lan`. The
+/// allocator sets it for the workers it launches and in its join tickets.
+pub const ENV_LINK: &str = "QUICMESH_LINK";
+/// Environment variable (optional): the heartbeat interval this worker
+/// expects, e.g. `250ms`. The allocator's value, sent in the Welcome, is the
+/// one used (see [`WorkerEnv::heartbeat`]).
+pub const ENV_HEARTBEAT_INTERVAL: &str = "QUICMESH_HEARTBEAT_INTERVAL";
+/// Environment variable (optional): the heartbeat timeout this worker
+/// expects, e.g. `1500ms`. The allocator's value, sent in the Welcome, is the
+/// one used (see [`WorkerEnv::heartbeat`]).
+pub const ENV_HEARTBEAT_TIMEOUT: &str = "QUICMESH_HEARTBEAT_TIMEOUT";
 
 /// How long a worker keeps trying to join when nothing says otherwise.
 ///
@@ -172,16 +186,18 @@ pub const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
 /// update. It is raised once admitted, see [`admitted_receive_window`].
 pub const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 2 * MAX_PRE_ADMISSION_FRAME;
 
-/// QUIC receive window of each stream, in bytes (both sides).
+/// QUIC receive window of each stream with the default link setting, in
+/// bytes (both sides); [`crate::link::LinkConfig::window`] sets it.
 ///
 /// Unread data one mailbox stream can hold in quinn's buffers. 1 MiB keeps a
 /// single stream near memory speed on a LAN (a 1 MiB window drains every
 /// round trip: 10 GB/s at 100 us, 100 MB/s at 10 ms) while bounding what one
 /// stalled proc can pin.
-pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub const STREAM_RECEIVE_WINDOW: u32 = crate::link::LAN_WINDOW;
 
-/// The connection receive window once a peer is admitted: one stream window
-/// for every stream it may have open (its procs' mailboxes and the control
+/// The connection receive window once a peer is admitted, with the default
+/// link setting ([`crate::link::LinkConfig::connection_window`] for any
+/// other): one stream window for every stream it may have open (its procs' mailboxes and the control
 /// stream), plus one spare.
 ///
 /// Smaller would let a few procs whose data is not read right away use up
@@ -288,6 +304,22 @@ pub struct WorkerEnv {
     pub key: PathBuf,
     /// How long the worker keeps trying to join before it gives up (exit 69).
     pub join_timeout: Duration,
+    /// The heartbeat settings this worker expects, if its environment names
+    /// any (`QUICMESH_HEARTBEAT_INTERVAL`, `QUICMESH_HEARTBEAT_TIMEOUT`; a
+    /// missing one takes its default).
+    ///
+    /// The allocator's values, sent in the Welcome, are the ones used: the
+    /// allocator judges every worker by its own setting, so a worker that
+    /// beat at another pace would be declared dead, and both ends of a
+    /// connection must judge silence alike. A worker whose values differ
+    /// from the Welcome's says so in its log, naming both, so whoever set
+    /// them by hand learns which apply. They are checked at start-up with
+    /// the bounds an allocator applies (a bad value is exit 78).
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// The link setting of this worker's connection (`QUICMESH_LINK`;
+    /// default `lan`): its receive windows and congestion controller,
+    /// fixed when the connection is created (see [`crate::link`]).
+    pub link: LinkConfig,
 }
 
 impl WorkerEnv {
@@ -352,6 +384,15 @@ impl WorkerEnv {
                 problem,
             })?,
         };
+        let link = match get(ENV_LINK) {
+            None => LinkConfig::default(),
+            Some(text) => text.parse().map_err(|problem| ConfigError::Invalid {
+                name: ENV_LINK,
+                value: text,
+                problem,
+            })?,
+        };
+        let heartbeat = heartbeat_from_lookup(&get)?;
         Ok(WorkerEnv {
             allocator_addr,
             server_name,
@@ -361,8 +402,59 @@ impl WorkerEnv {
             cert,
             key,
             join_timeout,
+            heartbeat,
+            link,
         })
     }
+}
+
+/// Reads `QUICMESH_HEARTBEAT_INTERVAL` and `QUICMESH_HEARTBEAT_TIMEOUT`
+/// through `get`: `None` if neither is set, else both values (a missing one
+/// takes its default), checked as an allocator checks its own.
+///
+/// Errors name the variable: a value that is not a duration, or a pair
+/// outside the heartbeat bounds ([`HeartbeatConfig::validate`]).
+pub fn heartbeat_from_lookup(
+    get: impl Fn(&'static str) -> Option<String>,
+) -> Result<Option<HeartbeatConfig>, ConfigError> {
+    let read = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+        match get(name) {
+            None => Ok(None),
+            Some(text) => parse_duration(&text)
+                .map(Some)
+                .map_err(|problem| ConfigError::Invalid {
+                    name,
+                    value: text,
+                    problem,
+                }),
+        }
+    };
+    let (interval, timeout) = (read(ENV_HEARTBEAT_INTERVAL)?, read(ENV_HEARTBEAT_TIMEOUT)?);
+    if interval.is_none() && timeout.is_none() {
+        return Ok(None);
+    }
+    let defaults = HeartbeatConfig::default();
+    let heartbeat = HeartbeatConfig {
+        interval: interval.unwrap_or(defaults.interval),
+        timeout: timeout.unwrap_or(defaults.timeout),
+    };
+    heartbeat.validate().map_err(|e| match e {
+        // Name the variable the user set, with the bound it breaks.
+        ConfigError::Invalid { name, problem, .. } => {
+            let (var, value) = if name == "heartbeat interval" {
+                (ENV_HEARTBEAT_INTERVAL, heartbeat.interval)
+            } else {
+                (ENV_HEARTBEAT_TIMEOUT, heartbeat.timeout)
+            };
+            ConfigError::Invalid {
+                name: var,
+                value: format!("{value:?}"),
+                problem,
+            }
+        }
+        other => other,
+    })?;
+    Ok(Some(heartbeat))
 }
 
 /// Parses a positive duration: a number with an optional unit, `ms`, `s` or
@@ -509,6 +601,67 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains(ENV_JOIN_TIMEOUT), "{err}");
+    }
+
+    #[test]
+    fn link_defaults_to_lan_and_parses() {
+        let mut vars = full();
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(env.link, LinkConfig::lan());
+        vars.insert(ENV_LINK, "wan".into());
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(env.link, LinkConfig::wan());
+        vars.insert(ENV_LINK, "wan,window=9TiB".into());
+        let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { name: ENV_LINK, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("TiB"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_variables_are_optional_checked_and_named() {
+        let mut vars = full();
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(env.heartbeat, None, "nothing set, nothing expected");
+        vars.insert(ENV_HEARTBEAT_TIMEOUT, "3s".into());
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(
+            env.heartbeat,
+            Some(HeartbeatConfig {
+                interval: HeartbeatConfig::default().interval,
+                timeout: Duration::from_secs(3),
+            }),
+            "the missing one takes its default"
+        );
+        vars.insert(ENV_HEARTBEAT_INTERVAL, "100ms".into());
+        let env = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap();
+        assert_eq!(
+            env.heartbeat.map(|h| h.interval),
+            Some(Duration::from_millis(100))
+        );
+        for (name, value) in [
+            (ENV_HEARTBEAT_INTERVAL, "often"),
+            (ENV_HEARTBEAT_INTERVAL, "2s"), // timeout 3s < twice 2s
+            (ENV_HEARTBEAT_TIMEOUT, "0"),
+            (ENV_HEARTBEAT_TIMEOUT, "31s"),
+        ] {
+            let mut vars = vars.clone();
+            vars.insert(name, value.into());
+            let err = WorkerEnv::from_lookup(|n| vars.get(n).cloned()).unwrap_err();
+            let expected = if value == "2s" {
+                // The pair is refused on the timeout, which must span two intervals.
+                ENV_HEARTBEAT_TIMEOUT
+            } else {
+                name
+            };
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == expected),
+                "{name}={value}: {err}"
+            );
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]

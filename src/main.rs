@@ -64,6 +64,15 @@ struct WorkerArgs {
     /// How long to keep trying to join, e.g. 30s, 500ms, 2m (QUICMESH_JOIN_TIMEOUT; default 60s).
     #[arg(long, value_name = "DURATION")]
     join_timeout: Option<String>,
+    /// Link setting: lan, wan, or changes such as wan,window=32MiB (QUICMESH_LINK; default lan).
+    #[arg(long, value_name = "SETTING")]
+    link: Option<String>,
+    /// Heartbeat interval this worker expects (QUICMESH_HEARTBEAT_INTERVAL); the allocator's applies.
+    #[arg(long, value_name = "DURATION")]
+    heartbeat_interval: Option<String>,
+    /// Heartbeat timeout this worker expects (QUICMESH_HEARTBEAT_TIMEOUT); the allocator's applies.
+    #[arg(long, value_name = "DURATION")]
+    heartbeat_timeout: Option<String>,
 }
 
 impl WorkerArgs {
@@ -78,6 +87,9 @@ impl WorkerArgs {
                 config::ENV_CERT => &self.cert,
                 config::ENV_KEY => &self.key,
                 config::ENV_JOIN_TIMEOUT => &self.join_timeout,
+                config::ENV_LINK => &self.link,
+                config::ENV_HEARTBEAT_INTERVAL => &self.heartbeat_interval,
+                config::ENV_HEARTBEAT_TIMEOUT => &self.heartbeat_timeout,
                 _ => &None,
             };
             flag.clone().or_else(|| std::env::var(name).ok())

@@ -16,6 +16,8 @@ use crate::actor::{ProcConfig, Registry};
 use crate::exit_code;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
+use crate::link::LinkConfig;
+use crate::rtt::RttCell;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
 
@@ -32,6 +34,8 @@ pub(super) struct Session {
     control_recv: FramedRecv,
     welcome: Welcome,
     index: u32,
+    /// The link setting this worker's connection was created with.
+    link: LinkConfig,
     procs: ProcTable,
     registry: Arc<Registry>,
     events_tx: mpsc::UnboundedSender<WorkerToAllocator>,
@@ -45,6 +49,7 @@ impl Session {
         control_recv: FramedRecv,
         welcome: Welcome,
         index: u32,
+        link: LinkConfig,
         registry: Arc<Registry>,
     ) -> Self {
         let procs = ProcTable::new(welcome.limits.max_procs_per_worker);
@@ -55,6 +60,7 @@ impl Session {
             control_recv,
             welcome,
             index,
+            link,
             procs,
             registry,
             events_tx,
@@ -64,7 +70,12 @@ impl Session {
 
     /// Serves the allocator until this worker must exit.
     pub(super) async fn run(mut self) -> WorkerExit {
-        let heartbeats = heartbeat::run(self.conn.clone(), self.welcome.heartbeat);
+        let heartbeats = heartbeat::run_measured(
+            self.conn.clone(),
+            self.welcome.heartbeat,
+            RttCell::new(),
+            "allocator",
+        );
         tokio::pin!(heartbeats);
         let (mut sigterm, mut sigint) = match (
             signal(SignalKind::terminate()),
@@ -199,6 +210,13 @@ impl Session {
                 .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
                 .await;
         }
+        // One more stream window for the allocator to fill, before the
+        // stream exists: the window follows the procs hosted.
+        crate::transport::endpoint::fit_receive_window(
+            &self.conn,
+            self.procs.len().saturating_add(1),
+            &self.link,
+        );
         let max_frame = self.welcome.limits.max_frame;
         let opened = async {
             let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
