@@ -12,6 +12,8 @@
 //! conditions:
 //! - `QUICMESH_BENCH_WAN_DELAY_MS` (default 50) and `QUICMESH_BENCH_WAN_LOSS`
 //!   (default 0.01): the relay's one-way delay and loss, both directions;
+//! - `QUICMESH_BENCH_WAN_LINK` (default `wan`): the long-link setting of the
+//!   WAN cases, to see which part of it does what (e.g. `lan,congestion=bbr`);
 //! - `QUICMESH_BENCH_LINK` (default `lan`): the link setting of the loopback
 //!   throughput cases, to measure what a setting costs on a LAN;
 //! - `QUICMESH_BENCH_ONLY` (`lan` or `wan`): run only the loopback
@@ -62,6 +64,8 @@ const ENV_WAN_DELAY_MS: &str = "QUICMESH_BENCH_WAN_DELAY_MS";
 const ENV_WAN_LOSS: &str = "QUICMESH_BENCH_WAN_LOSS";
 /// Optional: the link setting of the loopback throughput cases (default lan).
 const ENV_LAN_LINK: &str = "QUICMESH_BENCH_LINK";
+/// Optional: the long-link setting of the WAN cases (default wan).
+const ENV_WAN_LINK: &str = "QUICMESH_BENCH_WAN_LINK";
 /// Optional: `lan` or `wan`, to run only that group of cases.
 const ENV_ONLY: &str = "QUICMESH_BENCH_ONLY";
 
@@ -137,9 +141,12 @@ struct WanSizes {
     bulk: u64,
     /// Alternating rounds with the long-link settings.
     rounds: usize,
-    /// Tells and bulk messages with the LAN defaults (one round: they are slow).
+    /// Tells and bulk messages with the LAN defaults, per round.
     lan_tells: u64,
     lan_bulk: u64,
+    /// Alternating rounds with the LAN defaults (their speed varies a lot:
+    /// Cubic halves its rate at every loss).
+    lan_rounds: usize,
 }
 
 impl Sizes {
@@ -161,6 +168,7 @@ impl Sizes {
                     rounds: 1,
                     lan_tells: 1_000,
                     lan_bulk: 32,
+                    lan_rounds: 1,
                 },
             }
         } else {
@@ -178,8 +186,9 @@ impl Sizes {
                     tells: 40_000,
                     bulk: 2_000,
                     rounds: ROUNDS,
-                    lan_tells: 4_000,
-                    lan_bulk: 96,
+                    lan_tells: 3_000,
+                    lan_bulk: 64,
+                    lan_rounds: ROUNDS,
                 },
             }
         }
@@ -501,7 +510,8 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
             Ok(()) => eprintln!("bench: WAN cases done in {:.1?}", t.elapsed()),
             Err(e) => r.failed("wan", &e),
         }
-        wan_rows(&mut r);
+        let long_link = env_or(ENV_WAN_LINK, LinkConfig::wan()).unwrap_or(LinkConfig::wan());
+        wan_rows(&mut r, &long_link.to_string());
     }
 
     // Put the figures in the order of the brief.
@@ -691,12 +701,7 @@ impl Watch {
 // Throughput cases
 
 async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow::Result<()> {
-    let link: LinkConfig = match std::env::var(ENV_LAN_LINK) {
-        Ok(text) => text
-            .parse()
-            .map_err(|e| anyhow!("{ENV_LAN_LINK}={text:?}: {e}"))?,
-        Err(_) => LinkConfig::lan(),
-    };
+    let link: LinkConfig = env_or(ENV_LAN_LINK, LinkConfig::lan())?;
     if link != LinkConfig::lan() {
         eprintln!("bench: loopback throughput cases with link setting {link}");
     }
@@ -862,12 +867,16 @@ async fn wan_cases(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow:
     let s = sizes.wan;
     r.figure("wan_delay_ms", Some(path.delay.as_secs_f64() * 1e3), 0);
     r.figure("wan_loss_pct", Some(path.loss * 100.0), 1);
-    for link in [LinkConfig::wan(), LinkConfig::lan()] {
-        let long = link == LinkConfig::wan();
+    let long_link: LinkConfig = env_or(ENV_WAN_LINK, LinkConfig::wan())?;
+    if long_link != LinkConfig::wan() {
+        eprintln!("bench: WAN cases with long-link setting {long_link}");
+    }
+    for (long, link) in [(true, long_link), (false, LinkConfig::lan())] {
         let raw = RawClient::start(certs, &link, Some(path))
             .await
             .context("raw quinn peer")?;
-        let (mut w, relay) = wan_mesh(certs, &format!("wan-{link}"), link, path).await?;
+        let name = if long { "wan-long" } else { "wan-lan" };
+        let (mut w, relay) = wan_mesh(certs, name, link, path).await?;
         let proc_id = w.alloc.procs()[0].clone();
         let client = w.alloc.client().clone();
         let target = (&client, &proc_id, &raw);
@@ -892,9 +901,9 @@ async fn wan_cases(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow:
             one_way(target, "bulk", s.bulk, BULK, s.rounds, names, r).await?;
         } else {
             let names = ("wan_lan_tell_msgs_per_s", "quinn_wan_lan_msgs_per_s");
-            one_way(target, "tells", s.lan_tells, SMALL, 1, names, r).await?;
+            one_way(target, "tells", s.lan_tells, SMALL, s.lan_rounds, names, r).await?;
             let names = ("wan_lan_bulk_mb_per_s", "quinn_wan_lan_bulk_mb_per_s");
-            one_way(target, "bulk", s.lan_bulk, BULK, 1, names, r).await?;
+            one_way(target, "bulk", s.lan_bulk, BULK, s.lan_rounds, names, r).await?;
         }
         let stats = relay.stats();
         eprintln!("bench: WAN relay with link {link}: {stats:?}");
@@ -905,15 +914,16 @@ async fn wan_cases(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow:
 }
 
 /// The table rows of the WAN cases.
-fn wan_rows(r: &mut Results) {
+fn wan_rows(r: &mut Results, long_link: &str) {
     let (delay, loss) = (r.get("wan_delay_ms"), r.get("wan_loss_pct"));
     let path = match (delay, loss) {
         (Some(d), Some(l)) => format!("{d:.0} ms each way, {l:.1} % loss"),
         _ => "WAN".into(),
     };
+    let lan = "lan".to_string();
     let rows = [
         (
-            "ask rtt p50 (link wan)",
+            "ask rtt p50",
             "wan_rtt_p50_ms",
             "quinn_wan_rtt_p50_ms",
             "wan_rtt_ratio",
@@ -921,7 +931,7 @@ fn wan_rows(r: &mut Results) {
             1,
         ),
         (
-            "tell one-way 64 B (link wan)",
+            "tell one-way 64 B",
             "wan_tell_msgs_per_s",
             "quinn_wan_msgs_per_s",
             "wan_tell_ratio",
@@ -929,7 +939,7 @@ fn wan_rows(r: &mut Results) {
             0,
         ),
         (
-            "bulk one-way 16 KiB (link wan)",
+            "bulk one-way 16 KiB",
             "wan_bulk_mb_per_s",
             "quinn_wan_bulk_mb_per_s",
             "wan_bulk_ratio",
@@ -937,7 +947,7 @@ fn wan_rows(r: &mut Results) {
             2,
         ),
         (
-            "tell one-way 64 B (link lan)",
+            "tell one-way 64 B",
             "wan_lan_tell_msgs_per_s",
             "quinn_wan_lan_msgs_per_s",
             "",
@@ -945,7 +955,7 @@ fn wan_rows(r: &mut Results) {
             0,
         ),
         (
-            "bulk one-way 16 KiB (link lan)",
+            "bulk one-way 16 KiB",
             "wan_lan_bulk_mb_per_s",
             "quinn_wan_lan_bulk_mb_per_s",
             "",
@@ -953,14 +963,15 @@ fn wan_rows(r: &mut Results) {
             2,
         ),
     ];
-    for (case, mesh, raw, ratio_name, unit, decimals) in rows {
+    for (i, (case, mesh, raw, ratio_name, unit, decimals)) in rows.into_iter().enumerate() {
+        let link = if i < 3 { long_link } else { &lan };
         let (m, q) = (r.get(mesh), r.get(raw));
         let rt = ratio(m, q);
         if !ratio_name.is_empty() {
             r.figure(ratio_name, rt, 2);
         }
         r.row(
-            &format!("{path}: {case}"),
+            &format!("{path}: {case} (link {link})"),
             fmt(m, decimals, unit),
             fmt(q, decimals, unit),
             fmt(rt, 2, ""),
