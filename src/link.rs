@@ -24,8 +24,8 @@
 //! Windows only let a sender go fast; the congestion controller decides how
 //! fast it actually goes. Cubic (the default, as in TCP) reads every lost
 //! packet as congestion and halves its rate: on a path with random loss its
-//! throughput is about `MSS / RTT * 1.2 / sqrt(loss)`, 0.3 MB/s at 50 ms and
-//! 1 % loss, whatever the window. BBR estimates the path's bandwidth and
+//! throughput is about `MSS / RTT * 1.2 / sqrt(loss)`, 0.3 MB/s at 50 ms of
+//! round trip and 1 % loss, whatever the window. BBR estimates the path's bandwidth and
 //! round trip instead and keeps sending at that rate through random loss;
 //! quinn's BBR (BBRv1) is marked experimental by quinn, so it is an option,
 //! not the default.
