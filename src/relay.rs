@@ -926,7 +926,7 @@ mod tests {
             .await
             .expect("start relay");
         let slow = Conditions {
-            delay: Duration::from_millis(200),
+            delay: Duration::from_millis(400),
             ..Conditions::default()
         };
         relay.set_conditions(Direction::Up, slow);

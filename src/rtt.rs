@@ -39,9 +39,10 @@ use crate::sync::lock;
 /// A heartbeat timeout should span at least this many round trips.
 pub const SAFE_RTT_MULTIPLE: u32 = 4;
 
-/// Samples in a row that must be too slow before a warning: one slow
-/// sample (a busy machine during start-up, a burst of queueing) is noise.
-pub const SLOW_SAMPLES_TO_WARN: u32 = 3;
+/// How long the round trip must stay too slow, sample after sample, before
+/// a warning: a few slow samples (a machine busy starting many processes,
+/// a burst of queueing) are noise, a path that stays slow is not.
+pub const SLOW_FOR: Duration = Duration::from_secs(5);
 
 /// Least time between two warnings about the same connection.
 pub const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -101,12 +102,13 @@ impl fmt::Display for RttWarning {
 /// Judges a connection's round-trip samples against its heartbeat timeout.
 ///
 /// Plain code: told each sample and when it was taken, it answers whether
-/// to warn. It warns when [`SLOW_SAMPLES_TO_WARN`] samples in a row are
-/// too slow for the timeout, then at most once per [`WARN_EVERY`].
+/// to warn. It warns when every sample for [`SLOW_FOR`] was too slow for
+/// the timeout, then at most once per [`WARN_EVERY`].
 #[derive(Debug, Clone)]
 pub struct RttWatch {
     timeout: Duration,
-    slow_in_a_row: u32,
+    /// When the current run of too-slow samples began.
+    slow_since: Option<Instant>,
     last_warned: Option<Instant>,
 }
 
@@ -115,7 +117,7 @@ impl RttWatch {
     pub fn new(timeout: Duration) -> RttWatch {
         RttWatch {
             timeout,
-            slow_in_a_row: 0,
+            slow_since: None,
             last_warned: None,
         }
     }
@@ -130,11 +132,11 @@ impl RttWatch {
     pub fn on_sample(&mut self, rtt: Duration, now: Instant) -> Option<RttWarning> {
         let safe_timeout = Self::safe_timeout(rtt);
         if self.timeout >= safe_timeout {
-            self.slow_in_a_row = 0;
+            self.slow_since = None;
             return None;
         }
-        self.slow_in_a_row = self.slow_in_a_row.saturating_add(1);
-        if self.slow_in_a_row < SLOW_SAMPLES_TO_WARN {
+        let since = *self.slow_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < SLOW_FOR {
             return None;
         }
         if let Some(last) = self.last_warned {
@@ -241,13 +243,15 @@ mod tests {
     }
 
     #[test]
-    fn a_short_timeout_is_warned_about_after_three_slow_samples_then_once_a_minute() {
+    fn a_short_timeout_is_warned_about_once_slow_for_a_while_then_once_a_minute() {
         let t0 = Instant::now();
         let mut watch = RttWatch::new(300 * MS);
         let at = |i: u32| t0 + 250 * MS * i;
-        assert_eq!(watch.on_sample(100 * MS, at(0)), None);
-        assert_eq!(watch.on_sample(100 * MS, at(1)), None);
-        let warning = watch.on_sample(100 * MS, at(2)).expect("warned");
+        // Slow from sample 0 on: quiet until SLOW_FOR (5 s, sample 20) has passed.
+        for i in 0..20 {
+            assert_eq!(watch.on_sample(100 * MS, at(i)), None, "sample {i}");
+        }
+        let warning = watch.on_sample(100 * MS, at(20)).expect("warned");
         assert_eq!(
             warning,
             RttWarning {
@@ -259,17 +263,17 @@ mod tests {
         let text = warning.to_string();
         assert!(text.contains("300ms") && text.contains("400ms"), "{text}");
         // Still slow: quiet until a minute has passed since the warning.
-        let quiet = (3..240).filter_map(|i| watch.on_sample(100 * MS, at(i)));
+        let quiet = (21..260).filter_map(|i| watch.on_sample(100 * MS, at(i)));
         assert_eq!(quiet.count(), 0);
-        assert!(watch.on_sample(100 * MS, at(2) + WARN_EVERY).is_some());
+        assert!(watch.on_sample(100 * MS, at(20) + WARN_EVERY).is_some());
     }
 
     #[test]
     fn one_fast_sample_resets_the_run_of_slow_ones() {
         let t0 = Instant::now();
         let mut watch = RttWatch::new(300 * MS);
-        for i in 0..30u32 {
-            let rtt = if i % 3 == 2 { 10 * MS } else { 100 * MS };
+        for i in 0..200u32 {
+            let rtt = if i % 19 == 18 { 10 * MS } else { 100 * MS };
             assert_eq!(watch.on_sample(rtt, t0 + 250 * MS * i), None, "sample {i}");
         }
     }
@@ -278,10 +282,9 @@ mod tests {
     fn absurd_round_trips_do_not_overflow() {
         let mut watch = RttWatch::new(1500 * MS);
         let t0 = Instant::now();
-        for i in 0..3 {
-            let w = watch.on_sample(Duration::MAX, t0 + MS * i);
-            assert_eq!(w.map(|w| w.safe_timeout), (i == 2).then_some(Duration::MAX));
-        }
+        assert_eq!(watch.on_sample(Duration::MAX, t0), None);
+        let w = watch.on_sample(Duration::MAX, t0 + SLOW_FOR);
+        assert_eq!(w.map(|w| w.safe_timeout), Some(Duration::MAX));
     }
 
     #[test]

@@ -250,8 +250,9 @@ async fn a_worker_started_by_hand_uses_the_allocators_heartbeat_and_is_warned_ab
     env.push((config::ENV_HEARTBEAT_TIMEOUT, "2s".into()));
     let worker = spawn_worker(&env);
     mesh.wait_running(1).await;
-    // Long enough for several heartbeat ticks on both sides.
-    mesh.collect_for(Duration::from_secs(2)).await;
+    // Longer than the round trip must stay slow before a warning.
+    mesh.collect_for(quicmesh::rtt::SLOW_FOR + Duration::from_secs(2))
+        .await;
     mesh.assert_no_failures();
     let rtt = mesh.alloc.worker_rtt(ticket.index).expect("round trip");
     assert!(rtt >= Duration::from_millis(290), "round trip {rtt:?}");
