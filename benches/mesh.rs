@@ -1,9 +1,23 @@
 //! End-to-end benchmark of quicmesh, each case against a bare-quinn baseline measured in the same run.
 //!
 //! ```sh
-//! cargo bench --bench mesh               # full run (tens of seconds)
-//! cargo bench --bench mesh -- --quick    # ~10x fewer iterations (a few seconds)
+//! cargo bench --bench mesh               # full run (about a minute and a half)
+//! cargo bench --bench mesh -- --quick    # fewer iterations (about half a minute)
 //! ```
+//!
+//! The WAN cases run the same measurements through the fault-injection relay
+//! (`quicmesh::relay`), both quicmesh and bare quinn, at 50 ms each way and
+//! 1 % loss: with the long-link settings (`LinkConfig::wan`) on both, and
+//! again with the LAN defaults. Environment knobs, for measuring other
+//! conditions:
+//! - `QUICMESH_BENCH_WAN_DELAY_MS` (default 50) and `QUICMESH_BENCH_WAN_LOSS`
+//!   (default 0.01): the relay's one-way delay and loss, both directions;
+//! - `QUICMESH_BENCH_WAN_LINK` (default `wan`): the long-link setting of the
+//!   WAN cases, to see which part of it does what (e.g. `lan,congestion=bbr`);
+//! - `QUICMESH_BENCH_LINK` (default `lan`): the link setting of the loopback
+//!   throughput cases, to measure what a setting costs on a LAN;
+//! - `QUICMESH_BENCH_ONLY` (`lan` or `wan`): run only the loopback
+//!   throughput cases or only the WAN cases.
 //!
 //! This one executable plays four parts, chosen by its environment:
 //! - a quicmesh worker, when an allocator launched it (`bootstrap_or_die` never returns then);
@@ -28,9 +42,11 @@ use futures::future::join_all;
 use quicmesh::actor::builtin::{self, Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
 use quicmesh::config::{HeartbeatConfig, Limits};
+use quicmesh::link::LinkConfig;
+use quicmesh::relay::{Conditions, Relay};
 use quicmesh::tls::{self, CertPaths};
 use quicmesh::transport::{self, FramedRecv, FramedSend};
-use quicmesh::{ActorRef, Client, ProcMesh};
+use quicmesh::{ActorRef, Client, ProcId, ProcMesh};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -40,6 +56,18 @@ const ENV_RAW_PEER: &str = "QUICMESH_BENCH_RAW_PEER";
 const ENV_ALLOC_CHILD: &str = "QUICMESH_BENCH_ALLOC_CHILD";
 /// Certificate directory handed to the children.
 const ENV_CERT_DIR: &str = "QUICMESH_BENCH_CERT_DIR";
+/// The raw peer's link setting (set by the controller for each raw peer).
+const ENV_RAW_LINK: &str = "QUICMESH_BENCH_RAW_LINK";
+/// Optional: the WAN cases' one-way delay in milliseconds (default 50).
+const ENV_WAN_DELAY_MS: &str = "QUICMESH_BENCH_WAN_DELAY_MS";
+/// Optional: the WAN cases' loss probability, each direction (default 0.01).
+const ENV_WAN_LOSS: &str = "QUICMESH_BENCH_WAN_LOSS";
+/// Optional: the link setting of the loopback throughput cases (default lan).
+const ENV_LAN_LINK: &str = "QUICMESH_BENCH_LINK";
+/// Optional: the long-link setting of the WAN cases (default wan).
+const ENV_WAN_LINK: &str = "QUICMESH_BENCH_WAN_LINK";
+/// Optional: `lan` or `wan`, to run only that group of cases.
+const ENV_ONLY: &str = "QUICMESH_BENCH_ONLY";
 
 /// Payload of the small messages.
 const SMALL: usize = 64;
@@ -101,6 +129,24 @@ struct Sizes {
     spawn_workers: u32,
     actor_spawns: usize,
     cast_rounds: usize,
+    wan: WanSizes,
+}
+
+/// Iteration counts of the WAN cases (each message crosses a 100 ms round trip).
+#[derive(Debug, Clone, Copy)]
+struct WanSizes {
+    rtt_samples: usize,
+    /// Tells and bulk messages with the long-link settings, per round.
+    tells: u64,
+    bulk: u64,
+    /// Alternating rounds with the long-link settings.
+    rounds: usize,
+    /// Tells and bulk messages with the LAN defaults, per round.
+    lan_tells: u64,
+    lan_bulk: u64,
+    /// Alternating rounds with the LAN defaults (their speed varies a lot:
+    /// Cubic halves its rate at every loss).
+    lan_rounds: usize,
 }
 
 impl Sizes {
@@ -115,6 +161,15 @@ impl Sizes {
                 spawn_workers: 8,
                 actor_spawns: 200,
                 cast_rounds: 5,
+                wan: WanSizes {
+                    rtt_samples: 10,
+                    tells: 10_000,
+                    bulk: 500,
+                    rounds: 1,
+                    lan_tells: 1_000,
+                    lan_bulk: 32,
+                    lan_rounds: 1,
+                },
             }
         } else {
             Sizes {
@@ -126,6 +181,15 @@ impl Sizes {
                 spawn_workers: 32,
                 actor_spawns: 2_000,
                 cast_rounds: 30,
+                wan: WanSizes {
+                    rtt_samples: 40,
+                    tells: 40_000,
+                    bulk: 2_000,
+                    rounds: ROUNDS,
+                    lan_tells: 3_000,
+                    lan_bulk: 64,
+                    lan_rounds: ROUNDS,
+                },
             }
         }
     }
@@ -252,183 +316,203 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
     let dir = TempDir::new("certs")?;
     let certs = tls::generate_dev_certs(dir.path(), &tls::DevCertOptions::new())?;
     let mut r = Results::new();
+    let only = std::env::var(ENV_ONLY).ok();
+    let only = only.as_deref();
+    ensure!(
+        matches!(only, None | Some("lan") | Some("wan")),
+        "{ENV_ONLY} must be lan or wan"
+    );
 
-    // Throughput cases: one worker with one proc against one raw peer process.
-    let t = Instant::now();
-    match timed(throughput(&certs, &sizes, &mut r)).await {
-        Ok(()) => eprintln!("bench: throughput cases done in {:.1?}", t.elapsed()),
-        Err(e) => r.failed("throughput", &e),
+    if only != Some("wan") {
+        // Throughput cases: one worker with one proc against one raw peer process.
+        let t = Instant::now();
+        match timed(throughput(&certs, &sizes, &mut r)).await {
+            Ok(()) => eprintln!("bench: throughput cases done in {:.1?}", t.elapsed()),
+            Err(e) => r.failed("throughput", &e),
+        }
+        for name in [
+            "rtt_p50_us",
+            "rtt_p99_us",
+            "quinn_rtt_p50_us",
+            "tell_msgs_per_s",
+            "quinn_msgs_per_s",
+            "bulk_mb_per_s",
+            "quinn_bulk_mb_per_s",
+            "worker_peak_rss_kb",
+        ] {
+            if !r.figures.iter().any(|(n, _, _)| n == name) {
+                r.figure(name, None, 0);
+            }
+        }
+        let (p50, p99, q50) = (
+            r.get("rtt_p50_us"),
+            r.get("rtt_p99_us"),
+            r.get("quinn_rtt_p50_us"),
+        );
+        let rtt_ratio = ratio(p50, q50);
+        r.figure("rtt_ratio", rtt_ratio, 2);
+        let quinn_p99 = r.get("quinn_rtt_p99_us");
+        r.row(
+            "ask rtt p50, 64 B",
+            fmt(p50, 1, "us"),
+            fmt(q50, 1, "us"),
+            fmt(rtt_ratio, 2, ""),
+            "ratio <= 1.3",
+        );
+        r.row(
+            "ask rtt p99, 64 B",
+            fmt(p99, 1, "us"),
+            fmt(quinn_p99, 1, "us"),
+            fmt(ratio(p99, quinn_p99), 2, ""),
+            "",
+        );
+        let (tell, quinn_tell) = (r.get("tell_msgs_per_s"), r.get("quinn_msgs_per_s"));
+        let tell_ratio = ratio(tell, quinn_tell);
+        r.figure("tell_ratio", tell_ratio, 2);
+        r.row(
+            &format!("tell one-way, 64 B x {}, median of {}", sizes.tells, ROUNDS),
+            fmt(tell, 0, "msg/s"),
+            fmt(quinn_tell, 0, "msg/s"),
+            fmt(tell_ratio, 2, ""),
+            "ratio >= 0.5",
+        );
+        let (bulk, quinn_bulk) = (r.get("bulk_mb_per_s"), r.get("quinn_bulk_mb_per_s"));
+        let bulk_ratio = ratio(bulk, quinn_bulk);
+        r.figure("bulk_ratio", bulk_ratio, 2);
+        r.row(
+            &format!(
+                "bulk one-way, 16 KiB x {}, median of {}",
+                sizes.bulk, ROUNDS
+            ),
+            fmt(bulk, 1, "MB/s"),
+            fmt(quinn_bulk, 1, "MB/s"),
+            fmt(bulk_ratio, 2, ""),
+            "ratio >= 0.7",
+        );
+        // Measured after the throughput cases, as asked.
+        let alloc_rss = peak_rss_kb("self").ok();
+        r.figure("allocator_peak_rss_kb", alloc_rss.map(|v| v as f64), 0);
+        r.row(
+            "allocator peak RSS (VmHWM)",
+            fmt(alloc_rss.map(|v| v as f64), 0, "kB"),
+            String::new(),
+            String::new(),
+            "",
+        );
+        let worker_rss = r.get("worker_peak_rss_kb");
+        r.row(
+            "worker peak RSS (VmHWM)",
+            fmt(worker_rss, 0, "kB"),
+            String::new(),
+            String::new(),
+            "",
+        );
     }
-    for name in [
-        "rtt_p50_us",
-        "rtt_p99_us",
-        "quinn_rtt_p50_us",
-        "tell_msgs_per_s",
-        "quinn_msgs_per_s",
-        "bulk_mb_per_s",
-        "quinn_bulk_mb_per_s",
-        "worker_peak_rss_kb",
-    ] {
-        if !r.figures.iter().any(|(n, _, _)| n == name) {
-            r.figure(name, None, 0);
-        }
+
+    if only.is_none() {
+        // Launching workers.
+        let spawn_ms = match timed(spawn_workers(&certs, sizes.spawn_workers)).await {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                r.failed("spawn_workers", &e);
+                None
+            }
+        };
+        r.figure("spawn_workers_ms", spawn_ms, 1);
+        r.row(
+            &format!("launch {} workers x 1 proc to running", sizes.spawn_workers),
+            fmt(spawn_ms, 1, "ms"),
+            String::new(),
+            String::new(),
+            "",
+        );
+
+        // Remote actor spawns, then failure detection on the same mesh.
+        let (spawns, kill_ms, freeze_ms) = match timed(spawns_and_detection(&certs, &sizes)).await {
+            Ok(v) => v,
+            Err(e) => {
+                r.failed("actor_spawns / detection", &e);
+                (None, None, None)
+            }
+        };
+        r.figure("actor_spawns_per_s", spawns, 0);
+        r.row(
+            &format!("remote Echo spawns x {} (4x2 procs)", sizes.actor_spawns),
+            fmt(spawns, 0, "spawns/s"),
+            String::new(),
+            String::new(),
+            "",
+        );
+        let goal = "<= 1750 ms (timeout 1500 + interval 250)";
+        r.figure("detect_kill_ms", kill_ms, 1);
+        r.row(
+            "detect SIGKILLed worker",
+            fmt(kill_ms, 1, "ms"),
+            String::new(),
+            String::new(),
+            goal,
+        );
+        r.figure("detect_freeze_ms", freeze_ms, 1);
+        r.row(
+            "detect SIGSTOPped worker",
+            fmt(freeze_ms, 1, "ms"),
+            String::new(),
+            String::new(),
+            goal,
+        );
+
+        // Casting to 64 procs.
+        let (cast, seq) = match timed(cast_64(&certs, &sizes)).await {
+            Ok((c, s)) => (Some(c), Some(s)),
+            Err(e) => {
+                r.failed("cast_64", &e);
+                (None, None)
+            }
+        };
+        r.figure("cast_64_us", cast, 1);
+        r.figure("seq_tells_64_us", seq, 1);
+        r.row(
+            "cast to 64 procs + 64 reports (median)",
+            fmt(cast, 1, "us"),
+            String::new(),
+            String::new(),
+            "",
+        );
+        r.row(
+            "64 sequential tells + 64 reports (median)",
+            fmt(seq, 1, "us"),
+            String::new(),
+            String::new(),
+            "",
+        );
+
+        // Workers of a frozen allocator.
+        let exit_ms = match timed(exit_after_allocator_freeze(dir.path())).await {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                r.failed("exit_after_allocator_freeze", &e);
+                None
+            }
+        };
+        r.figure("exit_after_allocator_freeze_ms", exit_ms, 1);
+        r.row(
+            "workers gone after allocator SIGSTOP",
+            fmt(exit_ms, 1, "ms"),
+            String::new(),
+            String::new(),
+            goal,
+        );
     }
-    let (p50, p99, q50) = (
-        r.get("rtt_p50_us"),
-        r.get("rtt_p99_us"),
-        r.get("quinn_rtt_p50_us"),
-    );
-    let rtt_ratio = ratio(p50, q50);
-    r.figure("rtt_ratio", rtt_ratio, 2);
-    let quinn_p99 = r.get("quinn_rtt_p99_us");
-    r.row(
-        "ask rtt p50, 64 B",
-        fmt(p50, 1, "us"),
-        fmt(q50, 1, "us"),
-        fmt(rtt_ratio, 2, ""),
-        "ratio <= 1.3",
-    );
-    r.row(
-        "ask rtt p99, 64 B",
-        fmt(p99, 1, "us"),
-        fmt(quinn_p99, 1, "us"),
-        fmt(ratio(p99, quinn_p99), 2, ""),
-        "",
-    );
-    let (tell, quinn_tell) = (r.get("tell_msgs_per_s"), r.get("quinn_msgs_per_s"));
-    let tell_ratio = ratio(tell, quinn_tell);
-    r.figure("tell_ratio", tell_ratio, 2);
-    r.row(
-        &format!("tell one-way, 64 B x {}, median of {}", sizes.tells, ROUNDS),
-        fmt(tell, 0, "msg/s"),
-        fmt(quinn_tell, 0, "msg/s"),
-        fmt(tell_ratio, 2, ""),
-        "ratio >= 0.5",
-    );
-    let (bulk, quinn_bulk) = (r.get("bulk_mb_per_s"), r.get("quinn_bulk_mb_per_s"));
-    let bulk_ratio = ratio(bulk, quinn_bulk);
-    r.figure("bulk_ratio", bulk_ratio, 2);
-    r.row(
-        &format!(
-            "bulk one-way, 16 KiB x {}, median of {}",
-            sizes.bulk, ROUNDS
-        ),
-        fmt(bulk, 1, "MB/s"),
-        fmt(quinn_bulk, 1, "MB/s"),
-        fmt(bulk_ratio, 2, ""),
-        "ratio >= 0.7",
-    );
-    // Measured after the throughput cases, as asked.
-    let alloc_rss = peak_rss_kb("self").ok();
-    r.figure("allocator_peak_rss_kb", alloc_rss.map(|v| v as f64), 0);
-    r.row(
-        "allocator peak RSS (VmHWM)",
-        fmt(alloc_rss.map(|v| v as f64), 0, "kB"),
-        String::new(),
-        String::new(),
-        "",
-    );
-    let worker_rss = r.get("worker_peak_rss_kb");
-    r.row(
-        "worker peak RSS (VmHWM)",
-        fmt(worker_rss, 0, "kB"),
-        String::new(),
-        String::new(),
-        "",
-    );
 
-    // Launching workers.
-    let spawn_ms = match timed(spawn_workers(&certs, sizes.spawn_workers)).await {
-        Ok(ms) => Some(ms),
-        Err(e) => {
-            r.failed("spawn_workers", &e);
-            None
+    if only != Some("lan") {
+        let t = Instant::now();
+        match timed(wan_cases(&certs, &sizes, &mut r)).await {
+            Ok(()) => eprintln!("bench: WAN cases done in {:.1?}", t.elapsed()),
+            Err(e) => r.failed("wan", &e),
         }
-    };
-    r.figure("spawn_workers_ms", spawn_ms, 1);
-    r.row(
-        &format!("launch {} workers x 1 proc to running", sizes.spawn_workers),
-        fmt(spawn_ms, 1, "ms"),
-        String::new(),
-        String::new(),
-        "",
-    );
-
-    // Remote actor spawns, then failure detection on the same mesh.
-    let (spawns, kill_ms, freeze_ms) = match timed(spawns_and_detection(&certs, &sizes)).await {
-        Ok(v) => v,
-        Err(e) => {
-            r.failed("actor_spawns / detection", &e);
-            (None, None, None)
-        }
-    };
-    r.figure("actor_spawns_per_s", spawns, 0);
-    r.row(
-        &format!("remote Echo spawns x {} (4x2 procs)", sizes.actor_spawns),
-        fmt(spawns, 0, "spawns/s"),
-        String::new(),
-        String::new(),
-        "",
-    );
-    let goal = "<= 1750 ms (timeout 1500 + interval 250)";
-    r.figure("detect_kill_ms", kill_ms, 1);
-    r.row(
-        "detect SIGKILLed worker",
-        fmt(kill_ms, 1, "ms"),
-        String::new(),
-        String::new(),
-        goal,
-    );
-    r.figure("detect_freeze_ms", freeze_ms, 1);
-    r.row(
-        "detect SIGSTOPped worker",
-        fmt(freeze_ms, 1, "ms"),
-        String::new(),
-        String::new(),
-        goal,
-    );
-
-    // Casting to 64 procs.
-    let (cast, seq) = match timed(cast_64(&certs, &sizes)).await {
-        Ok((c, s)) => (Some(c), Some(s)),
-        Err(e) => {
-            r.failed("cast_64", &e);
-            (None, None)
-        }
-    };
-    r.figure("cast_64_us", cast, 1);
-    r.figure("seq_tells_64_us", seq, 1);
-    r.row(
-        "cast to 64 procs + 64 reports (median)",
-        fmt(cast, 1, "us"),
-        String::new(),
-        String::new(),
-        "",
-    );
-    r.row(
-        "64 sequential tells + 64 reports (median)",
-        fmt(seq, 1, "us"),
-        String::new(),
-        String::new(),
-        "",
-    );
-
-    // Workers of a frozen allocator.
-    let exit_ms = match timed(exit_after_allocator_freeze(dir.path())).await {
-        Ok(ms) => Some(ms),
-        Err(e) => {
-            r.failed("exit_after_allocator_freeze", &e);
-            None
-        }
-    };
-    r.figure("exit_after_allocator_freeze_ms", exit_ms, 1);
-    r.row(
-        "workers gone after allocator SIGSTOP",
-        fmt(exit_ms, 1, "ms"),
-        String::new(),
-        String::new(),
-        goal,
-    );
+        let long_link = env_or(ENV_WAN_LINK, LinkConfig::wan()).unwrap_or(LinkConfig::wan());
+        wan_rows(&mut r, &long_link.to_string());
+    }
 
     // Put the figures in the order of the brief.
     let order = [
@@ -451,6 +535,21 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
         "seq_tells_64_us",
         "allocator_peak_rss_kb",
         "worker_peak_rss_kb",
+        "wan_delay_ms",
+        "wan_loss_pct",
+        "wan_rtt_p50_ms",
+        "quinn_wan_rtt_p50_ms",
+        "wan_rtt_ratio",
+        "wan_tell_msgs_per_s",
+        "quinn_wan_msgs_per_s",
+        "wan_tell_ratio",
+        "wan_bulk_mb_per_s",
+        "quinn_wan_bulk_mb_per_s",
+        "wan_bulk_ratio",
+        "wan_lan_tell_msgs_per_s",
+        "quinn_wan_lan_msgs_per_s",
+        "wan_lan_bulk_mb_per_s",
+        "quinn_wan_lan_bulk_mb_per_s",
     ];
     r.figures.retain(|(n, _, _)| order.contains(&n.as_str()));
     r.figures
@@ -484,8 +583,13 @@ fn worker_launcher() -> anyhow::Result<Launcher> {
 }
 
 async fn bind(certs: &CertPaths, name: &str) -> anyhow::Result<Allocator> {
+    bind_with(certs, name, LinkConfig::lan()).await
+}
+
+async fn bind_with(certs: &CertPaths, name: &str, link: LinkConfig) -> anyhow::Result<Allocator> {
     let mut config = AllocatorConfig::new(certs);
     config.alloc_name = name.into();
+    config.link = link;
     Ok(Allocator::bind(config).await?)
 }
 
@@ -597,8 +701,14 @@ impl Watch {
 // Throughput cases
 
 async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow::Result<()> {
-    let raw = RawClient::start(certs).await.context("raw quinn peer")?;
-    let mut w = Watch::new(bind(certs, "tput").await?);
+    let link: LinkConfig = env_or(ENV_LAN_LINK, LinkConfig::lan())?;
+    if link != LinkConfig::lan() {
+        eprintln!("bench: loopback throughput cases with link setting {link}");
+    }
+    let raw = RawClient::start(certs, &link, None)
+        .await
+        .context("raw quinn peer")?;
+    let mut w = Watch::new(bind_with(certs, "tput", link).await?);
     let index = w.alloc.launch(&worker_launcher()?, 1, 1)?[0];
     w.running(1).await?;
     let worker_pid = w.alloc.worker_pid(index).context("worker pid")?;
@@ -649,32 +759,8 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
         ),
     ];
     for (n, size, name, mesh_name, raw_name) in cases {
-        let mut mesh = MeshCounter {
-            actor: client.spawn::<Counter>(&proc_id, name, &()).await?,
-            seq: 0,
-        };
-        let mut raw_counter = raw.counter().await?;
-        mesh.batch(&client, n / 10, size).await?;
-        raw_counter.batch(n / 10, size).await?;
-        let (mut mesh_secs, mut raw_secs) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            mesh_secs.push(mesh.batch(&client, n, size).await?);
-            raw_secs.push(raw_counter.batch(n, size).await?);
-        }
-        // Messages per second, or MB per second for the bulk case.
-        let amount = if size == SMALL {
-            n as f64
-        } else {
-            (n * size as u64) as f64 / 1e6
-        };
-        let decimals = if size == SMALL { 0 } else { 1 };
-        r.figure(
-            mesh_name,
-            Some(amount / median_f64(&mut mesh_secs)),
-            decimals,
-        );
-        r.figure(raw_name, Some(amount / median_f64(&mut raw_secs)), decimals);
-        raw_counter.tx.finish();
+        let target = (&client, &proc_id, &raw);
+        one_way(target, name, n, size, ROUNDS, (mesh_name, raw_name), r).await?;
     }
 
     r.figure(
@@ -685,6 +771,213 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
     raw.close();
     w.stop_all(1).await?;
     Ok(())
+}
+
+/// One-way messages to a fresh Counter on `proc_id` and to a raw count
+/// stream: a warm-up of n/10 each, then `rounds` alternating rounds of `n`
+/// messages of `size` bytes; records the median rate of each under `names`
+/// (messages per second, or MB per second for bulk).
+async fn one_way(
+    (client, proc_id, raw): (&Client, &ProcId, &RawClient),
+    name: &str,
+    n: u64,
+    size: usize,
+    rounds: usize,
+    names: (&str, &str),
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let mut mesh = MeshCounter {
+        actor: client.spawn::<Counter>(proc_id, name, &()).await?,
+        seq: 0,
+    };
+    let mut raw_counter = raw.counter().await?;
+    mesh.batch(client, (n / 10).max(1), size).await?;
+    raw_counter.batch((n / 10).max(1), size).await?;
+    let (mut mesh_secs, mut raw_secs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        mesh_secs.push(mesh.batch(client, n, size).await?);
+        raw_secs.push(raw_counter.batch(n, size).await?);
+    }
+    let amount = if size == SMALL {
+        n as f64
+    } else {
+        (n * size as u64) as f64 / 1e6
+    };
+    let decimals = if size == SMALL { 0 } else { 2 };
+    r.figure(names.0, Some(amount / median_f64(&mut mesh_secs)), decimals);
+    r.figure(names.1, Some(amount / median_f64(&mut raw_secs)), decimals);
+    raw_counter.tx.finish();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// WAN cases
+
+/// Reads `name` from the environment, or `default` when it is not set.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("{name}={text:?}: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The path of the WAN cases, both directions: 50 ms one way and 1 % loss
+/// unless the environment says otherwise.
+fn wan_path() -> anyhow::Result<Conditions> {
+    let delay_ms: u64 = env_or(ENV_WAN_DELAY_MS, 50)?;
+    let loss: f64 = env_or(ENV_WAN_LOSS, 0.01)?;
+    ensure!((0.0..1.0).contains(&loss), "{ENV_WAN_LOSS} must be in 0..1");
+    Ok(Conditions {
+        delay: Duration::from_millis(delay_ms),
+        loss,
+        ..Conditions::default()
+    })
+}
+
+/// An allocator using `link` with one worker (one proc) behind a relay applying `path`.
+async fn wan_mesh(
+    certs: &CertPaths,
+    name: &str,
+    link: LinkConfig,
+    path: Conditions,
+) -> anyhow::Result<(Watch, Relay)> {
+    let mut w = Watch::new(bind_with(certs, name, link).await?);
+    let relay = Relay::start(w.alloc.local_addr()).await?;
+    relay.set_path(path);
+    let launcher = worker_launcher()?.env(
+        quicmesh::config::ENV_ALLOCATOR_ADDR,
+        relay.local_addr().to_string(),
+    );
+    w.alloc.launch(&launcher, 1, 1)?;
+    w.running(1).await?;
+    Ok((w, relay))
+}
+
+/// quicmesh and bare quinn through the same relay conditions: with the
+/// long-link settings (round trips, tells, bulk), then with the LAN defaults
+/// (tells, bulk).
+async fn wan_cases(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow::Result<()> {
+    let path = wan_path()?;
+    let s = sizes.wan;
+    r.figure("wan_delay_ms", Some(path.delay.as_secs_f64() * 1e3), 0);
+    r.figure("wan_loss_pct", Some(path.loss * 100.0), 1);
+    let long_link: LinkConfig = env_or(ENV_WAN_LINK, LinkConfig::wan())?;
+    if long_link != LinkConfig::wan() {
+        eprintln!("bench: WAN cases with long-link setting {long_link}");
+    }
+    for (long, link) in [(true, long_link), (false, LinkConfig::lan())] {
+        let raw = RawClient::start(certs, &link, Some(path))
+            .await
+            .context("raw quinn peer")?;
+        let name = if long { "wan-long" } else { "wan-lan" };
+        let (mut w, relay) = wan_mesh(certs, name, link, path).await?;
+        let proc_id = w.alloc.procs()[0].clone();
+        let client = w.alloc.client().clone();
+        let target = (&client, &proc_id, &raw);
+        if long {
+            let echo = client.spawn::<Echo>(&proc_id, "echo", &()).await?;
+            let mut raw_echo = raw.echo().await?;
+            mesh_rtt(&client, &echo, 2).await?;
+            raw_echo.rtt(2).await?;
+            let (mut rtts, mut raw_rtts) = (Vec::new(), Vec::new());
+            while rtts.len() < s.rtt_samples {
+                let n = 10.min(s.rtt_samples - rtts.len());
+                rtts.extend(mesh_rtt(&client, &echo, n).await?);
+                raw_rtts.extend(raw_echo.rtt(n).await?);
+            }
+            raw_echo.tx.finish();
+            let ms = |samples: &mut Vec<Duration>| Some(percentile_us(samples, 50) / 1e3);
+            r.figure("wan_rtt_p50_ms", ms(&mut rtts), 1);
+            r.figure("quinn_wan_rtt_p50_ms", ms(&mut raw_rtts), 1);
+            let names = ("wan_tell_msgs_per_s", "quinn_wan_msgs_per_s");
+            one_way(target, "tells", s.tells, SMALL, s.rounds, names, r).await?;
+            let names = ("wan_bulk_mb_per_s", "quinn_wan_bulk_mb_per_s");
+            one_way(target, "bulk", s.bulk, BULK, s.rounds, names, r).await?;
+        } else {
+            let names = ("wan_lan_tell_msgs_per_s", "quinn_wan_lan_msgs_per_s");
+            one_way(target, "tells", s.lan_tells, SMALL, s.lan_rounds, names, r).await?;
+            let names = ("wan_lan_bulk_mb_per_s", "quinn_wan_lan_bulk_mb_per_s");
+            one_way(target, "bulk", s.lan_bulk, BULK, s.lan_rounds, names, r).await?;
+        }
+        let stats = relay.stats();
+        eprintln!("bench: WAN relay with link {link}: {stats:?}");
+        raw.close();
+        w.stop_all(1).await?;
+    }
+    Ok(())
+}
+
+/// The table rows of the WAN cases.
+fn wan_rows(r: &mut Results, long_link: &str) {
+    let (delay, loss) = (r.get("wan_delay_ms"), r.get("wan_loss_pct"));
+    let path = match (delay, loss) {
+        (Some(d), Some(l)) => format!("{d:.0} ms each way, {l:.1} % loss"),
+        _ => "WAN".into(),
+    };
+    let lan = "lan".to_string();
+    let rows = [
+        (
+            "ask rtt p50",
+            "wan_rtt_p50_ms",
+            "quinn_wan_rtt_p50_ms",
+            "wan_rtt_ratio",
+            "ms",
+            1,
+        ),
+        (
+            "tell one-way 64 B",
+            "wan_tell_msgs_per_s",
+            "quinn_wan_msgs_per_s",
+            "wan_tell_ratio",
+            "msg/s",
+            0,
+        ),
+        (
+            "bulk one-way 16 KiB",
+            "wan_bulk_mb_per_s",
+            "quinn_wan_bulk_mb_per_s",
+            "wan_bulk_ratio",
+            "MB/s",
+            2,
+        ),
+        (
+            "tell one-way 64 B",
+            "wan_lan_tell_msgs_per_s",
+            "quinn_wan_lan_msgs_per_s",
+            "",
+            "msg/s",
+            0,
+        ),
+        (
+            "bulk one-way 16 KiB",
+            "wan_lan_bulk_mb_per_s",
+            "quinn_wan_lan_bulk_mb_per_s",
+            "",
+            "MB/s",
+            2,
+        ),
+    ];
+    for (i, (case, mesh, raw, ratio_name, unit, decimals)) in rows.into_iter().enumerate() {
+        let link = if i < 3 { long_link } else { &lan };
+        let (m, q) = (r.get(mesh), r.get(raw));
+        let rt = ratio(m, q);
+        if !ratio_name.is_empty() {
+            r.figure(ratio_name, rt, 2);
+        }
+        r.row(
+            &format!("{path}: {case} (link {link})"),
+            fmt(m, decimals, unit),
+            fmt(q, decimals, unit),
+            fmt(rt, 2, ""),
+            "",
+        );
+    }
 }
 
 async fn mesh_rtt(
@@ -776,11 +1069,16 @@ fn raw_peer_main() -> anyhow::Result<()> {
         let certs = CertPaths::in_dir(&dir);
         let roots = tls::load_roots(&certs.ca_cert)?;
         let identity = tls::load_identity(&certs.server_cert, &certs.server_key)?;
+        let link: LinkConfig = match std::env::var(ENV_RAW_LINK) {
+            Ok(text) => text.parse().map_err(|e| anyhow!("{ENV_RAW_LINK}: {e}"))?,
+            Err(_) => LinkConfig::lan(),
+        };
         let endpoint = transport::server_endpoint(
             "127.0.0.1:0".parse()?,
             tls::server_config(roots, identity)?,
             &HeartbeatConfig::default(),
             &Limits::default(),
+            &link,
         )?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", endpoint.local_addr()?.port())?;
@@ -794,7 +1092,7 @@ fn raw_peer_main() -> anyhow::Result<()> {
                 };
                 // The same stream and window limits an admitted worker with
                 // one proc gets (the raw cases use one stream at a time).
-                transport::endpoint::open_admitted(&conn, &Limits::default(), 1);
+                transport::endpoint::open_admitted(&conn, &Limits::default(), 1, &link);
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         if let Err(e) = serve_raw_stream(send, recv).await {
@@ -844,19 +1142,28 @@ async fn serve_raw_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> a
     Ok(())
 }
 
-/// The controller's end of the raw baseline: a connection to the raw peer process.
+/// The controller's end of the raw baseline: a connection to the raw peer
+/// process, through a relay for the WAN cases.
 struct RawClient {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    _relay: Option<Relay>,
     _peer: ChildGuard,
 }
 
 impl RawClient {
-    async fn start(certs: &CertPaths) -> anyhow::Result<RawClient> {
+    /// Starts a raw peer with `link` settings (the client uses them too),
+    /// behind a relay applying `path` if given.
+    async fn start(
+        certs: &CertPaths,
+        link: &LinkConfig,
+        path: Option<Conditions>,
+    ) -> anyhow::Result<RawClient> {
         let dir = certs.ca_cert.parent().context("cert dir")?;
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.env(ENV_RAW_PEER, "1")
             .env(ENV_CERT_DIR, dir)
+            .env(ENV_RAW_LINK, link.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -868,21 +1175,32 @@ impl RawClient {
             .context("raw peer did not print its port")??
             .context("raw peer exited before printing its port")?;
         let port: u16 = line.trim().parse().context("raw peer port")?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let relay = match path {
+            Some(path) => {
+                let relay = Relay::start(addr).await?;
+                relay.set_path(path);
+                addr = relay.local_addr();
+                Some(relay)
+            }
+            None => None,
+        };
         let roots = tls::load_roots(&certs.ca_cert)?;
         let identity = tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
         let endpoint = transport::client_endpoint(
             tls::client_config(roots, identity)?,
             addr,
             &Limits::default(),
+            link,
         )?;
         let conn =
             transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
         // The same receive window a welcomed worker gets.
-        transport::endpoint::open_welcomed(&conn, &Limits::default());
+        transport::endpoint::open_welcomed(&conn, &Limits::default(), link);
         Ok(RawClient {
             endpoint,
             conn,
+            _relay: relay,
             _peer: peer,
         })
     }

@@ -28,6 +28,18 @@ pub const ENV_KEY: &str = "QUICMESH_KEY";
 pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
 /// Environment variable (optional): threads of a worker's tokio runtime.
 pub const ENV_WORKER_THREADS: &str = "QUICMESH_WORKER_THREADS";
+/// Environment variable (optional): the link setting of this worker's
+/// connection, e.g. `wan` (see [`crate::link`]); default `lan`. The
+/// allocator sets it for the workers it launches and in its join tickets.
+pub const ENV_LINK: &str = "QUICMESH_LINK";
+/// Environment variable (optional): the heartbeat interval this worker
+/// expects, e.g. `250ms`. The allocator's value, sent in the Welcome, is the
+/// one used (see `WorkerEnv::heartbeat`).
+pub const ENV_HEARTBEAT_INTERVAL: &str = "QUICMESH_HEARTBEAT_INTERVAL";
+/// Environment variable (optional): the heartbeat timeout this worker
+/// expects, e.g. `1500ms`. The allocator's value, sent in the Welcome, is the
+/// one used (see `WorkerEnv::heartbeat`).
+pub const ENV_HEARTBEAT_TIMEOUT: &str = "QUICMESH_HEARTBEAT_TIMEOUT";
 
 /// The name the allocator's certificate must carry when nothing says
 /// otherwise: the development certificates are issued for it.
@@ -179,13 +191,14 @@ pub const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
 /// update. It is raised once admitted, see [`admitted_receive_window`].
 pub const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 2 * MAX_PRE_ADMISSION_FRAME;
 
-/// QUIC receive window of each stream, in bytes (both sides).
+/// QUIC receive window of each stream with the default link setting, in
+/// bytes (both sides); [`crate::link::LinkConfig::window`] sets it.
 ///
 /// Unread data one mailbox stream can hold in quinn's buffers. 1 MiB keeps a
 /// single stream near memory speed on a LAN (a 1 MiB window drains every
 /// round trip: 10 GB/s at 100 us, 100 MB/s at 10 ms) while bounding what one
 /// stalled proc can pin.
-pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub const STREAM_RECEIVE_WINDOW: u32 = crate::link::LAN_WINDOW;
 
 /// The connection receive window once a peer is admitted: one stream window
 /// for every stream it may have open (its procs' mailboxes and the control

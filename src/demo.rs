@@ -20,7 +20,9 @@ use clap::Parser;
 use quicmesh::allocator::{
     AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
 };
+use quicmesh::config;
 use quicmesh::id::ProcId;
+use quicmesh::link::LinkConfig;
 
 /// Flags of `quicmesh demo`.
 #[derive(Parser, Debug)]
@@ -49,6 +51,18 @@ pub struct DemoArgs {
     /// Round trips measured per proc.
     #[arg(long, default_value_t = 200)]
     pings: u32,
+    /// Time between two heartbeats, e.g. 250ms (default 250ms); workers get
+    /// it in their Welcome.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Silence after which a peer is dead, e.g. 5s (default 1500ms); at
+    /// least twice the interval.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Link setting of every connection: lan, wan, or changes such as
+    /// wan,window=32MiB or lan,congestion=bbr.
+    #[arg(long, value_name = "SETTING", default_value = "lan")]
+    link: LinkConfig,
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -175,6 +189,13 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let mut config = AllocatorConfig::new(&certs);
     config.listen = args.listen;
     config.alloc_name = "demo".into();
+    config.link = args.link;
+    if let Some(interval) = args.heartbeat_interval {
+        config.heartbeat.interval = interval;
+    }
+    if let Some(timeout) = args.heartbeat_timeout {
+        config.heartbeat.timeout = timeout;
+    }
     let mut alloc = Allocator::bind(config).await?;
     println!("listening on {}", alloc.local_addr());
 

@@ -13,12 +13,16 @@
 //! doubles the evidence per interval: with 20% loss each way, a whole
 //! timeout of silence needs six intervals in a row where the peer's beat
 //! *and* the acknowledgement of ours were lost, instead of six lost beats.
+//!
+//! Every tick also reads the connection's round trip, publishes it and
+//! warns when the timeout is short for it (see [`crate::rtt`]).
 
 use std::time::{Duration, Instant};
 
 use quinn::Connection;
 
 use crate::config::HeartbeatConfig;
+use crate::rtt::{self, RttCell, RttWatch};
 use crate::wire::{codec, Heartbeat};
 
 /// Stands for a timeout too large to represent as an instant: longer than any run.
@@ -142,6 +146,18 @@ pub enum HeartbeatOutcome {
 /// Runs until the peer is judged dead, the connection closes, or the peer
 /// breaks the protocol; cancel it by dropping the future.
 pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome {
+    run_measured(conn, config, RttCell::new(), "peer").await
+}
+
+/// [`run`], also publishing the connection's round trip in `rtt` at every
+/// tick and warning (as `peer`, at a limited rate) when the heartbeat
+/// timeout is less than [`rtt::SAFE_RTT_MULTIPLE`] round trips.
+pub async fn run_measured(
+    conn: Connection,
+    config: HeartbeatConfig,
+    rtt: RttCell,
+    peer: &str,
+) -> HeartbeatOutcome {
     if conn.max_datagram_size().is_none() {
         return HeartbeatOutcome::DatagramsUnsupported;
     }
@@ -161,6 +177,7 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
         }
         sampled_at = Instant::now();
     };
+    let mut watch = RttWatch::new(config.timeout);
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -176,6 +193,11 @@ pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome 
             },
             _ = ticker.tick() => {
                 sample_acks(&mut judge);
+                let round_trip = conn.rtt();
+                rtt.set(round_trip);
+                if let Some(warning) = watch.on_sample(round_trip, Instant::now()) {
+                    rtt::log_warning(peer, &warning);
+                }
                 let beat = sender.next_beat(Instant::now());
                 match codec::encode(&beat) {
                     Ok(bytes) => match conn.send_datagram(bytes.into()) {

@@ -8,7 +8,7 @@
 //! that loses a worker reports its procs as failed.
 //!
 //! Layers, each looking only down: [`allocator`] and [`worker`] over
-//! [`heartbeat`] and [`transport`], over [`wire`], [`tls`], [`config`] and [`id`].
+//! [`heartbeat`] and [`transport`], over [`wire`], [`tls`], [`config`], [`link`] and [`id`].
 
 // Undeliverable envelopes are handed back to the caller by value in `Err`,
 // so they can be returned to their sender without a copy; those errors are
@@ -21,11 +21,13 @@ pub mod config;
 pub mod exit_code;
 pub mod heartbeat;
 pub mod id;
+pub mod link;
 pub mod logging;
 pub mod mailbox;
 pub mod mesh;
 pub mod queue;
 pub mod relay;
+pub mod rtt;
 pub mod stop;
 mod sync;
 pub mod tls;

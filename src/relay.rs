@@ -4,7 +4,9 @@
 //! the tests run. Instead a test starts a [`Relay`] on 127.0.0.1 in front of the
 //! allocator, lets the worker dial [`Relay::local_addr`], and then degrades the
 //! path at will: random loss ([`Relay::set_loss`]), added latency
-//! ([`Relay::set_delay`]), a total outage ([`Relay::set_blackhole`]) or a NAT
+//! ([`Relay::set_delay`]), or the full set of WAN conditions per direction
+//! (delay, jitter, loss, duplication, reordering: [`Relay::set_conditions`],
+//! [`Relay::set_path`]), a total outage ([`Relay::set_blackhole`]) or a NAT
 //! rebinding ([`Relay::rebind`]).
 //!
 //! The relay behaves like a small NAT: every distinct client source address
@@ -12,14 +14,21 @@
 //! remain distinct peers to the upstream, and replies arriving on that socket
 //! go back to that client only.
 //!
-//! Settings live in atomics and are read for every datagram, so a change takes
-//! effect on the very next packet. Each direction has one FIFO queue drained
-//! by a forwarder task; delay is implemented by stamping each datagram with a
-//! delivery time when it is received, so delayed datagrams keep their order and
-//! never stop the relay from receiving more.
+//! Each direction is a [`Lane`](lane::Lane): plain code that decides, for
+//! each datagram as it is received, whether it is lost, duplicated or held
+//! back and when it leaves (see [`lane`] for the model). One forwarder task
+//! per direction sends what is due and then sleeps until the next datagram is
+//! due or an earlier one arrives: a timer, never a polling loop. A setting
+//! takes effect on the very next datagram; datagrams already waiting keep
+//! their departure time. Each lane holds at most [`QUEUE_CAPACITY`] datagrams
+//! and [`QUEUE_BYTES`] bytes; beyond that datagrams are dropped and counted
+//! ([`RelayStats::overflowed`]), so a long delay cannot grow memory without
+//! bound.
 //!
 //! I/O errors never stop the relay: they are logged with `tracing::debug!`, and
 //! a datagram that could not be sent is counted as dropped.
+
+pub mod lane;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,24 +41,37 @@ use crate::sync::lock;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+
+pub use lane::{Conditions, MAX_DELAY};
+use lane::{Lane, Verdict};
 
 /// Largest datagram the relay can carry (the UDP maximum, rounded up).
 const RECV_BUF_LEN: usize = 65536;
 
-/// Capacity of each direction's delay queue, in datagrams; beyond it datagrams
-/// are dropped and counted, so a long delay cannot grow memory without bound.
-const QUEUE_CAPACITY: usize = 65536;
+/// Most datagrams waiting in one direction; beyond it datagrams are dropped
+/// and counted, so a long delay cannot grow memory without bound.
+pub const QUEUE_CAPACITY: usize = 65536;
 
-/// Longest delay honoured; larger values are capped so deadlines never overflow.
-const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Most bytes waiting in one direction (datagrams are stored at their own
+/// size); beyond it datagrams are dropped and counted.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The address every relay socket binds to: loopback, any free port.
 const BIND_ADDR: (Ipv4Addr, u16) = (Ipv4Addr::LOCALHOST, 0);
 
-/// A userspace UDP relay on 127.0.0.1 that forwards, drops, delays or blackholes packets.
+/// One direction of the relayed path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the clients to the upstream (a worker to its allocator).
+    Up,
+    /// From the upstream to the clients (an allocator to its workers).
+    Down,
+}
+
+/// A userspace UDP relay on 127.0.0.1 that forwards, drops, delays, jitters,
+/// duplicates, reorders or blackholes packets.
 ///
 /// Dropping the relay stops all of its tasks and closes its sockets.
 pub struct Relay {
@@ -62,9 +84,9 @@ pub struct Relay {
 
 /// Counters of what a relay has done since it started.
 ///
-/// Every datagram the relay receives is eventually counted exactly once, as
-/// either forwarded or dropped; datagrams still waiting in a delay queue are in
-/// neither count yet.
+/// Every datagram the relay receives, and every duplicate it makes, is
+/// eventually counted exactly once, as either forwarded or dropped; datagrams
+/// still waiting in a queue are in neither count yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
     /// Datagrams sent on to their destination (either direction).
@@ -72,6 +94,10 @@ pub struct RelayStats {
     /// Datagrams discarded by loss, blackhole, a full queue, a send error or an
     /// unexpected source address (either direction).
     pub dropped: u64,
+    /// Extra copies made by duplication (each then forwarded or dropped).
+    pub duplicated: u64,
+    /// Of the dropped datagrams, those refused because a queue was full.
+    pub overflowed: u64,
 }
 
 impl Relay {
@@ -81,25 +107,23 @@ impl Relay {
     pub async fn start(upstream: SocketAddr) -> io::Result<Relay> {
         let front = UdpSocket::bind(BIND_ADDR).await?;
         let local_addr = front.local_addr()?;
-        let (up_tx, up_rx) = mpsc::channel(QUEUE_CAPACITY);
-        let (down_tx, down_rx) = mpsc::channel(QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
             upstream,
             local_addr,
             front,
-            loss_bits: AtomicU64::new(0.0f64.to_bits()),
-            delay_micros: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            up_tx,
-            down_tx,
+            duplicated: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            up: Way::new(),
+            down: Way::new(),
             sessions: Mutex::new(Sessions::default()),
         });
         let tasks = vec![
             tokio::spawn(client_recv_loop(Arc::clone(&shared))),
-            tokio::spawn(forward_loop(Arc::clone(&shared), up_rx)),
-            tokio::spawn(forward_loop(Arc::clone(&shared), down_rx)),
+            tokio::spawn(forward_loop(Arc::clone(&shared), Direction::Up)),
+            tokio::spawn(forward_loop(Arc::clone(&shared), Direction::Down)),
         ];
         tracing::debug!(%local_addr, %upstream, "relay started");
         Ok(Relay { shared, tasks })
@@ -117,26 +141,51 @@ impl Relay {
 
     /// Drops each datagram (both directions) with probability `fraction` (clamped to 0..=1).
     ///
-    /// NaN is treated as 0 (no loss).
+    /// NaN is treated as 0 (no loss). The other conditions are kept.
     pub fn set_loss(&self, fraction: f64) {
-        let fraction = if fraction.is_nan() {
-            0.0
-        } else {
-            fraction.clamp(0.0, 1.0)
-        };
-        self.shared
-            .loss_bits
-            .store(fraction.to_bits(), Ordering::Relaxed);
+        for dir in [Direction::Up, Direction::Down] {
+            self.update(dir, |c| c.loss = fraction);
+        }
     }
 
     /// Delays each datagram (both directions) by `delay` before forwarding, keeping order.
     ///
     /// The delay is fixed when a datagram arrives. Because order is preserved,
     /// lowering the delay lets new datagrams through only after those already
-    /// waiting. Delays above one year are capped to one year.
+    /// waiting. Delays above one year are capped to one year. The other
+    /// conditions (jitter included) are kept.
     pub fn set_delay(&self, delay: Duration) {
-        let micros = u64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(u64::MAX);
-        self.shared.delay_micros.store(micros, Ordering::Relaxed);
+        for dir in [Direction::Up, Direction::Down] {
+            self.update(dir, |c| c.delay = delay);
+        }
+    }
+
+    /// Applies `conditions` to datagrams going in `direction` from now on.
+    ///
+    /// Probabilities are clamped to 0..=1 (NaN counts as 0) and durations
+    /// capped at one year ([`Conditions::sanitized`]).
+    pub fn set_conditions(&self, direction: Direction, conditions: Conditions) {
+        lock(&self.shared.way(direction).lane).set_conditions(conditions);
+    }
+
+    /// Applies `conditions` to both directions (each direction draws its own
+    /// random numbers: the same loss rate, not the same lost datagrams).
+    pub fn set_path(&self, conditions: Conditions) {
+        for dir in [Direction::Up, Direction::Down] {
+            self.set_conditions(dir, conditions);
+        }
+    }
+
+    /// The conditions in force in `direction`.
+    pub fn conditions(&self, direction: Direction) -> Conditions {
+        lock(&self.shared.way(direction).lane).conditions()
+    }
+
+    fn update(&self, direction: Direction, change: impl FnOnce(&mut Conditions)) {
+        let mut lane = lock(&self.shared.way(direction).lane);
+        let mut conditions = lane.conditions();
+        change(&mut conditions);
+        lane.set_conditions(conditions);
     }
 
     /// When on, drops everything in both directions.
@@ -187,12 +236,20 @@ impl Relay {
         Ok(())
     }
 
-    /// Counts of datagrams forwarded and dropped so far, both directions together.
+    /// Counts of datagrams forwarded, dropped and duplicated so far, both directions together.
     pub fn stats(&self) -> RelayStats {
+        let shared = &self.shared;
         RelayStats {
-            forwarded: self.shared.forwarded.load(Ordering::Relaxed),
-            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            forwarded: shared.forwarded.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+            duplicated: shared.duplicated.load(Ordering::Relaxed),
+            overflowed: shared.overflowed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Datagrams waiting to leave in `direction` now.
+    pub fn queued(&self, direction: Direction) -> usize {
+        lock(&self.shared.way(direction).lane).len()
     }
 }
 
@@ -227,17 +284,32 @@ struct Shared {
     local_addr: SocketAddr,
     /// The client-facing socket.
     front: UdpSocket,
-    /// Loss probability, as `f64::to_bits`.
-    loss_bits: AtomicU64,
-    delay_micros: AtomicU64,
     blackhole: AtomicBool,
     forwarded: AtomicU64,
     dropped: AtomicU64,
-    /// Queue of client datagrams bound for the upstream.
-    up_tx: mpsc::Sender<Packet>,
-    /// Queue of upstream datagrams bound for clients.
-    down_tx: mpsc::Sender<Packet>,
+    duplicated: AtomicU64,
+    overflowed: AtomicU64,
+    /// Client datagrams bound for the upstream.
+    up: Way,
+    /// Upstream datagrams bound for clients.
+    down: Way,
     sessions: Mutex<Sessions>,
+}
+
+/// One direction: its lane, and the bell that wakes its forwarder when a
+/// datagram arrives that is due before the one it sleeps for.
+struct Way {
+    lane: Mutex<Lane<Packet>>,
+    wake: Notify,
+}
+
+impl Way {
+    fn new() -> Way {
+        Way {
+            lane: Mutex::new(Lane::new(QUEUE_CAPACITY, QUEUE_BYTES)),
+            wake: Notify::new(),
+        }
+    }
 }
 
 /// The NAT table: one entry per client source address.
@@ -268,13 +340,14 @@ impl Session {
     }
 }
 
-/// A datagram waiting in a direction's queue.
+/// A datagram waiting in a lane.
+#[derive(Clone)]
 struct Packet {
-    deliver_at: Instant,
-    data: Vec<u8>,
+    data: Arc<[u8]>,
     route: Route,
 }
 
+#[derive(Clone)]
 enum Route {
     /// From a client to the upstream, via the client's session socket.
     ToUpstream(Arc<Session>),
@@ -283,39 +356,54 @@ enum Route {
 }
 
 impl Shared {
+    fn way(&self, direction: Direction) -> &Way {
+        match direction {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        }
+    }
+
     fn count_drop(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Decides whether a just-received datagram survives blackhole and loss;
-    /// counts it as dropped if not.
+    /// Whether a just-received datagram survives the blackhole; counts it as
+    /// dropped if not.
     fn admit(&self) -> bool {
         if self.blackhole.load(Ordering::Relaxed) {
-            self.count_drop();
-            return false;
-        }
-        let loss = f64::from_bits(self.loss_bits.load(Ordering::Relaxed));
-        if loss > 0.0 && rand::random::<f64>() < loss {
             self.count_drop();
             return false;
         }
         true
     }
 
-    /// Queues a datagram for its direction's forwarder, stamped with the
-    /// current delay; counts it as dropped if the queue is full or gone.
-    fn enqueue(&self, tx: &mpsc::Sender<Packet>, data: &[u8], route: Route) {
-        let delay = Duration::from_micros(self.delay_micros.load(Ordering::Relaxed));
-        let now = Instant::now();
-        let deliver_at = now.checked_add(delay).unwrap_or(now);
+    /// Hands a datagram to its direction's lane, which decides its fate;
+    /// counts it as dropped if lost or refused, wakes the forwarder if it
+    /// is now the first due.
+    fn enqueue(&self, direction: Direction, data: &[u8], route: Route) {
+        let way = self.way(direction);
         let packet = Packet {
-            deliver_at,
-            data: data.to_vec(),
+            data: Arc::from(data),
             route,
         };
-        if let Err(err) = tx.try_send(packet) {
-            tracing::debug!(error = %err, "relay queue rejected datagram");
-            self.count_drop();
+        let now = std::time::Instant::now();
+        let verdict = lock(&way.lane).push(packet, data.len(), now, &mut rand::rng());
+        match verdict {
+            Verdict::Queued { copies, earliest } => {
+                if copies > 1 {
+                    self.duplicated
+                        .fetch_add(u64::from(copies - 1), Ordering::Relaxed);
+                }
+                if earliest {
+                    way.wake.notify_one();
+                }
+            }
+            Verdict::Lost => self.count_drop(),
+            Verdict::Overflow => {
+                tracing::debug!(?direction, "relay queue full, datagram dropped");
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                self.count_drop();
+            }
         }
     }
 
@@ -370,7 +458,7 @@ async fn client_recv_loop(shared: Arc<Shared>) {
         }
         match shared.session_for(client).await {
             Some(session) => {
-                shared.enqueue(&shared.up_tx, &buf[..len], Route::ToUpstream(session));
+                shared.enqueue(Direction::Up, &buf[..len], Route::ToUpstream(session));
             }
             None => shared.count_drop(),
         }
@@ -395,7 +483,7 @@ async fn upstream_recv_loop(shared: Arc<Shared>, client: SocketAddr, socket: Arc
             continue;
         }
         if shared.admit() {
-            shared.enqueue(&shared.down_tx, &buf[..len], Route::ToClient(client));
+            shared.enqueue(Direction::Down, &buf[..len], Route::ToClient(client));
         }
     }
 }
@@ -414,32 +502,56 @@ async fn recv_error_pause(err: &io::Error, side: &str) {
     }
 }
 
-/// Drains one direction's queue in order, waiting for each datagram's
-/// delivery time before sending it.
-async fn forward_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Packet>) {
-    while let Some(packet) = rx.recv().await {
-        if packet.deliver_at > Instant::now() {
-            tokio::time::sleep_until(packet.deliver_at).await;
-        }
-        if shared.blackhole.load(Ordering::Relaxed) {
-            shared.count_drop();
-            continue;
-        }
-        let result = match &packet.route {
-            Route::ToUpstream(session) => {
-                let socket = session.socket();
-                socket.send_to(&packet.data, shared.upstream).await
+/// Sends one direction's datagrams as they fall due, then sleeps until the
+/// next is due or an earlier one arrives.
+async fn forward_loop(shared: Arc<Shared>, direction: Direction) {
+    let way = shared.way(direction);
+    let mut due = Vec::new();
+    loop {
+        let next = {
+            let mut lane = lock(&way.lane);
+            let now = std::time::Instant::now();
+            while let Some(packet) = lane.pop_due(now) {
+                due.push(packet);
             }
-            Route::ToClient(client) => shared.front.send_to(&packet.data, *client).await,
+            lane.next_due()
         };
-        match result {
-            Ok(_) => {
-                shared.forwarded.fetch_add(1, Ordering::Relaxed);
+        for packet in due.drain(..) {
+            send(&shared, packet).await;
+        }
+        match next {
+            Some(at) => {
+                let at = tokio::time::Instant::from_std(at);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = way.wake.notified() => {}
+                }
             }
-            Err(err) => {
-                tracing::debug!(error = %err, "relay send failed");
-                shared.count_drop();
-            }
+            None => way.wake.notified().await,
+        }
+    }
+}
+
+/// Sends one datagram that is due, unless the path is blackholed.
+async fn send(shared: &Shared, packet: Packet) {
+    if shared.blackhole.load(Ordering::Relaxed) {
+        shared.count_drop();
+        return;
+    }
+    let result = match &packet.route {
+        Route::ToUpstream(session) => {
+            let socket = session.socket();
+            socket.send_to(&packet.data, shared.upstream).await
+        }
+        Route::ToClient(client) => shared.front.send_to(&packet.data, *client).await,
+    };
+    match result {
+        Ok(_) => {
+            shared.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "relay send failed");
+            shared.count_drop();
         }
     }
 }
@@ -447,6 +559,8 @@ async fn forward_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Packet>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
 
     /// Upper bound on any single wait in these tests.
     const WAIT: Duration = Duration::from_secs(3);
@@ -565,6 +679,7 @@ mod tests {
             RelayStats {
                 forwarded: 2,
                 dropped: 0,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -605,6 +720,7 @@ mod tests {
             RelayStats {
                 forwarded: 1,
                 dropped: 20,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -641,6 +757,7 @@ mod tests {
             RelayStats {
                 forwarded: 0,
                 dropped: 1,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -665,6 +782,7 @@ mod tests {
             RelayStats {
                 forwarded: 0,
                 dropped: 50,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -716,6 +834,7 @@ mod tests {
             RelayStats {
                 forwarded: 0,
                 dropped: 20,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -794,9 +913,109 @@ mod tests {
             RelayStats {
                 forwarded: 2 * u64::from(count),
                 dropped: 0,
+                ..RelayStats::default()
             },
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn conditions_apply_to_their_direction_only() {
+        let upstream = bind().await;
+        let relay = Relay::start(upstream.local_addr().expect("addr"))
+            .await
+            .expect("start relay");
+        let slow = Conditions {
+            delay: Duration::from_millis(400),
+            ..Conditions::default()
+        };
+        relay.set_conditions(Direction::Up, slow);
+        assert_eq!(relay.conditions(Direction::Up), slow);
+        assert_eq!(relay.conditions(Direction::Down), Conditions::default());
+        let client = bind().await;
+        let sent = Instant::now();
+        client
+            .send_to(b"up", relay.local_addr())
+            .await
+            .expect("send");
+        let (_, session_addr) = recv(&upstream).await;
+        assert!(sent.elapsed() >= slow.delay, "{:?}", sent.elapsed());
+        let sent = Instant::now();
+        upstream.send_to(b"down", session_addr).await.expect("send");
+        assert_eq!(recv(&client).await.0, b"down");
+        assert!(
+            sent.elapsed() < slow.delay,
+            "the other direction is not delayed: {:?}",
+            sent.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicated_datagrams_arrive_twice_and_are_counted() {
+        let upstream = bind().await;
+        let relay = Relay::start(upstream.local_addr().expect("addr"))
+            .await
+            .expect("start relay");
+        relay.set_conditions(
+            Direction::Up,
+            Conditions {
+                duplicate: 1.0,
+                ..Conditions::default()
+            },
+        );
+        let client = bind().await;
+        for i in 0..5u8 {
+            client
+                .send_to(&[i], relay.local_addr())
+                .await
+                .expect("send");
+        }
+        for i in 0..5u8 {
+            assert_eq!(recv(&upstream).await.0, [i]);
+            assert_eq!(recv(&upstream).await.0, [i], "copy right behind");
+        }
+        wait_stats(
+            &relay,
+            RelayStats {
+                forwarded: 10,
+                dropped: 0,
+                duplicated: 5,
+                overflowed: 0,
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reordering_and_jitter_deliver_everything_some_out_of_order() {
+        let upstream = bind().await;
+        let relay = Relay::start(upstream.local_addr().expect("addr"))
+            .await
+            .expect("start relay");
+        relay.set_path(Conditions {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            reorder: 0.5,
+            reorder_gap: Duration::from_millis(100),
+            ..Conditions::default()
+        });
+        let client = bind().await;
+        let count: u8 = 40;
+        for i in 0..count {
+            client
+                .send_to(&[i], relay.local_addr())
+                .await
+                .expect("send");
+        }
+        let mut got = Vec::new();
+        for _ in 0..count {
+            got.push(recv(&upstream).await.0[0]);
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..count).collect::<Vec<_>>(), "each exactly once");
+        assert_ne!(got, sorted, "some datagrams were overtaken");
+        assert_eq!(relay.queued(Direction::Up), 0);
     }
 
     #[tokio::test]
@@ -857,6 +1076,7 @@ mod tests {
             RelayStats {
                 forwarded: 4,
                 dropped: 0,
+                ..RelayStats::default()
             },
         )
         .await;
@@ -897,6 +1117,7 @@ mod tests {
             RelayStats {
                 forwarded: 1,
                 dropped: 1,
+                ..RelayStats::default()
             },
         )
         .await;

@@ -633,7 +633,8 @@ async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
     let tls = quicmesh::tls::client_config(roots, identity).expect("client TLS");
     let addr = s.mesh.alloc.local_addr();
     let limits = quicmesh::config::Limits::default();
-    let endpoint = quicmesh::transport::client_endpoint(tls, addr, &limits).expect("endpoint");
+    let endpoint = quicmesh::transport::client_endpoint(tls, addr, &limits, &Default::default())
+        .expect("endpoint");
     let started = tokio::time::Instant::now();
     // Valid certificate, a reserved index, the wrong token, many times over.
     let ticket = s.mesh.alloc.reserve(1);

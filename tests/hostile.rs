@@ -10,6 +10,7 @@ use common::{certs, spawn_worker, ChildGuard, TestMesh, SOON};
 use quicmesh::allocator::{AllocEvent, ProcState};
 use quicmesh::config::{self, Limits, MAX_PRE_ADMISSION_FRAME};
 use quicmesh::exit_code;
+use quicmesh::link::LinkConfig;
 use quicmesh::tls;
 use quicmesh::transport::{self, FramedRecv};
 use quicmesh::wire::{close, codec, AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION};
@@ -111,7 +112,8 @@ async fn valid_client(mesh: &TestMesh) -> (quinn::Endpoint, quinn::Connection) {
     let config = tls::client_config(roots, identity).expect("client TLS config");
     let addr = mesh.alloc.local_addr();
     let endpoint =
-        transport::client_endpoint(config, addr, &Limits::default()).expect("client endpoint");
+        transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())
+            .expect("client endpoint");
     let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10))
         .await
         .expect("handshake with a valid worker certificate");
@@ -197,7 +199,8 @@ async fn no_client_certificate() {
         tls::client_config_without_cert(roots).expect("client TLS config without certificate");
     let addr = mesh.alloc.local_addr();
     let endpoint =
-        transport::client_endpoint(config, addr, &Limits::default()).expect("client endpoint");
+        transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())
+            .expect("client endpoint");
 
     match transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await {
         Err(e) => eprintln!("connect failed as it may: {e}"),

@@ -55,6 +55,7 @@ impl FakeAllocator {
             server_tls,
             &HeartbeatConfig::default(),
             &Limits::default(),
+            &Default::default(),
         )
         .expect("fake allocator endpoint");
         let attempts = Arc::new(Mutex::new(HashMap::new()));

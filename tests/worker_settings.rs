@@ -11,7 +11,7 @@ use quicmesh::config;
 use quicmesh::exit_code;
 
 /// Every variable a worker reads, with the flag that sets the same thing.
-const SETTINGS: [(&str, &str); 9] = [
+const SETTINGS: [(&str, &str); 12] = [
     (config::ENV_ALLOCATOR_ADDR, "--allocator"),
     (config::ENV_SERVER_NAME, "--server-name"),
     (config::ENV_INDEX, "--index"),
@@ -21,6 +21,9 @@ const SETTINGS: [(&str, &str); 9] = [
     (config::ENV_KEY, "--key"),
     (config::ENV_JOIN_TIMEOUT, "--join-timeout"),
     (config::ENV_WORKER_THREADS, "--worker-threads"),
+    (config::ENV_LINK, "--link"),
+    (config::ENV_HEARTBEAT_INTERVAL, "--heartbeat-interval"),
+    (config::ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout"),
 ];
 
 /// Marks the re-run of this test binary that acts as a user's program
@@ -197,6 +200,9 @@ async fn invalid_value_of_each_variable_names_variable_and_flag() {
         (config::ENV_KEY, " "),
         (config::ENV_JOIN_TIMEOUT, "soon"),
         (config::ENV_WORKER_THREADS, "0"),
+        (config::ENV_LINK, "satellite"),
+        (config::ENV_HEARTBEAT_INTERVAL, "often"),
+        (config::ENV_HEARTBEAT_TIMEOUT, "31s"),
     ];
     assert_eq!(cases.len(), SETTINGS.len(), "a case for every variable");
     for (var, value) in cases {

@@ -83,8 +83,13 @@ impl WorkerSession {
         let mut links: HashMap<ProcId, Arc<ProcLink>> = HashMap::new();
         let mut opened: Option<OpenedStream> = None;
         let mut opening: JoinSet<Result<(ProcId, FramedSend, FramedRecv), String>> = JoinSet::new();
-        let mut heartbeats =
-            AbortOnDropHandle::new(tokio::spawn(heartbeat::run(conn.clone(), config.heartbeat)));
+        let mut heartbeats = AbortOnDropHandle::new(tokio::spawn({
+            let (conn, rtt) = (conn.clone(), shared.rtt_cell(index));
+            let heartbeat = config.heartbeat;
+            async move {
+                heartbeat::run_measured(conn, heartbeat, rtt, &format!("worker {index}")).await
+            }
+        }));
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         let end: End = 'session: loop {
             while let Some(action) = pending.pop_front() {
@@ -116,7 +121,11 @@ impl WorkerSession {
                             ProcLink::new(proc_id.clone(), link_config, link_failures_tx.clone());
                         shared.router.add(link.clone());
                         links.insert(proc_id.clone(), link);
-                        crate::transport::endpoint::fit_receive_window(&conn, links.len());
+                        crate::transport::endpoint::fit_receive_window(
+                            &conn,
+                            links.len(),
+                            &config.link,
+                        );
                         shared.emit(AllocEvent::Proc {
                             proc_id,
                             worker: index,

@@ -49,6 +49,8 @@ use tokio::task::JoinHandle;
 use crate::actor::{Client, Proc, ProcConfig, Registry};
 use crate::config::{self, HeartbeatConfig, Limits, TransportConfig};
 use crate::id::{is_valid_name, ProcId};
+use crate::link::LinkConfig;
+use crate::rtt::RttCell;
 use crate::tls::{self, CertPaths};
 use crate::wire::{bounded_text, Undeliverable};
 use events::Throttle;
@@ -90,6 +92,11 @@ pub struct AllocatorConfig {
     pub limits: Limits,
     /// Handshake, Hello and stop timeouts.
     pub transport: TransportConfig,
+    /// Flow-control windows and congestion controller of every worker
+    /// connection (default [`LinkConfig::lan`]; [`LinkConfig::wan`] for links
+    /// between datacenters). Launched workers and join tickets get the same
+    /// setting in `QUICMESH_LINK` (see [`crate::link`]).
+    pub link: LinkConfig,
     /// Actor types the controller's own proc can spawn on request.
     pub registry: Registry,
     /// Default timeout of the controller's `ask`s.
@@ -119,6 +126,7 @@ impl AllocatorConfig {
             heartbeat: HeartbeatConfig::default(),
             limits: Limits::default(),
             transport: TransportConfig::default(),
+            link: LinkConfig::default(),
             registry: Registry::new(),
             ask_timeout: ProcConfig::default().ask_timeout,
             stall_timeout: Duration::from_secs(30),
@@ -198,6 +206,8 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<router::Router>,
     proc_states: Mutex<HashMap<ProcId, ProcState>>,
     exits: Mutex<HashMap<u32, ExitReport>>,
+    /// The round trip of each connected worker's path, written by its heartbeat task.
+    rtts: Mutex<HashMap<u32, RttCell>>,
 }
 
 impl Shared {
@@ -271,6 +281,11 @@ impl Shared {
         lock(&self.workers).insert(index, commands);
     }
 
+    /// The cell where worker `index`'s heartbeat task publishes its round trip.
+    pub(crate) fn rtt_cell(&self, index: u32) -> RttCell {
+        lock(&self.rtts).entry(index).or_default().clone()
+    }
+
     /// Records that worker `index`'s connection ended; kills it if it failed.
     ///
     /// A failed worker gets one heartbeat timeout (at least 1 s) to exit by
@@ -278,6 +293,7 @@ impl Shared {
     /// why in its exit code); a frozen one is SIGKILLed and reaped after that.
     pub(crate) fn worker_left(&self, index: u32, failed: bool, reason: String) {
         lock(&self.workers).remove(&index);
+        lock(&self.rtts).remove(&index);
         self.lock_admission().finish(index);
         if failed {
             self.kill_child(
@@ -327,6 +343,7 @@ impl Allocator {
     pub async fn bind(config: AllocatorConfig) -> Result<Allocator, AllocatorError> {
         config.heartbeat.validate()?;
         config.transport.validate()?;
+        config.link.validate()?;
         if !is_valid_name(&config.alloc_name) {
             return Err(config::ConfigError::Invalid {
                 name: "allocation name",
@@ -345,6 +362,7 @@ impl Allocator {
             server_tls,
             &config.heartbeat,
             &config.limits,
+            &config.link,
         )?;
         let local_addr =
             endpoint
@@ -376,6 +394,7 @@ impl Allocator {
             router: router.clone(),
             proc_states: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
+            rtts: Mutex::new(HashMap::new()),
             config,
             admission: Mutex::new(Admission::new()),
             workers: Mutex::new(HashMap::new()),
@@ -454,6 +473,7 @@ impl Allocator {
                 (config::ENV_CA, abs(&c.ca)),
                 (config::ENV_CERT, abs(&c.worker_cert)),
                 (config::ENV_KEY, abs(&c.worker_key)),
+                (config::ENV_LINK, c.link.to_string()),
             ],
         }
     }
@@ -571,6 +591,14 @@ impl Allocator {
     /// far, with the last reason of each.
     pub fn refusals(&self) -> RefusalStats {
         lock(&self.shared.refusals).stats.clone()
+    }
+
+    /// The round trip of connected worker `index`'s path, as last measured
+    /// by its heartbeats (quinn's smoothed estimate, read every heartbeat
+    /// interval; see [`crate::rtt`]). `None` if that worker is not
+    /// connected or no heartbeat has been sent yet.
+    pub fn worker_rtt(&self, index: u32) -> Option<Duration> {
+        lock(&self.shared.rtts).get(&index).and_then(RttCell::get)
     }
 
     /// Delivery counters of the mailbox towards `proc_id`.

@@ -181,7 +181,12 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         Err(rejection) => return refuse(close::REJECTED, rejection.to_string()),
     };
     // Admitted: its procs may now open their streams and fill their windows.
-    open_admitted(&conn, &shared.config.limits, procs.len());
+    open_admitted(
+        &conn,
+        &shared.config.limits,
+        procs.len(),
+        &shared.config.link,
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     shared.worker_joined(hello.index, tx);
     tracing::info!(

@@ -13,8 +13,12 @@
 //! [`PRE_ADMISSION_RECEIVE_WINDOW`] bytes unread on the connection. Once
 //! admitted, [`open_admitted`] and [`open_welcomed`] raise the limits to what
 //! the admitted worker's procs need, still a fixed bound per connection
-//! (see [`admitted_receive_window`]); the allocator grows its window with
-//! each proc it starts on the worker ([`fit_receive_window`]).
+//! (see [`LinkConfig::connection_window`]); each side grows its window with
+//! each proc started on the worker ([`fit_receive_window`]).
+//!
+//! The stream windows, the send window and the congestion controller follow
+//! the side's [`LinkConfig`] (see [`crate::link`]): they are fixed when the
+//! connection is created, which is why each side uses its own setting.
 //!
 //! The allocator validates every source address with a QUIC Retry before it
 //! keeps any state for it (see `allocator::server`); the endpoint here only
@@ -28,10 +32,8 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, VarInt};
 
-use crate::config::{
-    admitted_receive_window, split_host_port, HeartbeatConfig, Limits,
-    PRE_ADMISSION_RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW,
-};
+use crate::config::{split_host_port, HeartbeatConfig, Limits, PRE_ADMISSION_RECEIVE_WINDOW};
+use crate::link::{Congestion, LinkConfig};
 
 /// How long a Retry token is accepted after it was issued.
 ///
@@ -122,11 +124,16 @@ pub enum ConnectError {
 /// The transport parameters of one side, as they stand before admission.
 ///
 /// `idle_timeout` must exceed the heartbeat timeout; the effective idle
-/// timeout is the smaller of the two sides' values.
+/// timeout is the smaller of the two sides' values. `link` sets the stream
+/// windows, the send window and the congestion controller; the connection
+/// window starts at [`PRE_ADMISSION_RECEIVE_WINDOW`] whatever it says.
 fn transport_config(
     side: Side,
     idle_timeout: Duration,
+    link: &LinkConfig,
 ) -> Result<quinn::TransportConfig, TransportError> {
+    link.validate()
+        .map_err(|e| TransportError::Setting(e.to_string()))?;
     let mut t = quinn::TransportConfig::default();
     let idle = IdleTimeout::try_from(idle_timeout).map_err(|_| {
         TransportError::Setting(format!("idle timeout {idle_timeout:?} is too large"))
@@ -140,7 +147,12 @@ fn transport_config(
     }));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.receive_window(VarInt::from_u32(PRE_ADMISSION_RECEIVE_WINDOW));
-    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(link.window));
+    t.send_window(link.send_window());
+    t.congestion_controller_factory(match link.congestion {
+        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+    });
     // Heartbeats keep the connection busy; QUIC keep-alives would only hide a dead peer.
     t.keep_alive_interval(None);
     t.datagram_receive_buffer_size(Some(64 * 1024));
@@ -172,57 +184,60 @@ pub fn idle_timeout_for(heartbeat: &HeartbeatConfig) -> Duration {
 ///
 /// The worker may then open one stream per proc (plus the control stream and
 /// some headroom for streams being closed), and have one stream window
-/// unread per proc it hosts now (see [`fit_receive_window`]).
-pub fn open_admitted(conn: &Connection, limits: &Limits, procs: usize) {
+/// unread per proc it hosts now (see [`fit_receive_window`]). `link` must be
+/// the setting the allocator's endpoint was created with.
+pub fn open_admitted(conn: &Connection, limits: &Limits, procs: usize, link: &LinkConfig) {
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(
         limits.max_procs_per_worker.saturating_add(8),
     ));
-    fit_receive_window(conn, procs);
+    fit_receive_window(conn, procs, link);
 }
 
-/// Sets the allocator's receive window on a worker's connection for the
-/// `procs` procs it hosts: [`admitted_receive_window`] of that many, so one
-/// proc whose data is not read right away never takes the credit of the
-/// others or of the control stream, and a worker can make the allocator
-/// buffer only what its own procs are entitled to.
-pub fn fit_receive_window(conn: &Connection, procs: usize) {
+/// Sets the receive window of a connection that carries the mailbox
+/// streams of `procs` procs: [`LinkConfig::connection_window`] of that
+/// many, so one proc whose data is not read right away never takes the
+/// credit of the others or of the control stream, and the peer can make
+/// this side buffer only what those procs are entitled to. `link` must be
+/// the setting this side's endpoint was created with (it fixed the stream
+/// windows).
+pub fn fit_receive_window(conn: &Connection, procs: usize, link: &LinkConfig) {
     let procs = u32::try_from(procs).unwrap_or(u32::MAX);
-    conn.set_receive_window(
-        VarInt::from_u64(admitted_receive_window(procs)).unwrap_or(VarInt::MAX),
-    );
+    conn.set_receive_window(VarInt::from_u64(link.connection_window(procs)).unwrap_or(VarInt::MAX));
 }
 
-/// Raises a worker's receive window once it has accepted the allocator's Welcome.
+/// Raises a worker's receive window once it has accepted the allocator's
+/// Welcome, to cover as many procs as the Welcome allows.
 ///
 /// `limits` must be the checked limits of that Welcome: they bound the
-/// number of mailbox streams and therefore the window.
-pub fn open_welcomed(conn: &Connection, limits: &Limits) {
-    conn.set_receive_window(window(limits));
-}
-
-fn window(limits: &Limits) -> VarInt {
-    VarInt::from_u64(admitted_receive_window(limits.max_procs_per_worker)).unwrap_or(VarInt::MAX)
+/// number of mailbox streams and therefore the window. (The worker itself
+/// fits its window to the procs it hosts, see [`fit_receive_window`].)
+pub fn open_welcomed(conn: &Connection, limits: &Limits, link: &LinkConfig) {
+    fit_receive_window(conn, limits.max_procs_per_worker as usize, link);
 }
 
 /// Creates the allocator's endpoint listening on `addr`.
 ///
 /// `_limits` are applied per connection once a worker is admitted
 /// ([`open_admitted`]); until then every peer gets the small pre-admission
-/// limits.
+/// limits. `link` sets the windows and congestion controller of every
+/// connection.
 ///
 /// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,
+/// [`TransportError::Setting`] if `link` is out of bounds,
 /// [`TransportError::Bind`] if the address is taken or not local.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     heartbeat: &HeartbeatConfig,
     _limits: &Limits,
+    link: &LinkConfig,
 ) -> Result<Endpoint, TransportError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(
         Side::Allocator,
         idle_timeout_for(heartbeat),
+        link,
     )?));
     config.retry_token_lifetime(RETRY_TOKEN_LIFETIME);
     // Workers never reconnect, so tokens for a later connection (NEW_TOKEN)
@@ -240,17 +255,24 @@ pub fn server_endpoint(
 ///
 /// The worker's idle timeout is generous ([`WORKER_IDLE_TIMEOUT`]); the
 /// allocator's, being smaller, is the one in force. `_limits` are unused:
-/// the worker's limits come from the Welcome ([`open_welcomed`]).
+/// the worker's limits come from the Welcome ([`open_welcomed`]). `link`
+/// sets the windows and congestion controller of its connections.
+///
+/// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,
+/// [`TransportError::Setting`] if `link` is out of bounds,
+/// [`TransportError::Bind`] if no local UDP socket can be bound.
 pub fn client_endpoint(
     tls: rustls::ClientConfig,
     peer: SocketAddr,
     _limits: &Limits,
+    link: &LinkConfig,
 ) -> Result<Endpoint, TransportError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(
         Side::Worker,
         WORKER_IDLE_TIMEOUT,
+        link,
     )?));
     let bind = match peer.ip() {
         IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),

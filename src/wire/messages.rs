@@ -117,7 +117,9 @@ pub enum AllocatorToWorker {
 pub struct Heartbeat {
     /// Increases by one with every beat a side sends.
     pub seq: u64,
-    /// Microseconds since the sender's connection started, for RTT estimates.
+    /// Microseconds since the sender's connection started. Round trips are
+    /// not computed from it: they come from QUIC's own estimate, which needs
+    /// no peer-chosen number (see [`crate::rtt`]).
     pub sent_at_micros: u64,
 }
 

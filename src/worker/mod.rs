@@ -39,7 +39,9 @@ use attempt::AttemptError;
 use backoff::Backoff;
 
 use crate::config::{Limits, MAX_PRE_ADMISSION_FRAME};
-use crate::config::{TransportConfig, ENV_ALLOCATOR_ADDR};
+use crate::config::{
+    TransportConfig, ENV_ALLOCATOR_ADDR, ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_TIMEOUT,
+};
 use crate::exit_code;
 use crate::tls;
 use crate::transport::endpoint::resolve;
@@ -162,12 +164,26 @@ pub async fn run_with(
         env.index,
         joined.conn.remote_address()
     );
+    if let Some(own) = env.heartbeat.filter(|own| *own != joined.welcome.heartbeat) {
+        let used = joined.welcome.heartbeat;
+        tracing::warn!(
+            "worker {}: the allocator's heartbeat settings apply (interval {:?}, timeout {:?}), \
+             not this worker's {ENV_HEARTBEAT_INTERVAL}={:?} / {ENV_HEARTBEAT_TIMEOUT}={:?}: \
+             the allocator judges every worker by its own",
+            env.index,
+            used.interval,
+            used.timeout,
+            own.interval,
+            own.timeout
+        );
+    }
     let exit = session::Session::new(
         joined.conn,
         joined.control_send,
         joined.control_recv,
         joined.welcome,
         env.index,
+        env.link,
         Arc::new(registry),
     )
     .run()
@@ -250,7 +266,8 @@ async fn join_once(
             )))
         }
     };
-    let endpoint = match transport::client_endpoint(client_tls, addr, &Limits::default()) {
+    let endpoint = match transport::client_endpoint(client_tls, addr, &Limits::default(), &env.link)
+    {
         Ok(ep) => ep,
         Err(e) => {
             return Err(AttemptError::fatal(WorkerExit::new(
@@ -313,7 +330,9 @@ async fn flush_close(endpoint: &quinn::Endpoint) {
 /// Opens the control stream, sends Hello and waits for a Welcome it accepts.
 ///
 /// The Welcome is checked ([`welcome::check`]) before anything uses it; then
-/// the frame limits and the connection's receive window are raised to it.
+/// the frame limits are raised to it, and the connection's receive window to
+/// what the control stream needs (it grows with each proc started, see
+/// `session`).
 async fn join(
     conn: &quinn::Connection,
     env: &WorkerEnv,
@@ -358,7 +377,7 @@ async fn join(
                 .map_err(|e| violation(format!("allocator sent unusable settings: {e}")))?;
             send.set_max_frame(w.limits.max_frame);
             recv.set_max_frame(w.limits.max_frame);
-            transport::endpoint::open_welcomed(conn, &w.limits);
+            transport::endpoint::fit_receive_window(conn, 0, &env.link);
             Ok((send, recv, w))
         }
         Ok(Some(other)) => Err(violation(format!("expected Welcome, got {other:?}"))),

@@ -31,6 +31,8 @@ use crate::config::HeartbeatConfig;
 use crate::exit_code;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
+use crate::link::LinkConfig;
+use crate::rtt::RttCell;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
 
@@ -47,6 +49,8 @@ pub(super) struct Session {
     control_recv: FramedRecv,
     welcome: Welcome,
     index: u32,
+    /// The link setting this worker's connection was created with.
+    link: LinkConfig,
     procs: ProcTable,
     registry: Arc<Registry>,
     events_tx: mpsc::UnboundedSender<WorkerToAllocator>,
@@ -74,7 +78,12 @@ struct HeartbeatTask(JoinHandle<HeartbeatOutcome>);
 
 impl HeartbeatTask {
     fn spawn(conn: Connection, config: HeartbeatConfig) -> Self {
-        HeartbeatTask(tokio::spawn(heartbeat::run(conn, config)))
+        HeartbeatTask(tokio::spawn(heartbeat::run_measured(
+            conn,
+            config,
+            RttCell::new(),
+            "allocator",
+        )))
     }
 }
 
@@ -120,6 +129,7 @@ impl Session {
         control_recv: FramedRecv,
         welcome: Welcome,
         index: u32,
+        link: LinkConfig,
         registry: Arc<Registry>,
     ) -> Self {
         let procs = ProcTable::new(welcome.limits.max_procs_per_worker);
@@ -132,6 +142,7 @@ impl Session {
             control_recv,
             welcome,
             index,
+            link,
             procs,
             registry,
             events_tx,
@@ -336,6 +347,13 @@ impl Session {
                 .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
                 .await;
         }
+        // One more stream window for the allocator to fill, before the
+        // stream exists: the window follows the procs hosted.
+        crate::transport::endpoint::fit_receive_window(
+            &self.conn,
+            self.procs.len().saturating_add(1),
+            &self.link,
+        );
         let max_frame = self.welcome.limits.max_frame;
         let opened = async {
             let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;

@@ -18,10 +18,12 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches};
 
 use crate::config::{
-    parse_duration, split_host_port, DEFAULT_JOIN_TIMEOUT, DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR,
-    ENV_CA, ENV_CERT, ENV_INDEX, ENV_JOIN_TIMEOUT, ENV_KEY, ENV_SERVER_NAME, ENV_TOKEN,
-    ENV_WORKER_THREADS,
+    parse_duration, split_host_port, ConfigError, HeartbeatConfig, DEFAULT_JOIN_TIMEOUT,
+    DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR, ENV_CA, ENV_CERT, ENV_HEARTBEAT_INTERVAL,
+    ENV_HEARTBEAT_TIMEOUT, ENV_INDEX, ENV_JOIN_TIMEOUT, ENV_KEY, ENV_LINK, ENV_SERVER_NAME,
+    ENV_TOKEN, ENV_WORKER_THREADS,
 };
+use crate::link::LinkConfig;
 
 /// Threads of a worker's tokio runtime when nothing says otherwise: enough
 /// that a handler busy for a moment does not hold up the heartbeats.
@@ -90,6 +92,21 @@ pub struct WorkerSettings {
     /// Threads of the worker's async runtime, 1 to 1024 (default 2).
     #[arg(long, env = ENV_WORKER_THREADS, value_name = "N")]
     worker_threads: Option<OsString>,
+
+    /// Link setting of the connection: `lan` (default), `wan`, or either
+    /// with changes such as `wan,window=32MiB` (see the README).
+    #[arg(long, env = ENV_LINK, value_name = "LINK")]
+    link: Option<OsString>,
+
+    /// Heartbeat interval this worker expects, e.g. 250ms (checked; the
+    /// allocator's value, sent when it admits the worker, is the one used).
+    #[arg(long, env = ENV_HEARTBEAT_INTERVAL, value_name = "DURATION")]
+    heartbeat_interval: Option<OsString>,
+
+    /// Heartbeat timeout this worker expects, e.g. 1500ms (checked; the
+    /// allocator's value is the one used).
+    #[arg(long, env = ENV_HEARTBEAT_TIMEOUT, value_name = "DURATION")]
+    heartbeat_timeout: Option<OsString>,
 }
 
 /// The token is a secret: never printed, not even by `{:?}`.
@@ -105,6 +122,9 @@ impl fmt::Debug for WorkerSettings {
             .field("key", &self.key)
             .field("join_timeout", &self.join_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("link", &self.link)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .finish()
     }
 }
@@ -135,6 +155,21 @@ pub struct WorkerEnv {
     pub join_timeout: Duration,
     /// Threads of the runtime [`run_blocking`](super::run_blocking) starts.
     pub worker_threads: usize,
+    /// The heartbeat settings this worker expects, if it was given any
+    /// (a missing one of the two takes its default).
+    ///
+    /// The allocator's values, sent in the Welcome, are the ones used: the
+    /// allocator judges every worker by its own setting, so a worker that
+    /// beat at another pace would be declared dead, and both ends of a
+    /// connection must judge silence alike. A worker whose values differ
+    /// from the Welcome's says so in its log, naming both, so whoever set
+    /// them by hand learns which apply. They are checked at start-up with
+    /// the bounds an allocator applies (a bad value is exit 78).
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// The link setting of this worker's connection (default `lan`): its
+    /// receive windows and congestion controller, fixed when the connection
+    /// is created (see [`crate::link`]).
+    pub link: LinkConfig,
 }
 
 /// The token is a secret: never printed, not even by `{:?}`.
@@ -150,6 +185,8 @@ impl fmt::Debug for WorkerEnv {
             .field("key", &self.key)
             .field("join_timeout", &self.join_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("heartbeat", &self.heartbeat)
+            .field("link", &self.link)
             .finish()
     }
 }
@@ -235,6 +272,18 @@ const JOIN_TIMEOUT: Setting = Setting {
 const WORKER_THREADS: Setting = Setting {
     var: ENV_WORKER_THREADS,
     flag: "--worker-threads",
+};
+const LINK: Setting = Setting {
+    var: ENV_LINK,
+    flag: "--link",
+};
+const HEARTBEAT_INTERVAL: Setting = Setting {
+    var: ENV_HEARTBEAT_INTERVAL,
+    flag: "--heartbeat-interval",
+};
+const HEARTBEAT_TIMEOUT: Setting = Setting {
+    var: ENV_HEARTBEAT_TIMEOUT,
+    flag: "--heartbeat-timeout",
 };
 
 impl Setting {
@@ -358,6 +407,15 @@ impl WorkerSettings {
                 n
             }
         };
+        let link = match &self.link {
+            None => LinkConfig::default(),
+            Some(value) => {
+                let text = LINK.text(value)?;
+                text.parse()
+                    .map_err(|problem| LINK.invalid(text, problem))?
+            }
+        };
+        let heartbeat = self.heartbeat()?;
         Ok(WorkerEnv {
             allocator_addr: allocator_addr.to_owned(),
             server_name: server_name.to_owned(),
@@ -368,7 +426,46 @@ impl WorkerSettings {
             key,
             join_timeout,
             worker_threads,
+            heartbeat,
+            link,
         })
+    }
+
+    /// The heartbeat settings given: `None` if neither is, else both (a
+    /// missing one takes its default), checked as an allocator checks its own.
+    fn heartbeat(&self) -> Result<Option<HeartbeatConfig>, SettingsError> {
+        let read = |setting: Setting, value: &Option<OsString>| match value {
+            None => Ok(None),
+            Some(value) => {
+                let text = setting.text(value)?;
+                parse_duration(text)
+                    .map(Some)
+                    .map_err(|problem| setting.invalid(text, problem))
+            }
+        };
+        let interval = read(HEARTBEAT_INTERVAL, &self.heartbeat_interval)?;
+        let timeout = read(HEARTBEAT_TIMEOUT, &self.heartbeat_timeout)?;
+        if interval.is_none() && timeout.is_none() {
+            return Ok(None);
+        }
+        let defaults = HeartbeatConfig::default();
+        let heartbeat = HeartbeatConfig {
+            interval: interval.unwrap_or(defaults.interval),
+            timeout: timeout.unwrap_or(defaults.timeout),
+        };
+        heartbeat.validate().map_err(|e| match e {
+            // Name the setting given, with the bound it breaks.
+            ConfigError::Invalid { name, problem, .. } => {
+                let (setting, value) = if name == "heartbeat interval" {
+                    (HEARTBEAT_INTERVAL, heartbeat.interval)
+                } else {
+                    (HEARTBEAT_TIMEOUT, heartbeat.timeout)
+                };
+                setting.invalid(&format!("{value:?}"), problem)
+            }
+            other => SettingsError::Unreadable(other.to_string()),
+        })?;
+        Ok(Some(heartbeat))
     }
 }
 

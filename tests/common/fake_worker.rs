@@ -73,8 +73,8 @@ impl FakeWorker {
         let tls_config = tls::client_config(roots, identity).expect("client TLS config");
         let addr = mesh.alloc.local_addr();
         let limits = Limits::default();
-        let endpoint =
-            transport::client_endpoint(tls_config, addr, &limits).expect("client endpoint");
+        let endpoint = transport::client_endpoint(tls_config, addr, &limits, &Default::default())
+            .expect("client endpoint");
         let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10))
             .await
             .expect("handshake with the valid worker certificate");
@@ -123,7 +123,11 @@ impl FakeWorker {
         };
         match fake.next_control().await {
             AllocatorToWorker::Welcome(welcome) => {
-                transport::endpoint::open_welcomed(&fake.conn, &welcome.limits);
+                transport::endpoint::open_welcomed(
+                    &fake.conn,
+                    &welcome.limits,
+                    &Default::default(),
+                );
                 fake.max_frame = welcome.limits.max_frame;
                 fake.control_recv.set_max_frame(welcome.limits.max_frame);
             }
