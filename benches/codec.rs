@@ -6,8 +6,8 @@
 //! ```
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use quicmesh::wire::codec::{self, FrameDecoder};
-use quicmesh::wire::{Dest, Envelope, MailboxFrame};
+use quicmesh::testkit::wire::codec::{self, FrameDecoder};
+use quicmesh::testkit::wire::{Dest, Envelope, MailboxFrame};
 use quicmesh::ProcId;
 
 const MAX_FRAME: u32 = 16 * 1024 * 1024;

@@ -22,7 +22,7 @@
 //! This one executable plays four parts, chosen by its environment:
 //! - a quicmesh worker, when an allocator launched it (`bootstrap_or_die` never returns then);
 //! - the raw quinn peer (`QUICMESH_BENCH_RAW_PEER`): a bare quinn server with mutual TLS
-//!   that echoes or counts length-prefixed frames encoded by `quicmesh::wire::codec`;
+//!   that echoes or counts length-prefixed frames encoded by `quicmesh::testkit::wire::codec`;
 //! - an allocator child (`QUICMESH_BENCH_ALLOC_CHILD`) that launches 2 workers and waits,
 //!   to be frozen by the controller;
 //! - the controller, which runs every case and prints a table, then one `name: value`
@@ -40,12 +40,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context as _};
 use futures::future::join_all;
 use quicmesh::actor::builtin::{self, Counter, CounterMsg, CounterReport, Echo, EchoMsg};
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Events, Launcher, ProcState};
+use quicmesh::config::LinkConfig;
 use quicmesh::config::{HeartbeatConfig, Limits};
-use quicmesh::link::LinkConfig;
-use quicmesh::relay::{Conditions, Relay};
+use quicmesh::testkit::relay::{Conditions, Relay};
+use quicmesh::testkit::transport::{self, FramedRecv, FramedSend};
 use quicmesh::tls::{self, CertPaths};
-use quicmesh::transport::{self, FramedRecv, FramedSend};
 use quicmesh::{ActorRef, Client, ProcId, ProcMesh};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -596,6 +596,8 @@ async fn bind_with(certs: &CertPaths, name: &str, link: LinkConfig) -> anyhow::R
 /// An allocator and what it has reported so far.
 struct Watch {
     alloc: Allocator,
+    /// Subscribed when the allocator was bound: no event is missed.
+    events: Events,
     running: usize,
     /// First proc failure per worker, with the time it was seen.
     failed: HashMap<u32, (Instant, String)>,
@@ -606,6 +608,7 @@ struct Watch {
 impl Watch {
     fn new(alloc: Allocator) -> Watch {
         Watch {
+            events: alloc.events(),
             alloc,
             running: 0,
             failed: HashMap::new(),
@@ -627,7 +630,7 @@ impl Watch {
             } => {
                 self.failed
                     .entry(*worker)
-                    .or_insert_with(|| (Instant::now(), reason.clone()));
+                    .or_insert_with(|| (Instant::now(), reason.to_string()));
             }
             AllocEvent::WorkerExited { index, .. } => {
                 self.exited.insert(*index);
@@ -656,7 +659,7 @@ impl Watch {
                     self.tail()
                 );
             }
-            match tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
                 Ok(Some(e)) => self.record(e),
                 Ok(None) => bail!("allocator event stream ended while waiting for {what}"),
                 Err(_) => bail!("no {what} within {within:?}; events: {:?}", self.tail()),
@@ -1034,7 +1037,7 @@ impl MeshCounter {
 // ---------------------------------------------------------------------------
 // The raw quinn baseline
 
-/// Frames of the raw baseline, encoded with `quicmesh::wire::codec` like quicmesh's own.
+/// Frames of the raw baseline, encoded with `quicmesh::testkit::wire::codec` like quicmesh's own.
 #[derive(Debug, Serialize, Deserialize)]
 enum RawMsg {
     /// First frame of a stream: what the peer does with the rest.
@@ -1067,15 +1070,16 @@ fn raw_peer_main() -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
         let certs = CertPaths::in_dir(&dir);
-        let roots = tls::load_roots(&certs.ca_cert)?;
-        let identity = tls::load_identity(&certs.server_cert, &certs.server_key)?;
+        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+        let identity =
+            quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)?;
         let link: LinkConfig = match std::env::var(ENV_RAW_LINK) {
             Ok(text) => text.parse().map_err(|e| anyhow!("{ENV_RAW_LINK}: {e}"))?,
             Err(_) => LinkConfig::lan(),
         };
         let endpoint = transport::server_endpoint(
             "127.0.0.1:0".parse()?,
-            tls::server_config(roots, identity)?,
+            quicmesh::testkit::tls::server_config(roots, identity)?,
             &HeartbeatConfig::default(),
             &Limits::default(),
             &link,
@@ -1185,10 +1189,11 @@ impl RawClient {
             }
             None => None,
         };
-        let roots = tls::load_roots(&certs.ca_cert)?;
-        let identity = tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
+        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+        let identity =
+            quicmesh::testkit::tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
         let endpoint = transport::client_endpoint(
-            tls::client_config(roots, identity)?,
+            quicmesh::testkit::tls::client_config(roots, identity)?,
             addr,
             &Limits::default(),
             link,
@@ -1196,7 +1201,11 @@ impl RawClient {
         let conn =
             transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
         // The same receive window a welcomed worker gets.
-        transport::endpoint::open_welcomed(&conn, &Limits::default(), link);
+        transport::endpoint::fit_receive_window(
+            &conn,
+            Limits::default().max_procs_per_worker as usize,
+            link,
+        );
         Ok(RawClient {
             endpoint,
             conn,
@@ -1454,7 +1463,7 @@ fn alloc_child_main() -> anyhow::Result<()> {
         out.flush()?;
         drop(out);
         // Keep the allocator alive until killed.
-        while w.alloc.next_event().await.is_some() {}
+        while w.events.next().await.is_some() {}
         std::future::pending::<anyhow::Result<()>>().await
     })
 }

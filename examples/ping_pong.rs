@@ -11,19 +11,17 @@
 //! asks `Ping` to play N rounds. `Ping` times each ask to `Pong` and replies
 //! with the round-trip times, of which the controller prints p50 and p99.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use quicmesh::allocator::{Allocator, AllocatorConfig, ExitReport, Launcher};
-use quicmesh::{Actor, ActorRef, Context, PortRef, Registry};
+use quicmesh::allocator::{Allocator, AllocatorConfig, Launcher};
+use quicmesh::{Actor, ActorRef, Context, PortRef, Registry, Spawn};
 use serde::{Deserialize, Serialize};
 
 const WORKERS: u32 = 2;
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Answers every ping with its sequence number.
+#[derive(Default)]
 struct Pong;
 
 /// A ping: `Pong` sends `seq` back to `reply`.
@@ -36,15 +34,9 @@ struct PongMsg {
 impl Actor for Pong {
     const NAME: &'static str = "pong";
     type Message = PongMsg;
-    type Params = ();
-
-    fn new(_: ()) -> anyhow::Result<Self> {
-        Ok(Pong)
-    }
 
     async fn handle(&mut self, msg: PongMsg, ctx: &Context) -> anyhow::Result<()> {
-        msg.reply.send(ctx.client(), msg.seq).await?;
-        Ok(())
+        Ok(msg.reply.send(ctx, msg.seq).await?)
     }
 }
 
@@ -63,35 +55,34 @@ struct PingMsg {
 impl Actor for Ping {
     const NAME: &'static str = "ping";
     type Message = PingMsg;
-    // Refs are serializable, so the peer can be handed over at spawn time.
-    type Params = ActorRef<Pong>;
-
-    fn new(pong: ActorRef<Pong>) -> anyhow::Result<Self> {
-        Ok(Ping { pong })
-    }
 
     async fn handle(&mut self, msg: PingMsg, ctx: &Context) -> anyhow::Result<()> {
         let mut rtts = Vec::with_capacity(msg.rounds as usize);
         for seq in 0..msg.rounds {
             let start = Instant::now();
-            let echoed = self
-                .pong
-                .ask(ctx.client(), |reply| PongMsg { seq, reply })
-                .await?;
+            let echoed = self.pong.ask(ctx, |reply| PongMsg { seq, reply }).await?;
             rtts.push(start.elapsed());
             // An error here fails this actor, which fails the controller's ask at once.
             ensure!(echoed == seq, "pong answered {echoed} to ping {seq}");
         }
-        msg.reply.send(ctx.client(), rtts).await?;
-        Ok(())
+        Ok(msg.reply.send(ctx, rtts).await?)
+    }
+}
+
+/// `Ping` needs parameters: refs are serializable, so its peer is handed over at spawn time.
+impl Spawn for Ping {
+    type Params = ActorRef<Pong>;
+
+    fn new(pong: ActorRef<Pong>) -> anyhow::Result<Self> {
+        Ok(Ping { pong })
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    let registry = Registry::new().with::<Ping>().with::<Pong>();
+    let registry = Registry::new().with::<Ping>()?.with::<Pong>()?;
     // In a worker process this runs the worker and exits; here it returns.
     quicmesh::bootstrap_or_die(&registry);
-    quicmesh::logging::init();
+    quicmesh::init_logging();
     let rounds: u32 = match std::env::args().nth(1) {
         Some(arg) => arg
             .parse()
@@ -99,28 +90,18 @@ fn main() -> anyhow::Result<()> {
         None => 1000,
     };
     ensure!(rounds > 0, "need at least one round trip");
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(controller(rounds))
+    tokio::runtime::Runtime::new()?.block_on(controller(rounds))
 }
 
 async fn controller(rounds: u32) -> anyhow::Result<()> {
-    let certs = quicmesh::tls::ensure_dev_certs(Path::new("certs"))?;
-    let mut alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
+    let certs = quicmesh::tls::ensure_dev_certs("certs")?;
+    let alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
     alloc.launch(&Launcher::current_exe()?, WORKERS, 1)?;
 
-    // Wait until every proc runs (fails early if a proc fails or a worker exits),
-    // then play; whatever happened, stop the workers and collect their exits.
-    let outcome = match alloc.wait_running(START_TIMEOUT).await {
-        Ok(()) => play(&alloc, rounds).await,
-        Err(e) => Err(e.into()),
-    };
-    let exits = alloc.stop_and_wait(0, STOP_TIMEOUT).await;
-    let clean = exits
-        .iter()
-        .filter(|(_, s)| *s == ExitReport::Code(0))
-        .count();
+    // Whatever happened while playing, stop the workers and collect their exits.
+    let outcome = play(&alloc, rounds).await;
+    let exits = alloc.stop_and_wait(0, Duration::from_secs(30)).await;
+    let clean = exits.iter().filter(|(_, s)| s.is_success()).count();
     println!("ping_pong: stopped, {clean}/{WORKERS} workers exited 0");
 
     let mut rtts = outcome?;
@@ -138,22 +119,22 @@ async fn controller(rounds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Spawns the pair (Pong first: Ping's parameters refer to it) and plays.
+/// Waits for both procs, spawns the pair (Pong first: Ping's parameters refer to it) and plays.
 async fn play(alloc: &Allocator, rounds: u32) -> anyhow::Result<Vec<Duration>> {
+    // Fails early if a proc fails or a worker exits.
+    alloc.wait_running(Duration::from_secs(60)).await?;
     let client = alloc.client();
     let procs = alloc.procs(); // by rank: proc 0 is on worker 0, proc 1 on worker 1
     let pong = client.spawn::<Pong>(&procs[1], "pong", &()).await?;
     let ping = client.spawn::<Ping>(&procs[0], "ping", &pong).await?;
     // The default ask timeout (30 s) is for one reply; allow for many rounds.
     let timeout = Duration::from_secs(30) + Duration::from_millis(rounds.into());
-    let rtts = ping
-        .ask_within(client, timeout, |reply| PingMsg { rounds, reply })
+    ping.ask_within(client, timeout, |reply| PingMsg { rounds, reply })
         .await
-        .context("ping failed")?;
-    Ok(rtts)
+        .context("ping failed")
 }
 
-/// The nearest-rank percentile `pct` (1..=100) of sorted, non-empty `values`.
+/// The nearest-rank percentile `pct` (1..=100) of `sorted`, which is not empty.
 fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[(sorted.len() * pct).div_ceil(100).max(1) - 1]
 }

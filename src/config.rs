@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::link::{Congestion, LinkConfig};
+
 /// Environment variable: `host:port` of the allocator.
 pub const ENV_ALLOCATOR_ADDR: &str = "QUICMESH_ALLOCATOR_ADDR";
 /// Environment variable: the name the allocator's certificate must carry
@@ -55,10 +57,11 @@ pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest join timeout accepted (a year): anything longer is a typo,
 /// and keeping it bounded keeps deadline arithmetic far from overflow.
-pub const MAX_JOIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_JOIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A configuration value that is missing or unusable; names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A required environment variable (or flag) is not set.
     #[error("{name} is not set")]
@@ -90,6 +93,7 @@ pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often heartbeats are sent and how long silence means death.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct HeartbeatConfig {
     /// Time between two heartbeats sent by each side.
     pub interval: Duration,
@@ -107,6 +111,12 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
+    /// Heartbeats every `interval`, a peer dead after `timeout` of silence
+    /// (checked when an allocator starts: see [`HeartbeatConfig::validate`]).
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        HeartbeatConfig { interval, timeout }
+    }
+
     /// Checks that the interval is at least [`MIN_HEARTBEAT_INTERVAL`] and
     /// the timeout spans at least two intervals and at most
     /// [`MAX_HEARTBEAT_TIMEOUT`].
@@ -156,6 +166,7 @@ impl HeartbeatConfig {
 
 /// Limits both sides enforce on what the peer sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame body accepted on any stream, in bytes.
     pub max_frame: u32,
@@ -180,7 +191,7 @@ impl Default for Limits {
 ///
 /// Until the Hello's token is checked the peer is only known to hold a
 /// certificate of the mesh CA; it gets no more than this much memory.
-pub const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
+pub(crate) const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
 
 /// QUIC connection receive window before the peer is admitted (both sides).
 ///
@@ -188,34 +199,9 @@ pub const MAX_PRE_ADMISSION_FRAME: u32 = 64 * 1024;
 /// for a worker, an allocator that has not yet sent its Welcome) can make us
 /// buffer on the whole connection. Twice [`MAX_PRE_ADMISSION_FRAME`], so a
 /// Hello or Welcome of the largest allowed size never waits for a window
-/// update. It is raised once admitted, see [`admitted_receive_window`].
-pub const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 2 * MAX_PRE_ADMISSION_FRAME;
-
-/// QUIC receive window of each stream with the default link setting, in
-/// bytes (both sides); [`crate::link::LinkConfig::window`] sets it.
-///
-/// Unread data one mailbox stream can hold in quinn's buffers. 1 MiB keeps a
-/// single stream near memory speed on a LAN (a 1 MiB window drains every
-/// round trip: 10 GB/s at 100 us, 100 MB/s at 10 ms) while bounding what one
-/// stalled proc can pin.
-pub const STREAM_RECEIVE_WINDOW: u32 = crate::link::LAN_WINDOW;
-
-/// The connection receive window once a peer is admitted: one stream window
-/// for every stream it may have open (its procs' mailboxes and the control
-/// stream), plus one spare.
-///
-/// Smaller would let a few procs whose data is not read right away use up
-/// the connection's credit and block every other stream of that worker,
-/// the control stream included; this size keeps streams independent and is
-/// still a fixed bound per connection (about 1 GiB for the default 1024
-/// procs, reached only if every stream is full and unread at once). The
-/// arithmetic saturates, and the result never exceeds QUIC's largest window.
-pub fn admitted_receive_window(max_procs_per_worker: u32) -> u64 {
-    u64::from(max_procs_per_worker)
-        .saturating_add(2)
-        .saturating_mul(u64::from(STREAM_RECEIVE_WINDOW))
-        .min((1 << 62) - 1)
-}
+/// update. It is raised once admitted, see
+/// [`crate::transport::endpoint::fit_receive_window`].
+pub(crate) const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 2 * MAX_PRE_ADMISSION_FRAME;
 
 /// Shortest stop timeout an allocator may give its workers: enough for a
 /// proc's stop hooks and stream flush to have a chance at all.
@@ -227,6 +213,7 @@ pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Timeouts and bounds of the QUIC transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransportConfig {
     /// Longest a worker waits, in one attempt, for its connection to be
     /// established and welcomed (it retries until its join deadline).
@@ -266,7 +253,7 @@ impl TransportConfig {
     /// controls). A quarter means no single host can keep the others out,
     /// while many workers behind one address (loopback, a NAT) still get in
     /// a quarter at a time, the rest by retrying.
-    pub fn max_pending_per_source(&self) -> usize {
+    pub(crate) fn max_pending_per_source(&self) -> usize {
         (self.max_pending_handshakes / 4).max(1)
     }
 
@@ -338,7 +325,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets) into host and port.
-pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(addr: &str) -> Option<(&str, u16)> {
     let (host, port) = addr.rsplit_once(':')?;
     let port = port.parse().ok()?;
     let host = match host.strip_prefix('[') {
@@ -413,17 +400,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TLS timeout"));
-    }
-
-    #[test]
-    fn admitted_window_covers_every_stream_and_saturates() {
-        assert_eq!(
-            admitted_receive_window(1024),
-            1026 * u64::from(STREAM_RECEIVE_WINDOW)
-        );
-        // Even the largest count stays a valid QUIC window (below 2^62).
-        assert!(admitted_receive_window(u32::MAX) < 1 << 62);
-        assert!(u64::from(PRE_ADMISSION_RECEIVE_WINDOW) < admitted_receive_window(0));
     }
 
     #[test]

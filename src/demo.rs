@@ -20,9 +20,8 @@ use clap::Parser;
 use quicmesh::allocator::{
     AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
 };
-use quicmesh::config;
-use quicmesh::id::ProcId;
-use quicmesh::link::LinkConfig;
+use quicmesh::config::{self, LinkConfig};
+use quicmesh::ProcId;
 
 /// Flags of `quicmesh demo`.
 #[derive(Parser, Debug)]
@@ -95,8 +94,8 @@ struct Tally {
 }
 
 impl Tally {
+    /// Records `event` (the allocator logs every event itself, on stderr).
     fn record(&mut self, event: &AllocEvent) {
-        println!("{event}");
         match event {
             AllocEvent::Proc { proc_id, state, .. } => {
                 if matches!(state, ProcState::Failed { .. }) {
@@ -196,8 +195,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if let Some(timeout) = args.heartbeat_timeout {
         config.heartbeat.timeout = timeout;
     }
-    let mut alloc = Allocator::bind(config).await?;
+    let alloc = Allocator::bind(config).await?;
     println!("listening on {}", alloc.local_addr());
+    let mut events = alloc.events();
 
     let launcher = Launcher::current_exe()?.arg("worker");
     alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
@@ -206,7 +206,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let started = tokio::time::timeout(Duration::from_secs(args.start_timeout), async {
         while tally.running() < expected && tally.ever_failed.is_empty() && tally.exits.is_empty() {
-            match alloc.next_event().await {
+            match events.next().await {
                 Some(e) => tally.record(&e),
                 None => break,
             }
@@ -233,7 +233,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             tokio::select! {
                 _ = &mut hold => break,
                 _ = tokio::signal::ctrl_c() => { println!("interrupted, stopping"); break }
-                e = alloc.next_event() => match e {
+                e = events.next() => match e {
                     Some(e) => tally.record(&e),
                     None => break,
                 },
@@ -250,7 +250,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     println!("stopping: StopAndExit(0) sent to {told} workers");
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {
         while tally.exits.len() < args.workers as usize {
-            match alloc.next_event().await {
+            match events.next().await {
                 Some(e) => tally.record(&e),
                 None => break,
             }
@@ -260,11 +260,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if stopped.is_err() {
         println!("not every worker exited within 30 s");
     }
-    let clean_exits = tally
-        .exits
-        .values()
-        .filter(|s| **s == ExitReport::Code(0))
-        .count();
+    let clean_exits = tally.exits.values().filter(|s| s.is_success()).count();
     let stopped_procs = tally
         .procs
         .values()

@@ -90,11 +90,13 @@ impl HeartbeatJudge {
     }
 
     /// Beats received so far.
+    #[cfg(test)]
     pub fn beats(&self) -> u64 {
         self.beats
     }
 
     /// Highest sequence number received so far.
+    #[cfg(test)]
     pub fn highest_seq(&self) -> Option<u64> {
         self.highest_seq
     }
@@ -139,14 +141,6 @@ pub enum HeartbeatOutcome {
     BadDatagram(String),
     /// The peer disabled datagrams, so heartbeats cannot flow.
     DatagramsUnsupported,
-}
-
-/// Sends heartbeats on `conn` and judges the peer's until one of the outcomes.
-///
-/// Runs until the peer is judged dead, the connection closes, or the peer
-/// breaks the protocol; cancel it by dropping the future.
-pub async fn run(conn: Connection, config: HeartbeatConfig) -> HeartbeatOutcome {
-    run_measured(conn, config, RttCell::new(), "peer").await
 }
 
 /// [`run`], also publishing the connection's round trip in `rtt` at every

@@ -35,15 +35,28 @@ pub struct IdParseError {
 }
 
 /// Longest allocation or actor name, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
+pub(crate) const MAX_NAME_LEN: usize = 128;
 
 /// Checks that `name` is a non-empty run of at most [`MAX_NAME_LEN`] `[A-Za-z0-9_-]`.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// [`is_valid_name`] as a result: the error says what a name must be.
+pub(crate) fn check_name(name: &str) -> Result<(), IdParseError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(IdParseError {
+            kind: "name",
+            text: name.to_string(),
+            problem: "names are 1-128 characters of [A-Za-z0-9_-]",
+        })
+    }
 }
 
 /// Decodes a name and applies [`is_valid_name`] to it.

@@ -7,8 +7,18 @@
 //! per proc mailbox. A worker that loses its allocator exits; an allocator
 //! that loses a worker reports its procs as failed.
 //!
-//! Layers, each looking only down: [`allocator`] and [`worker`] over
-//! [`heartbeat`] and [`transport`], over [`wire`], [`tls`], [`config`], [`link`] and [`id`].
+//! What a program uses: [`Actor`] (with [`Spawn`] when it takes parameters),
+//! [`ActorRef`], [`PortRef`], [`Context`], [`Client`], [`Registry`],
+//! [`ProcMesh`], [`ActorMesh`] and [`bootstrap_or_die`] here;
+//! [`allocator`] for the allocator and what it reports; [`tls`] for
+//! development certificates; [`config`] for the settings an allocator takes;
+//! [`worker`] to give a binary of one's own a worker mode; [`exit_code`].
+//! Everything else is internal. The design, the protocol and the reasons for
+//! both are in `docs/design.md`.
+//!
+//! Layers, each looking only down: the allocator and the worker over the
+//! actors, heartbeats and the transport, over the wire format, TLS, settings,
+//! ids and reasons.
 
 // Undeliverable envelopes are handed back to the caller by value in `Err`,
 // so they can be returned to their sender without a copy; those errors are
@@ -19,26 +29,39 @@ pub mod actor;
 pub mod allocator;
 pub mod config;
 pub mod exit_code;
-pub mod heartbeat;
-pub mod id;
-pub mod link;
-pub mod logging;
-pub mod mailbox;
-pub mod mesh;
-pub mod queue;
-pub mod relay;
-pub mod rtt;
-pub mod stop;
+mod heartbeat;
+mod id;
+mod link;
+mod logging;
+mod mailbox;
+mod mesh;
+mod queue;
+mod reason;
+#[cfg(any(test, feature = "testkit"))]
+mod relay;
+mod rtt;
+mod stop;
 mod sync;
 pub mod tls;
-pub mod transport;
-pub mod wire;
+mod transport;
+mod wire;
 pub mod worker;
 
-pub use actor::{Actor, ActorRef, Client, Context, PortRef, Registry};
-pub use allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
-pub use id::{ActorId, PortId, ProcId};
-pub use mesh::{ActorMesh, ProcMesh};
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use actor::{
+    Actor, ActorRef, AskError, Client, Context, PortRef, Registry, Returned, SendError, Spawn,
+    SpawnError, StopError,
+};
+pub use id::{ActorId, IdParseError, PortId, ProcId};
+pub use logging::init as init_logging;
+pub use mesh::{ActorMesh, MeshError, ProcMesh};
+pub use reason::{
+    ActorFailure, ExitReport, FailureReason, ProcEnd, ReturnReason, SpawnRefusal, StopReason,
+    StopRefusal,
+};
+pub use wire::{CodecError, DeliveryStatus, ProcStats};
 pub use worker::bootstrap_or_die;
 
 /// The README's code, compiled as a doctest so it cannot rot.

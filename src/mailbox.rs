@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Permit, QueueReceiver};
+use crate::reason::ReturnReason;
 use crate::transport::{FramedSend, StreamError};
 use crate::wire::{CodecError, Envelope, MailboxFrame, Undeliverable};
 
@@ -40,7 +41,7 @@ pub enum Outgoing {
         /// Position of the envelope among those received on the stream.
         seq: u64,
         /// Why.
-        reason: String,
+        reason: ReturnReason,
     },
 }
 
@@ -49,8 +50,8 @@ impl Outgoing {
     pub fn cost(&self) -> usize {
         match self {
             Outgoing::Envelope(e) => e.wire_size(),
-            Outgoing::Returned(u) => u.envelope.wire_size() + u.reason.len(),
-            Outgoing::Refused { reason, .. } => 16 + reason.len(),
+            Outgoing::Returned(u) => u.envelope.wire_size() + crate::reason::REASON_COST,
+            Outgoing::Refused { .. } => 16 + crate::reason::REASON_COST,
         }
     }
 }
@@ -232,14 +233,11 @@ fn buffer(
             match result {
                 Ok(()) => on_sent(env, permit),
                 Err(CodecError::TooLarge { len, max }) => on_too_large(
-                    Undeliverable::not_delivered(
-                        env,
-                        format!("message too large: {len} bytes encoded, frame limit {max}"),
-                    ),
+                    Undeliverable::not_delivered(env, ReturnReason::TooLarge { len, max }),
                     permit,
                 ),
                 Err(e) => on_too_large(
-                    Undeliverable::not_delivered(env, format!("message cannot be encoded: {e}")),
+                    Undeliverable::not_delivered(env, ReturnReason::Unencodable(e.to_string())),
                     permit,
                 ),
             }
@@ -260,7 +258,7 @@ fn buffer(
             };
             u = inner;
             u.envelope.payload.clear();
-            u.reason.push_str(" (payload dropped: too large to return)");
+            u.reason = ReturnReason::PayloadDropped(Box::new(u.reason));
             if let Err(e) = send.buffer(&MailboxFrame::Undeliverable(u)) {
                 tracing::error!("cannot return undeliverable envelope: {e}");
             }

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    quicmesh::logging::init();
+    quicmesh::init_logging();
     match cli.command {
         Command::Certs { dir, force, sans } => {
             let options = DevCertOptions::new().sans(sans).force(force);

@@ -214,11 +214,6 @@ impl<T> QueueSender<T> {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// The budget items of this queue are charged to.
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.budget
-    }
-
     /// Bytes reserved now (queued, or taken out but not yet released).
     pub fn used_bytes(&self) -> u64 {
         self.budget.used_bytes()
@@ -232,11 +227,6 @@ impl<T> QueueSender<T> {
     /// The byte budget.
     pub fn capacity_bytes(&self) -> u64 {
         self.budget.capacity_bytes()
-    }
-
-    /// Whether the receiver is gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
     }
 }
 

@@ -35,7 +35,7 @@ fn certs_writes_a_mesh_refuses_to_overwrite_and_forces() {
             & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
     }
-    quicmesh::tls::load_identity(&paths.server_cert, &paths.server_key)
+    quicmesh::testkit::tls::load_identity(&paths.server_cert, &paths.server_key)
         .expect("allocator identity loads");
     let before = std::fs::read(&paths.ca_cert).expect("read CA");
 

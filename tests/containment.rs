@@ -17,13 +17,15 @@ use std::time::Duration;
 use common::fake_worker::FakeWorker;
 use common::{rss_bytes, TestMesh, SOON};
 use compact_str::CompactString;
-use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg, Pump, PumpMsg};
+use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::actor::Client;
+use quicmesh::actor::Recipient;
 use quicmesh::allocator::{AllocEvent, AllocatorConfig, ProcState};
-use quicmesh::wire::{
+use quicmesh::testkit::actors::{Pump, PumpMsg};
+use quicmesh::testkit::wire::{
     codec, DeliveryStatus, Dest, Envelope, MailboxFrame, SystemMsg, Undeliverable,
 };
-use quicmesh::{ActorId, ActorRef, ProcId};
+use quicmesh::{ActorId, ActorRef, FailureReason, ProcEnd, ProcId, ReturnReason};
 
 /// How much the allocator's process may grow during an attack. The attacks
 /// below would grow it by gigabytes without their bounds.
@@ -313,7 +315,7 @@ async fn forged_and_bogus_returns() {
             return_port: Some(1),
             payload: Vec::new(),
         },
-        "forged",
+        ReturnReason::PortClosed(s.client.id().port(1)),
     );
     fake.send_frame(&procs[0], &MailboxFrame::Undeliverable(forged))
         .await;
@@ -322,7 +324,7 @@ async fn forged_and_bogus_returns() {
     // A refusal of an envelope never sent.
     let bogus = MailboxFrame::Refused {
         seq: 5,
-        reason: "never sent".into(),
+        reason: ReturnReason::ProcClosing(procs[1].clone()),
     };
     fake.send_frame(&procs[1], &bogus).await;
     let reason = s.mesh.wait_failed(&procs[1], SOON).await;
@@ -349,7 +351,7 @@ async fn forged_and_bogus_returns() {
         &procs[2],
         &MailboxFrame::Refused {
             seq: 0,
-            reason: "too late".into(),
+            reason: ReturnReason::ProcClosing(procs[2].clone()),
         },
     )
     .await;
@@ -357,7 +359,7 @@ async fn forged_and_bogus_returns() {
     assert!(reason.contains("already acknowledged"), "{reason}");
     // A genuine refusal before the ack: the controller gets its own copy back,
     // certainly not delivered, with the worker's (bounded) reason.
-    let mut returned = s.mesh.alloc.take_returned().expect("returned stream");
+    let returned = s.mesh.alloc.returns();
     let sink: ActorRef<Counter> = ActorRef::attest(procs[3].actor("sink", 0));
     sink.tell(
         &s.client,
@@ -377,21 +379,31 @@ async fn forged_and_bogus_returns() {
         &procs[3],
         &MailboxFrame::Refused {
             seq: 0,
-            reason: long,
+            reason: ReturnReason::Undecodable {
+                actor_type: long.clone(),
+                detail: long,
+            },
         },
     )
     .await;
-    let back = common::next_returned(&mut returned).await;
-    assert_eq!(back.status, DeliveryStatus::NotDelivered);
-    assert_eq!(back.envelope.to, Dest::Actor(procs[3].actor("sink", 0)));
-    assert!(back.reason.starts_with("no such actor"), "{}", back.reason);
-    assert!(
-        back.reason.len() < 300,
-        "reason not bounded: {} bytes",
-        back.reason.len()
+    let back = common::next_returned(&returned).await;
+    assert_eq!(back.status(), DeliveryStatus::NotDelivered);
+    assert_eq!(
+        back.recipient(),
+        &Recipient::Actor(procs[3].actor("sink", 0))
     );
-    let msg: CounterMsg = codec::decode(&back.envelope.payload).expect("the original payload");
-    assert!(matches!(msg, CounterMsg::Count { seq: 42, .. }));
+    let ReturnReason::Undecodable { actor_type, detail } = back.reason() else {
+        panic!("the worker's reason, bounded: {back}");
+    };
+    assert!(actor_type.starts_with("no such actor"), "{back}");
+    assert!(
+        actor_type.len() < 300 && detail.len() < 300,
+        "reason not bounded: {} + {} bytes",
+        actor_type.len(),
+        detail.len()
+    );
+    let msg = back.decode::<CounterMsg>().expect("the original payload");
+    assert!(matches!(msg.message(), CounterMsg::Count { seq: 42, .. }));
     fake.send_frame(&procs[3], &MailboxFrame::Ack { processed: 1 })
         .await;
     s.healthy_traffic(500).await;
@@ -492,7 +504,11 @@ async fn spawn_and_stop_requests_from_another_proc_are_refused() {
     while refused < requests.len() {
         match fake.next_mailbox_frame(&a).await {
             MailboxFrame::Undeliverable(u) => {
-                assert!(u.reason.contains("refused"), "{}", u.reason);
+                assert!(
+                    matches!(&u.reason, ReturnReason::RequestRefused { from, .. } if *from == a),
+                    "{}",
+                    u.reason
+                );
                 assert!(matches!(u.envelope.to, Dest::Proc(_)));
                 refused += 1;
             }
@@ -549,7 +565,7 @@ async fn a_stalled_proc_delays_only_its_senders_and_is_failed() {
             .await
         })
     };
-    let mut returned = s.mesh.alloc.take_returned().expect("returned stream");
+    let returned = s.mesh.alloc.returns();
     let mut told = 0u64;
     loop {
         let msg = CounterMsg::Count {
@@ -583,16 +599,25 @@ async fn a_stalled_proc_delays_only_its_senders_and_is_failed() {
     // Everything the controller told A comes back, each marked honestly.
     let mut back = 0;
     while back < told {
-        let u = common::next_returned(&mut returned).await;
-        assert!(u.reason.contains("stalled"), "{}", u.reason);
+        let u = common::next_returned(&returned).await;
+        assert!(
+            matches!(
+                u.reason(),
+                ReturnReason::ProcEnded {
+                    end: ProcEnd::Failed(FailureReason::Stalled { .. }),
+                    ..
+                }
+            ),
+            "{u}"
+        );
         // A never acknowledged anything and did not end its stream in order.
         assert!(
             matches!(
-                u.status,
+                u.status(),
                 DeliveryStatus::NotDelivered | DeliveryStatus::PossiblyDelivered
             ),
             "{:?}",
-            u.status
+            u.status()
         );
         back += 1;
     }
@@ -623,23 +648,24 @@ async fn a_stalled_proc_delays_only_its_senders_and_is_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
-    use quicmesh::wire::{Hello, WorkerToAllocator, PROTOCOL_VERSION};
+    use quicmesh::testkit::wire::{Hello, WorkerToAllocator, PROTOCOL_VERSION};
     const ATTEMPTS: u64 = 60;
     let mut s = scene("cont-refusals", |_| {}).await;
-    let roots = quicmesh::tls::load_roots(&s.mesh.certs.ca_cert).expect("mesh CA");
+    let roots = quicmesh::testkit::tls::load_roots(&s.mesh.certs.ca_cert).expect("mesh CA");
     let identity =
-        quicmesh::tls::load_identity(&s.mesh.certs.worker_cert, &s.mesh.certs.worker_key)
+        quicmesh::testkit::tls::load_identity(&s.mesh.certs.worker_cert, &s.mesh.certs.worker_key)
             .expect("worker identity");
-    let tls = quicmesh::tls::client_config(roots, identity).expect("client TLS");
+    let tls = quicmesh::testkit::tls::client_config(roots, identity).expect("client TLS");
     let addr = s.mesh.alloc.local_addr();
     let limits = quicmesh::config::Limits::default();
-    let endpoint = quicmesh::transport::client_endpoint(tls, addr, &limits, &Default::default())
-        .expect("endpoint");
+    let endpoint =
+        quicmesh::testkit::transport::client_endpoint(tls, addr, &limits, &Default::default())
+            .expect("endpoint");
     let started = tokio::time::Instant::now();
     // Valid certificate, a reserved index, the wrong token, many times over.
     let ticket = s.mesh.alloc.reserve(1);
     for i in 0..ATTEMPTS {
-        let conn = quicmesh::transport::connect(&endpoint, addr, "localhost", SOON)
+        let conn = quicmesh::testkit::transport::connect(&endpoint, addr, "localhost", SOON)
             .await
             .expect("handshake with a valid certificate");
         let (mut send, _recv) = conn.open_bi().await.expect("control stream");
@@ -651,7 +677,7 @@ async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
             host: "x".repeat(10_000),
         });
         let frame =
-            codec::frame(&hello, quicmesh::config::MAX_PRE_ADMISSION_FRAME).expect("encode Hello");
+            codec::frame(&hello, quicmesh::testkit::MAX_PRE_ADMISSION_FRAME).expect("encode Hello");
         send.write_all(&frame).await.expect("send Hello");
         let closed = tokio::time::timeout(SOON, conn.closed())
             .await
@@ -687,7 +713,7 @@ async fn refused_connections_are_counted_and_reported_at_a_limited_rate() {
     assert!(!events.is_empty(), "refusals are still reported");
     let accounted: u64 = events.iter().map(|n| n + 1).sum();
     assert!(accounted <= ATTEMPTS);
-    endpoint.close(quicmesh::wire::close::NORMAL, b"done");
+    endpoint.close(quicmesh::testkit::wire::close::NORMAL, b"done");
     // The reserved index was never taken: a worker with the right token joins.
     s.healthy_traffic(200).await;
     let dummy = FakeWorker::join(&s.mesh, 1).await;
@@ -777,7 +803,7 @@ async fn acks_that_cover_nothing_new_do_not_hide_a_stall() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(failed.contains("stalled"), "{failed}");
+    assert!(matches!(failed, FailureReason::Stalled { .. }), "{failed}");
     s.finish(fake).await;
 }
 
@@ -896,10 +922,19 @@ async fn a_proc_whose_stream_never_opens_is_failed() {
     let reason = s.mesh.wait_failed(&a, STALL + SOON).await;
     assert!(reason.contains("not opened"), "{reason}");
     // What waited for it comes back.
-    let mut returned = s.mesh.alloc.take_returned().expect("returned stream");
+    let returned = s.mesh.alloc.returns();
     for _ in 0..told {
-        let u = common::next_returned(&mut returned).await;
-        assert!(u.reason.contains("not opened"), "{}", u.reason);
+        let u = common::next_returned(&returned).await;
+        assert!(
+            matches!(
+                u.reason(),
+                ReturnReason::ProcEnded {
+                    end: ProcEnd::Failed(FailureReason::MailboxNotOpened(_)),
+                    ..
+                }
+            ),
+            "{u}"
+        );
     }
     s.finish(fake).await;
 }

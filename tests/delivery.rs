@@ -7,16 +7,16 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{signal, TestMesh, SOON};
-use quicmesh::actor::builtin::{
-    Counter, CounterMsg, CounterReport, Echo, EchoMsg, Sleeper, SleeperMsg,
-};
-use quicmesh::relay::Relay;
-use quicmesh::wire::codec;
+use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
+use quicmesh::actor::Recipient;
+use quicmesh::testkit::actors::{Sleeper, SleeperMsg};
+use quicmesh::testkit::relay::Relay;
+use quicmesh::{DeliveryStatus, ReturnReason};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
     let mut mesh = TestMesh::new("accounting").await;
-    let mut returned = mesh.alloc.take_returned().expect("returned stream");
+    let returned = mesh.alloc.returns();
     // The victim hosts two procs: tells go to one, the ask to the other, so
     // the tells' link counts nothing but tells.
     let victim = mesh.launch(1, 2)[0];
@@ -111,14 +111,17 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
             "only {delivered} delivered + {} returned of {N}",
             returned_seqs.len()
         );
-        if let Ok(Some(u)) = tokio::time::timeout(Duration::from_millis(200), returned.recv()).await
+        if let Ok(Some(u)) = tokio::time::timeout(Duration::from_millis(200), returned.next()).await
         {
             if let Ok(CounterMsg::Count { seq, .. }) =
-                codec::decode::<CounterMsg>(&u.envelope.payload)
+                u.decode::<CounterMsg>().map(|u| u.into_message())
             {
                 assert!(returned_seqs.insert(seq), "seq {seq} returned twice");
-                assert!(!u.reason.is_empty());
-                if u.status == quicmesh::wire::DeliveryStatus::PossiblyDelivered {
+                assert!(
+                    matches!(u.reason(), ReturnReason::ProcEnded { proc_id, end } if *proc_id == victim_proc && end.is_failure()),
+                    "{u}"
+                );
+                if u.status() == DeliveryStatus::PossiblyDelivered {
                     possibly.insert(seq);
                 }
             }
@@ -154,7 +157,7 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
     );
     assert_eq!(
         mesh.wait_exit(victim, SOON).await,
-        quicmesh::allocator::ExitReport::Signal(libc::SIGKILL)
+        quicmesh::ExitReport::Signal(libc::SIGKILL)
     );
     mesh.assert_healthy(healthy);
     mesh.stop_all_and_check(0).await;
@@ -324,7 +327,7 @@ async fn fast_producer_slow_consumer_stays_within_the_byte_budget() {
 async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
     const MAX_FRAME: u32 = 256 * 1024;
     let mut mesh = TestMesh::with_config("returns", |c| c.limits.max_frame = MAX_FRAME).await;
-    let mut returned = mesh.alloc.take_returned().expect("returned stream");
+    let returned = mesh.alloc.returns();
     let worker = mesh.launch(1, 1)[0];
     mesh.wait_running(1).await;
     let client = mesh.alloc.client().clone();
@@ -345,13 +348,13 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
 
     // Above the frame limit: returned, not sent; later messages still flow.
     tell_pad(counter.clone(), vec![0u8; MAX_FRAME as usize + 1]).await;
-    let u = common::next_returned(&mut returned).await;
-    assert!(u.reason.contains("too large"), "{}", u.reason);
-    assert_eq!(u.status, quicmesh::wire::DeliveryStatus::NotDelivered);
-    assert_eq!(
-        u.envelope.to,
-        quicmesh::wire::Dest::Actor(counter.id().clone())
+    let u = common::next_returned(&returned).await;
+    assert!(
+        matches!(u.reason(), ReturnReason::TooLarge { max, .. } if *max == MAX_FRAME),
+        "{u}"
     );
+    assert_eq!(u.status(), DeliveryStatus::NotDelivered);
+    assert_eq!(u.recipient(), &Recipient::Actor(counter.id().clone()));
 
     // To an actor that does not exist on a live proc.
     tell_pad(
@@ -359,19 +362,21 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         vec![],
     )
     .await;
-    let u = common::next_returned(&mut returned).await;
+    let u = common::next_returned(&returned).await;
     assert!(
-        u.reason.contains("not found") && u.reason.contains("ghost"),
-        "{}",
-        u.reason
+        matches!(u.reason(), ReturnReason::ActorNotFound(a) if a.name == "ghost"),
+        "{u}"
     );
 
     // To a proc that does not exist.
     let nowhere = quicmesh::ProcId::new("nowhere", 1).actor("x", 0);
     tell_pad(quicmesh::ActorRef::attest(nowhere), vec![]).await;
-    let u = common::next_returned(&mut returned).await;
-    assert!(u.reason.contains("unknown proc"), "{}", u.reason);
-    assert_eq!(u.status, quicmesh::wire::DeliveryStatus::NotDelivered);
+    let u = common::next_returned(&returned).await;
+    assert!(
+        matches!(u.reason(), ReturnReason::UnknownProc(p) if p.alloc == "nowhere"),
+        "{u}"
+    );
+    assert_eq!(u.status(), DeliveryStatus::NotDelivered);
 
     counter
         .tell(

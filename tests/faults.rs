@@ -12,7 +12,7 @@ const DETECT: Duration = Duration::from_millis(1500 + 8000);
 
 fn failed_with(e: &AllocEvent, worker: u32, reason: &str) -> bool {
     matches!(e, AllocEvent::Proc { worker: w, state, .. }
-        if *w == worker && state.word() == "failed" && state.reason().is_some_and(|r| r.contains(reason)))
+        if *w == worker && state.word() == "failed" && state.end().is_some_and(|r| r.to_string().contains(reason)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::{spawn_worker, ChildGuard, TestMesh, SOON};
 use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, ProcState};
-use quicmesh::tls;
 
 /// A stranger without any certificate sending QUIC Initial packets, each
 /// from a fresh source port that is closed right after: it never answers
@@ -84,8 +83,9 @@ fn flood(
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<(), String> {
-    let roots = tls::load_roots(ca).map_err(|e| e.to_string())?;
-    let tls = tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
+    let roots = quicmesh::testkit::tls::load_roots(ca).map_err(|e| e.to_string())?;
+    let tls =
+        quicmesh::testkit::tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -130,8 +130,9 @@ fn flood(
 
 /// The TLS configuration of a stranger: trusts the mesh CA, has no certificate.
 fn stranger_config(ca: &Path) -> Result<quinn::ClientConfig, String> {
-    let roots = tls::load_roots(ca).map_err(|e| e.to_string())?;
-    let tls = tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
+    let roots = quicmesh::testkit::tls::load_roots(ca).map_err(|e| e.to_string())?;
+    let tls =
+        quicmesh::testkit::tls::client_config_without_cert(roots).map_err(|e| e.to_string())?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
@@ -256,7 +257,7 @@ impl Stall {
 /// Spawns an echo actor on `proc_id` and checks it answers.
 async fn echo_on(
     client: &quicmesh::Client,
-    proc_id: &quicmesh::id::ProcId,
+    proc_id: &quicmesh::ProcId,
     name: &str,
 ) -> quicmesh::ActorRef<Echo> {
     let echo = client

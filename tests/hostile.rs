@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use common::{certs, spawn_worker, ChildGuard, TestMesh, SOON};
 use quicmesh::allocator::{AllocEvent, ProcState};
-use quicmesh::config::{self, Limits, MAX_PRE_ADMISSION_FRAME};
+use quicmesh::config::LinkConfig;
+use quicmesh::config::{self, Limits};
 use quicmesh::exit_code;
-use quicmesh::link::LinkConfig;
-use quicmesh::tls;
-use quicmesh::transport::{self, FramedRecv};
-use quicmesh::wire::{close, codec, AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION};
+use quicmesh::testkit::transport::{self, FramedRecv};
+use quicmesh::testkit::wire::{
+    close, codec, AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION,
+};
+use quicmesh::testkit::MAX_PRE_ADMISSION_FRAME;
 
 /// An environment variable list as `spawn_worker` takes it.
 type Env = Vec<(&'static str, String)>;
@@ -106,10 +108,11 @@ async fn exits_with(child: ChildGuard, code: i32, what: &str) -> String {
 
 /// A client endpoint and connection holding the mesh's valid worker certificate.
 async fn valid_client(mesh: &TestMesh) -> (quinn::Endpoint, quinn::Connection) {
-    let roots = tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
-    let identity = tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
-        .expect("load worker identity");
-    let config = tls::client_config(roots, identity).expect("client TLS config");
+    let roots = quicmesh::testkit::tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
+    let identity =
+        quicmesh::testkit::tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
+            .expect("load worker identity");
+    let config = quicmesh::testkit::tls::client_config(roots, identity).expect("client TLS config");
     let addr = mesh.alloc.local_addr();
     let endpoint =
         transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())
@@ -194,9 +197,9 @@ async fn worker_cert_from_another_ca() {
 async fn no_client_certificate() {
     let (mut mesh, healthy) = healthy_mesh("hostile-no-cert").await;
     let ticket = mesh.alloc.reserve(1);
-    let roots = tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
-    let config =
-        tls::client_config_without_cert(roots).expect("client TLS config without certificate");
+    let roots = quicmesh::testkit::tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
+    let config = quicmesh::testkit::tls::client_config_without_cert(roots)
+        .expect("client TLS config without certificate");
     let addr = mesh.alloc.local_addr();
     let endpoint =
         transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())

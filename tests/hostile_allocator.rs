@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{certs, spawn_worker, ChildGuard, SOON};
-use quicmesh::config::{self, HeartbeatConfig, Limits, MAX_PRE_ADMISSION_FRAME};
+use quicmesh::config::{self, HeartbeatConfig, Limits};
 use quicmesh::exit_code;
-use quicmesh::tls::{self, CertPaths};
-use quicmesh::transport::{self, FramedRecv, FramedSend};
-use quicmesh::wire::{close, AllocatorToWorker, Welcome, WorkerToAllocator};
+use quicmesh::testkit::transport::{self, FramedRecv, FramedSend};
+use quicmesh::testkit::wire::{close, AllocatorToWorker, Welcome, WorkerToAllocator};
+use quicmesh::testkit::MAX_PRE_ADMISSION_FRAME;
+use quicmesh::tls::CertPaths;
 
 /// What the fake allocator does after reading the Hello of an attempt.
 #[derive(Debug, Clone)]
@@ -46,10 +47,11 @@ struct FakeAllocator {
 
 impl FakeAllocator {
     fn start(certs: &CertPaths, script: Script) -> FakeAllocator {
-        let roots = tls::load_roots(&certs.ca_cert).expect("load CA");
-        let identity =
-            tls::load_identity(&certs.server_cert, &certs.server_key).expect("server identity");
-        let server_tls = tls::server_config(roots, identity).expect("server TLS");
+        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert).expect("load CA");
+        let identity = quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)
+            .expect("server identity");
+        let server_tls =
+            quicmesh::testkit::tls::server_config(roots, identity).expect("server TLS");
         let endpoint = transport::server_endpoint(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             server_tls,

@@ -18,7 +18,9 @@ use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::Client;
 use quicmesh::allocator::AllocEvent;
 use quicmesh::config::Limits;
-use quicmesh::wire::{close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen};
+use quicmesh::testkit::wire::{
+    close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen,
+};
 use quicmesh::{ActorRef, ProcId};
 
 /// An allocation with one real, healthy worker running an echo actor.
@@ -159,7 +161,7 @@ impl Scene {
             )
             .await;
         assert!(
-            matches!(left, AllocEvent::WorkerLeft { failed: false, .. }),
+            matches!(&left, AllocEvent::WorkerLeft { end, .. } if !end.is_failure()),
             "the fake worker's orderly leave was reported as a failure: {left}"
         );
         self.mesh.collect_for(Duration::from_millis(500)).await;

@@ -9,12 +9,16 @@ mod common;
 use std::time::Duration;
 
 use common::{ChildGuard, TempDir, TestMesh, SOON};
-use quicmesh::actor::builtin::{
-    Echo, EchoMsg, Fragile, FragileMsg, FragileParams, Spinner, SpinnerMsg, StuckStop, Tripwire,
-};
+use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::{AskError, SpawnError};
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ExitReport};
-use quicmesh::{ActorId, ActorRef, Client, ProcId, ProcState};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ExitReport, ProcState};
+use quicmesh::testkit::actors::{
+    Fragile, FragileMsg, FragileParams, Spinner, SpinnerMsg, StuckStop, Tripwire,
+};
+use quicmesh::{
+    ActorFailure, ActorId, ActorRef, Client, ProcEnd, ProcId, ReturnReason, SpawnRefusal,
+    StopReason,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
@@ -29,7 +33,7 @@ async fn mesh(tag: &str) -> TestMesh {
     TestMesh::with_config(tag, |c| c.transport.stop_timeout = STOP_TIMEOUT).await
 }
 
-async fn spawn<A: quicmesh::Actor<Params = ()>>(
+async fn spawn<A: quicmesh::Actor + Default>(
     client: &Client,
     proc_id: &ProcId,
     name: &str,
@@ -67,7 +71,16 @@ async fn assert_aborted_reported(
                 |e| matches!(e, AllocEvent::ActorFailed { actor_id, .. } if *actor_id == id),
             )
             .await;
-        assert!(event.to_string().contains("aborted"), "{event}");
+        assert!(
+            matches!(
+                &event,
+                AllocEvent::ActorFailed {
+                    reason: ActorFailure::Aborted(_),
+                    ..
+                }
+            ),
+            "{event}"
+        );
         let proc_id = id.proc_id.clone();
         let stopped = mesh
             .ensure(SOON, &format!("proc {proc_id} stopped"), |e| {
@@ -78,7 +91,7 @@ async fn assert_aborted_reported(
             unreachable!()
         };
         assert!(
-            matches!(state, ProcState::Stopped { reason } if reason.contains(&id.to_string())),
+            matches!(state, ProcState::Stopped { reason: StopReason::ReportedByWorker(why) } if why.contains(&id.to_string())),
             "proc {proc_id} should be stopped naming {id}: {state:?}\n{}",
             mesh.log()
         );
@@ -90,10 +103,13 @@ async fn assert_aborted_reported(
             |e| matches!(e, AllocEvent::WorkerLeft { index, .. } if *index == worker),
         )
         .await;
-    let AllocEvent::WorkerLeft { failed, reason, .. } = &left else {
-        unreachable!()
+    let AllocEvent::WorkerLeft {
+        end: ProcEnd::Stopped(StopReason::WorkerLeft { reason, .. }),
+        ..
+    } = &left
+    else {
+        panic!("worker {worker} should have left in order: {left}")
     };
-    assert!(!failed, "worker {worker} should have left in order: {left}");
     for id in aborted {
         assert!(reason.contains(&id.to_string()), "{id} not named: {left}");
     }
@@ -243,14 +259,14 @@ async fn panics_in_constructors_and_decoding_are_reported_and_the_proc_keeps_wor
         .spawn::<Fragile>(&proc_id, "f", &params(false, Some("no way")))
         .await;
     assert!(
-        matches!(&refused, Err(SpawnError::Refused(why)) if why.contains("constructor panicked: no way")),
+        matches!(&refused, Err(SpawnError::Refused(SpawnRefusal::ConstructorPanicked { detail, .. })) if detail.contains("no way")),
         "{refused:?}"
     );
     let refused = client
         .spawn::<Fragile>(&proc_id, "f", &params(true, None))
         .await;
     assert!(
-        matches!(&refused, Err(SpawnError::Refused(why)) if why.contains("panicked: tripwire")),
+        matches!(&refused, Err(SpawnError::Refused(SpawnRefusal::ParamsPanicked { detail, .. })) if detail.contains("tripwire")),
         "{refused:?}"
     );
 
@@ -262,7 +278,13 @@ async fn panics_in_constructors_and_decoding_are_reported_and_the_proc_keeps_wor
         .ask_within(&client, SOON, |p| FragileMsg::Trip(Tripwire(true), p))
         .await;
     assert!(
-        matches!(&tripped, Err(AskError::Undeliverable(why)) if why.contains("decoding a message panicked")),
+        matches!(
+            &tripped,
+            Err(AskError::Undeliverable(ReturnReason::ActorFailed {
+                failure: ActorFailure::DecodePanicked(_),
+                ..
+            }))
+        ),
         "{tripped:?}"
     );
     let id = fragile.id().clone();
@@ -304,12 +326,11 @@ async fn allocator_host() {
     let Some(dir) = std::env::var_os(HOST_DIR) else {
         return;
     };
-    let certs =
-        quicmesh::tls::generate_dev_certs(dir.as_ref(), &quicmesh::tls::DevCertOptions::new())
-            .expect("certs");
+    let certs = quicmesh::tls::generate_dev_certs(&dir, &quicmesh::tls::DevCertOptions::new())
+        .expect("certs");
     let mut config = AllocatorConfig::new(&certs);
     config.alloc_name = "host".into();
-    let mut alloc = Allocator::bind(config).await.expect("bind");
+    let alloc = Allocator::bind(config).await.expect("bind");
     let ticket = alloc.reserve(1);
     for (name, value) in &ticket.env {
         println!("env {name}={value}");

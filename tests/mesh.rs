@@ -5,9 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{is_state, TestMesh, SOON};
-use quicmesh::actor::builtin::{
-    Counter, CounterMsg, CounterReport, Recorder, RecorderMsg, StopProbe,
-};
+use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport};
+use quicmesh::testkit::actors::{Recorder, RecorderMsg, StopProbe};
 use quicmesh::ProcMesh;
 
 /// Asks the recorder until it holds `n` lines ending in `suffix`.
@@ -119,7 +118,7 @@ async fn stopping_meshes_runs_stop_hooks() {
         .spawn::<StopProbe>(&client, "probe2", |_| recorder.clone())
         .await
         .expect("spawn probes again");
-    procs.stop(&mesh.alloc).expect("stop proc mesh");
+    procs.stop(&mesh.alloc, SOON).await.expect("stop proc mesh");
     for _ in 0..4 {
         mesh.wait_for(SOON, "proc stopped", |e| is_state(e, "stopped"))
             .await;

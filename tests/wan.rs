@@ -11,11 +11,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{spawn_worker, TestMesh, SOON};
-use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg, Pump, PumpMsg};
+use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, ExitReport};
 use quicmesh::config;
-use quicmesh::link::LinkConfig;
-use quicmesh::relay::{Conditions, Relay};
+use quicmesh::config::LinkConfig;
+use quicmesh::testkit::actors::{Pump, PumpMsg};
+use quicmesh::testkit::relay::{Conditions, Relay};
 use quicmesh::{ActorRef, Client};
 
 /// 50 ms each way with 10 ms of jitter and 2 % loss, both directions.
@@ -129,7 +130,7 @@ async fn a_partition_of_a_long_link_ends_the_worker_within_the_timeout() {
     relays[1].set_blackhole(true);
     mesh.wait_for(DETECT, "heartbeat-lost failure", |e| {
         matches!(e, AllocEvent::Proc { worker, state, .. }
-            if *worker == victim && state.reason().is_some_and(|r| r.contains("heartbeat lost")))
+            if *worker == victim && state.end().is_some_and(|r| r.to_string().contains("heartbeat lost")))
     })
     .await;
     let detected = start.elapsed();
@@ -251,7 +252,7 @@ async fn a_worker_started_by_hand_uses_the_allocators_heartbeat_and_is_warned_ab
     let worker = spawn_worker(&env);
     mesh.wait_running(1).await;
     // Longer than the round trip must stay slow before a warning.
-    mesh.collect_for(quicmesh::rtt::SLOW_FOR + Duration::from_secs(2))
+    mesh.collect_for(quicmesh::testkit::SLOW_FOR + Duration::from_secs(2))
         .await;
     mesh.assert_no_failures();
     let rtt = mesh.alloc.worker_rtt(ticket.index).expect("round trip");

@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::wire::{AllocatorToWorker, WorkerToAllocator};
+use quicmesh::testkit::wire::{AllocatorToWorker, WorkerToAllocator};
 
 fuzz_target!(|data: &[u8]| {
     let framed = common::frames_of(data, 65536);

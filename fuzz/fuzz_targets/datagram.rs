@@ -4,7 +4,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::wire::Heartbeat;
+use quicmesh::testkit::wire::Heartbeat;
 
 fuzz_target!(|data: &[u8]| {
     let _ = common::decode_checked::<Heartbeat>(data);

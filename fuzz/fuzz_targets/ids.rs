@@ -6,7 +6,7 @@ use std::fmt::{Debug, Display};
 use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::id::{ActorId, PortId, ProcId};
+use quicmesh::{ActorId, PortId, ProcId};
 
 fn check<T>(text: &str)
 where

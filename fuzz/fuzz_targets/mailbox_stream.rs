@@ -5,7 +5,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::wire::{MailboxFrame, MailboxOpen};
+use quicmesh::testkit::wire::{MailboxFrame, MailboxOpen};
 
 fuzz_target!(|data: &[u8]| {
     let framed = common::frames_of(data, 16 * 1024 * 1024);

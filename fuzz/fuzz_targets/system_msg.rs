@@ -5,8 +5,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::id::PortId;
-use quicmesh::wire::SystemMsg;
+use quicmesh::PortId;
+use quicmesh::testkit::wire::SystemMsg;
 
 fuzz_target!(|data: &[u8]| {
     let _ = common::decode_checked::<(SystemMsg, PortId)>(data);

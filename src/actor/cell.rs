@@ -1,17 +1,25 @@
 //! One actor's task: takes messages from its mailbox, runs its handler,
 //! and contains its failures.
+//!
+//! It knows its proc only as a [`Host`]: where to hand back what it could
+//! not handle, and where to report its end.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
-use crate::stop::Stop;
+use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::proc::Proc;
-use super::{Actor, Context};
+use super::context::Context;
+use super::host::Host;
+use super::returns::Returned;
+use super::traits::Actor;
 use crate::id::ActorId;
 use crate::queue::QueueReceiver;
+use crate::reason::{ActorFailure, ReturnReason};
+use crate::stop::Stop;
 use crate::wire::{codec, DeliveryStatus, Envelope, Undeliverable};
 
 /// What arrives in an actor's mailbox.
@@ -36,6 +44,34 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// An actor made and ready to run, its type erased (what a registry makes
+/// from a name and encoded parameters).
+pub(crate) trait Startable: Send {
+    /// The future that runs the actor until it stops or fails.
+    fn start(
+        self: Box<Self>,
+        ctx: Context,
+        mailbox: QueueReceiver<Delivery>,
+        stop: Stop,
+        host: Arc<dyn Host>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// An actor of type `A`, ready to run.
+pub(crate) struct Ready<A>(pub(crate) A);
+
+impl<A: Actor> Startable for Ready<A> {
+    fn start(
+        self: Box<Self>,
+        ctx: Context,
+        mailbox: QueueReceiver<Delivery>,
+        stop: Stop,
+        host: Arc<dyn Host>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(run(self.0, ctx, mailbox, stop, host))
+    }
+}
+
 /// What an actor's task holds that must not be lost however the task ends:
 /// its mailbox and the rest of a batch being handled.
 ///
@@ -45,22 +81,22 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// actor is forgotten by its proc, its mailbox closed, and every message
 /// still waiting goes back to its sender.
 struct Leftovers {
-    proc: Proc,
+    host: Arc<dyn Host>,
     id: ActorId,
     mailbox: QueueReceiver<Delivery>,
     pending: VecDeque<Envelope>,
-    reason: Option<String>,
+    reason: Option<ReturnReason>,
 }
 
 impl Leftovers {
     /// No new deliveries from here on: later ones are undeliverable.
     fn close(&mut self) {
-        self.proc.forget_actor(&self.id);
+        self.host.forget_actor(&self.id);
         self.mailbox.close();
     }
 
     /// Ends the actor: what is left goes back to its senders with `reason`.
-    fn finish(mut self, reason: String) {
+    fn finish(mut self, reason: ReturnReason) {
         self.reason = Some(reason);
     }
 }
@@ -68,12 +104,13 @@ impl Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         self.close();
-        let reason = self.reason.take().unwrap_or_else(|| {
-            format!(
-                "actor {} aborted: it did not stop within its stop timeout",
-                self.id
-            )
-        });
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| ReturnReason::ActorFailed {
+                actor: self.id.clone(),
+                failure: ActorFailure::Aborted(self.host.stop_timeout()),
+            });
         let mut rest: Vec<Envelope> = self.pending.drain(..).collect();
         while let Some((delivery, _)) = self.mailbox.try_recv() {
             match delivery {
@@ -84,7 +121,7 @@ impl Drop for Leftovers {
         }
         // The handler never saw these: they go back as not delivered.
         for env in rest {
-            self.proc
+            self.host
                 .bounce(Undeliverable::not_delivered(env, reason.clone()));
         }
     }
@@ -102,10 +139,10 @@ pub(crate) async fn run<A: Actor>(
     ctx: Context,
     mailbox: QueueReceiver<Delivery>,
     stop: Stop,
-    proc: Proc,
+    host: Arc<dyn Host>,
 ) {
     let mut left = Leftovers {
-        proc: proc.clone(),
+        host: host.clone(),
         id: ctx.id().clone(),
         mailbox,
         pending: VecDeque::new(),
@@ -113,8 +150,8 @@ pub(crate) async fn run<A: Actor>(
     };
     let mut failure = match AssertUnwindSafe(actor.on_start(&ctx)).catch_unwind().await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("start hook failed: {e:#}")),
-        Err(p) => Some(format!("start hook panicked: {}", panic_message(&*p))),
+        Ok(Err(e)) => Some(ActorFailure::StartFailed(format!("{e:#}"))),
+        Err(p) => Some(ActorFailure::StartPanicked(panic_message(&*p))),
     };
     // The byte permit of the batch being handled.
     let mut _batch_permit = None;
@@ -124,7 +161,7 @@ pub(crate) async fn run<A: Actor>(
                 left.pending.push_front(env);
                 break;
             }
-            failure = handle_envelope(&mut actor, &ctx, &proc, env).await;
+            failure = handle_envelope(&mut actor, &ctx, &*host, env).await;
             continue;
         }
         _batch_permit = None;
@@ -144,20 +181,20 @@ pub(crate) async fn run<A: Actor>(
             break;
         };
         match delivery {
-            Delivery::Message(env) => failure = handle_envelope(&mut actor, &ctx, &proc, env).await,
+            Delivery::Message(env) => {
+                failure = handle_envelope(&mut actor, &ctx, &*host, env).await
+            }
             Delivery::Batch(envs) => {
                 left.pending.extend(envs);
                 _batch_permit = Some(permit);
             }
             Delivery::Returned(u) => {
-                if let Err(p) = AssertUnwindSafe(actor.on_undeliverable(u, &ctx))
+                let returned = Returned::from_wire(u);
+                if let Err(p) = AssertUnwindSafe(actor.on_undeliverable(returned, &ctx))
                     .catch_unwind()
                     .await
                 {
-                    failure = Some(format!(
-                        "undeliverable hook panicked: {}",
-                        panic_message(&*p)
-                    ));
+                    failure = Some(ActorFailure::UndeliverableHookPanicked(panic_message(&*p)));
                 }
             }
         }
@@ -170,15 +207,18 @@ pub(crate) async fn run<A: Actor>(
         }
     }
     left.finish(match &failure {
-        Some(why) => format!("actor {} failed: {why}", ctx.id()),
-        None => format!("actor {} stopped", ctx.id()),
+        Some(why) => ReturnReason::ActorFailed {
+            actor: ctx.id().clone(),
+            failure: why.clone(),
+        },
+        None => ReturnReason::ActorStopped(ctx.id().clone()),
     });
     if let Some(why) = failure {
-        proc.report_failure(ctx.id(), why);
+        host.report_failure(ctx.id(), why);
     }
 }
 
-/// Decodes and handles one envelope; `Some(reason)` if the actor failed.
+/// Decodes and handles one envelope; `Some(failure)` if the actor failed.
 ///
 /// A message that does not decode goes back to its sender and the actor
 /// carries on. A message whose decoding panics (a user `Deserialize` gone
@@ -188,198 +228,52 @@ pub(crate) async fn run<A: Actor>(
 async fn handle_envelope<A: Actor>(
     actor: &mut A,
     ctx: &Context,
-    proc: &Proc,
+    host: &dyn Host,
     mut env: Envelope,
-) -> Option<String> {
+) -> Option<ActorFailure> {
     let payload = std::mem::take(&mut env.payload);
     let decoded = catch_unwind(AssertUnwindSafe(|| codec::decode::<A::Message>(&payload)));
     let msg = match decoded {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
             env.payload = payload;
-            let reason = format!("message does not decode as {}: {e}", A::NAME);
-            proc.bounce(Undeliverable::not_delivered(env, reason));
+            let reason = ReturnReason::Undecodable {
+                actor_type: A::NAME.to_string(),
+                detail: e.to_string(),
+            };
+            host.bounce(Undeliverable::not_delivered(env, reason));
             return None;
         }
         Err(p) => {
-            let why = format!("decoding a message panicked: {}", panic_message(&*p));
+            let failure = ActorFailure::DecodePanicked(panic_message(&*p));
             env.payload = payload;
-            let reason = format!("actor {} failed: {why}", ctx.id());
-            proc.bounce(Undeliverable::not_delivered(env, reason));
-            return Some(why);
+            let reason = ReturnReason::ActorFailed {
+                actor: ctx.id().clone(),
+                failure: failure.clone(),
+            };
+            host.bounce(Undeliverable::not_delivered(env, reason));
+            return Some(failure);
         }
     };
-    let why = match AssertUnwindSafe(actor.handle(msg, ctx))
+    let failure = match AssertUnwindSafe(actor.handle(msg, ctx))
         .catch_unwind()
         .await
     {
         Ok(Ok(())) => return None,
-        Ok(Err(e)) => format!("handler error: {e:#}"),
-        Err(p) => format!("handler panicked: {}", panic_message(&*p)),
+        Ok(Err(e)) => ActorFailure::HandlerError(format!("{e:#}")),
+        Err(p) => ActorFailure::HandlerPanicked(panic_message(&*p)),
     };
     if env.return_port.is_some() {
         // The handler had it and failed part way: possibly delivered.
         env.payload = payload;
-        proc.bounce(Undeliverable {
+        host.bounce(Undeliverable {
             envelope: env,
-            reason: format!("actor {} failed: {why}", ctx.id()),
+            reason: ReturnReason::ActorFailed {
+                actor: ctx.id().clone(),
+                failure: failure.clone(),
+            },
             status: DeliveryStatus::PossiblyDelivered,
         });
     }
-    Some(why)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::super::builtin::{
-        self, Echo, EchoMsg, Fragile, FragileMsg, FragileParams, Sleeper, SleeperMsg, StuckStop,
-        Tripwire,
-    };
-    use super::super::{AskError, Proc, ProcConfig, ProcOutputs};
-    use crate::id::ProcId;
-    use crate::wire::codec;
-
-    const SHORT: Duration = Duration::from_millis(200);
-    /// Generous bound for things that take milliseconds.
-    const SOON: Duration = Duration::from_secs(10);
-
-    fn proc_with(stop_timeout: Duration) -> (Proc, ProcOutputs) {
-        let config = ProcConfig {
-            stop_timeout,
-            ..ProcConfig::default()
-        };
-        Proc::new(
-            ProcId::new("test", 0),
-            Arc::new(builtin::registry()),
-            config,
-        )
-    }
-
-    fn fragile(panic_in_new: Option<&str>) -> FragileParams {
-        FragileParams {
-            decode: Tripwire(false),
-            panic_in_new: panic_in_new.map(str::to_string),
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stop_all_aborts_late_actors_and_returns_their_mail() {
-        let (proc, mut outputs) = proc_with(SOON);
-        let client = proc.client("tester");
-        let stuck = proc.spawn::<StuckStop>("stuck", ()).expect("spawn");
-        let busy = proc.spawn::<Sleeper>("busy", ()).expect("spawn");
-        let echo = proc.spawn::<Echo>("echo", ()).expect("spawn");
-        let hour = 3_600_000;
-        for _ in 0..2 {
-            let msg = SleeperMsg::Sleep {
-                ms: hour,
-                reply: None,
-            };
-            busy.tell(&client, msg).await.expect("tell");
-        }
-        // The echo answers, so the proc delivers; the stuck actor's hook is not reached yet.
-        let answer = echo
-            .ask_within(&client, SOON, |p| EchoMsg::Echo(b"hi".to_vec(), p))
-            .await;
-        assert_eq!(answer, Ok(b"hi".to_vec()));
-
-        let started = tokio::time::Instant::now();
-        let mut aborted = proc.stop_all(started + SHORT).await;
-        aborted.sort_by(|a, b| a.name.cmp(&b.name));
-        assert_eq!(aborted, vec![busy.id().clone(), stuck.id().clone()]);
-        assert!(
-            started.elapsed() < SOON,
-            "stop_all took {:?}",
-            started.elapsed()
-        );
-
-        // The second sleep never ran: it comes back, saying the actor was aborted.
-        let returned = tokio::time::timeout(SOON, outputs.returned.recv())
-            .await
-            .expect("a return in time")
-            .expect("returns open");
-        assert_eq!(returned.envelope.to.to_string(), busy.id().to_string());
-        assert!(returned.reason.contains("aborted"), "{}", returned.reason);
-        // Aborted actors are forgotten: nothing more is delivered to them.
-        let after = stuck.ask_within(&client, SOON, |p| p).await;
-        assert!(
-            matches!(&after, Err(AskError::Undeliverable(why)) if why.contains("not found")),
-            "{after:?}"
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stop_actor_aborts_a_stop_hook_that_never_returns_and_reports_it() {
-        let (proc, mut outputs) = proc_with(SHORT);
-        let stuck = proc.spawn::<StuckStop>("stuck", ()).expect("spawn");
-        let started = tokio::time::Instant::now();
-        let result = proc.stop_actor("stuck").await;
-        assert!(
-            matches!(&result, Err(why) if why.contains("aborted")),
-            "{result:?}"
-        );
-        assert!(started.elapsed() < SOON);
-        let failure = tokio::time::timeout(SOON, outputs.failures.recv())
-            .await
-            .expect("a failure report in time")
-            .expect("failures open");
-        assert_eq!(&failure.actor_id, stuck.id());
-        assert!(failure.reason.contains("aborted"), "{}", failure.reason);
-        // An actor that stops in order is not reported.
-        proc.spawn::<Echo>("echo", ()).expect("spawn");
-        assert_eq!(proc.stop_actor("echo").await, Ok(()));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn constructor_and_parameter_panics_refuse_the_spawn() {
-        let (proc, _outputs) = proc_with(SOON);
-        let refused = proc.spawn::<Fragile>("f", fragile(Some("boom in new")));
-        assert!(
-            matches!(&refused, Err(why) if why.contains("fragile constructor panicked: boom in new")),
-            "{refused:?}"
-        );
-        let armed = FragileParams {
-            decode: Tripwire(true),
-            panic_in_new: None,
-        };
-        let params = codec::encode(&armed).expect("encode");
-        let refused = proc.spawn_registered("fragile", "f", &params);
-        assert!(
-            matches!(&refused, Err(why) if why.contains("decoding the parameters of fragile panicked: tripwire")),
-            "{refused:?}"
-        );
-        // The name was not taken by the failed spawns.
-        let params = codec::encode(&fragile(None)).expect("encode");
-        assert!(proc.spawn_registered("fragile", "f", &params).is_ok());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_decoding_panic_fails_the_actor_and_returns_the_message() {
-        let (proc, mut outputs) = proc_with(SOON);
-        let client = proc.client("tester");
-        let f = proc.spawn::<Fragile>("f", fragile(None)).expect("spawn");
-        let ok = f
-            .ask_within(&client, SOON, |p| FragileMsg::Trip(Tripwire(false), p))
-            .await;
-        assert_eq!(ok, Ok(()));
-        let tripped = f
-            .ask_within(&client, SOON, |p| FragileMsg::Trip(Tripwire(true), p))
-            .await;
-        assert!(
-            matches!(&tripped, Err(AskError::Undeliverable(why)) if why.contains("decoding a message panicked: tripwire")),
-            "{tripped:?}"
-        );
-        let failure = tokio::time::timeout(SOON, outputs.failures.recv())
-            .await
-            .expect("a failure report in time")
-            .expect("failures open");
-        assert_eq!(&failure.actor_id, f.id());
-        assert!(failure.reason.contains("decoding a message panicked"));
-        // The proc carries on: the name is free again and a new actor answers.
-        let g = proc.spawn::<Fragile>("f", fragile(None)).expect("respawn");
-        assert_eq!(g.ask_within(&client, SOON, FragileMsg::Ping).await, Ok(()));
-    }
+    Some(failure)
 }

@@ -1,69 +1,38 @@
 //! Sending as someone: the handle actors and the controller send messages with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::proc::Proc;
+use serde::de::DeserializeOwned;
+
+use super::error::{AskError, SendError, SpawnError, StopError};
+use super::host::{Host, PortAnswer, TrySendError};
 use super::refs::ActorRef;
-use super::Actor;
+use super::traits::Spawn;
 use crate::id::{ActorId, PortId, ProcId};
-use crate::wire::{codec, Dest, ProcStats, SystemMsg};
+use crate::reason::{SpawnRefusal, StopRefusal};
+use crate::wire::{codec, Dest, Envelope, ProcStats, SystemMsg};
 
-/// A message could not be accepted for sending.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The path to the destination is full (only from `try_tell`).
-    #[error("mailbox full")]
-    Full,
-    /// The sending proc is shutting down.
-    #[error("sender's proc is closed")]
-    Closed,
-    /// The message could not be serialized.
-    #[error("cannot encode message: {0}")]
-    Encode(String),
-    /// There was no room on the path to the destination within the deadline
-    /// (only from `tell_within`); the message was not sent.
-    #[error("no room to send within {0:?}")]
-    Timeout(Duration),
-}
-
-/// An `ask` got no reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AskError {
-    /// The request could not be sent.
-    #[error(transparent)]
-    Send(#[from] SendError),
-    /// The request came back undeliverable, or its target failed.
-    #[error("undeliverable: {0}")]
-    Undeliverable(String),
-    /// No reply within the timeout.
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    /// The reply is not of the expected type.
-    #[error("reply does not decode: {0}")]
-    Decode(String),
-}
-
-/// A remote spawn failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpawnError {
-    /// The spawn request got no answer.
-    #[error("spawn request failed: {0}")]
-    Ask(#[from] AskError),
-    /// The proc refused: unknown type, bad parameters, name taken, constructor error.
-    #[error("spawn refused: {0}")]
-    Refused(String),
-}
-
-/// Sends messages as one identity (an actor, or the controller) from one proc.
+/// Sends messages as one identity (an actor, or the controller) from one proc;
+/// cheap to clone.
+///
+/// Every send method also takes a [`Context`](super::Context), which lends
+/// its actor's client.
 #[derive(Clone)]
 pub struct Client {
-    proc: Proc,
+    host: Arc<dyn Host>,
     me: ActorId,
 }
 
+impl AsRef<Client> for Client {
+    fn as_ref(&self) -> &Client {
+        self
+    }
+}
+
 impl Client {
-    pub(crate) fn new(proc: Proc, me: ActorId) -> Self {
-        Client { proc, me }
+    pub(crate) fn new(host: Arc<dyn Host>, me: ActorId) -> Self {
+        Client { host, me }
     }
 
     /// Who the messages are from.
@@ -71,71 +40,90 @@ impl Client {
         &self.me
     }
 
-    /// The proc messages leave from.
-    pub fn proc(&self) -> &Proc {
-        &self.proc
-    }
-
     /// Default timeout of `ask`.
     pub fn ask_timeout(&self) -> Duration {
-        self.proc.config().ask_timeout
+        self.host.ask_timeout()
     }
 
-    /// Sends an envelope to `to`, waiting for room.
-    ///
-    /// Errors: [`SendError::Closed`] if this proc is shutting down.
-    pub async fn send_envelope(
+    /// An envelope from this client, refused at once if it cannot fit a frame.
+    fn envelope(
+        &self,
+        to: Dest,
+        payload: Vec<u8>,
+        return_port: Option<u64>,
+    ) -> Result<Envelope, SendError> {
+        let env = self.host.envelope(&self.me, to, payload, return_port);
+        let (len, max) = (env.wire_size() as u64, self.host.max_frame());
+        if len > u64::from(max) {
+            return Err(SendError::TooLarge { len, max });
+        }
+        Ok(env)
+    }
+
+    /// Sends `env`, waiting for room (no allocation when there is room now).
+    async fn send(&self, env: Envelope) -> Result<(), SendError> {
+        match self.host.try_send(env) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(env)) => self.host.send(env).await,
+            Err(TrySendError::Refused(e)) => Err(e),
+        }
+    }
+
+    /// Sends a payload to `to`, waiting for room.
+    pub(crate) async fn send_envelope(
         &self,
         to: Dest,
         payload: Vec<u8>,
         return_port: Option<u64>,
     ) -> Result<(), SendError> {
-        let env = self.proc.envelope(&self.me, to, payload, return_port);
-        self.proc.send(env).await
+        let env = self.envelope(to, payload, return_port)?;
+        self.send(env).await
     }
 
-    /// Sends an envelope to `to`, waiting at most `timeout` for room.
-    ///
-    /// Errors: [`SendError::Timeout`] if there was no room in time (nothing
-    /// was sent), [`SendError::Closed`] if this proc is shutting down.
-    pub async fn send_envelope_within(
+    /// Sends a payload to `to`, waiting at most `timeout` for room.
+    pub(crate) async fn send_envelope_within(
         &self,
         to: Dest,
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<(), SendError> {
-        let env = self.proc.envelope(&self.me, to, payload, None);
-        self.proc.send_within(env, timeout).await
+        let env = self.envelope(to, payload, None)?;
+        match tokio::time::timeout(timeout, self.send(env)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
     }
 
-    /// Sends an envelope to `to` if there is room now.
-    ///
-    /// Errors: [`SendError::Full`] when there is no room, [`SendError::Closed`] when shutting down.
-    pub fn try_send_envelope(&self, to: Dest, payload: Vec<u8>) -> Result<(), SendError> {
-        let env = self.proc.envelope(&self.me, to, payload, None);
-        self.proc.try_send(env)
+    /// Sends a payload to `to` if there is room now.
+    pub(crate) fn try_send_envelope(&self, to: Dest, payload: Vec<u8>) -> Result<(), SendError> {
+        let env = self.envelope(to, payload, None)?;
+        match self.host.try_send(env) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SendError::Full),
+            Err(TrySendError::Refused(e)) => Err(e),
+        }
     }
 
-    /// Sends the payload built around a fresh reply port, waits for the reply bytes.
+    /// Sends the payload built around a fresh reply port and waits for the reply bytes.
     ///
     /// Errors: as [`ActorRef::ask`].
-    pub async fn ask_raw(
+    pub(crate) async fn ask_raw(
         &self,
         to: Dest,
         timeout: Duration,
         make: impl FnOnce(PortId) -> Result<Vec<u8>, SendError>,
     ) -> Result<Vec<u8>, AskError> {
-        let (port, reply) = self.proc.open_port(to.proc_id().clone());
+        let (port, reply) = self.host.open_port(to.proc_id().clone());
         let guard = PortGuard {
-            proc: &self.proc,
+            host: &*self.host,
             port,
         };
         let payload = make(self.me.port(port))?;
         self.send_envelope(to, payload, Some(port)).await?;
         let result = match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(Ok(bytes))) => Ok(bytes),
-            Ok(Ok(Err(reason))) => Err(AskError::Undeliverable(reason)),
-            Ok(Err(_)) => Err(AskError::Undeliverable("reply port closed".into())),
+            Ok(Ok(PortAnswer::Reply(bytes))) => Ok(bytes),
+            Ok(Ok(PortAnswer::Failed(reason))) => Err(AskError::Undeliverable(reason)),
+            Ok(Err(_)) => Err(AskError::Send(SendError::Closed)),
             Err(_) => Err(AskError::Timeout(timeout)),
         };
         drop(guard);
@@ -147,22 +135,29 @@ impl Client {
     /// Errors: [`SpawnError::Refused`] with the proc's reason (unknown type,
     /// parameters that do not decode, name taken, constructor error),
     /// [`SpawnError::Ask`] if the proc did not answer.
-    pub async fn spawn<A: Actor>(
+    pub async fn spawn<A: Spawn>(
         &self,
         proc_id: &ProcId,
         name: &str,
         params: &A::Params,
     ) -> Result<ActorRef<A>, SpawnError> {
         let params = codec::encode(params)
-            .map_err(|e| SpawnError::Refused(format!("cannot encode parameters: {e}")))?;
-        let id = self.spawn_named(proc_id, A::NAME, name, params).await?;
-        Ok(ActorRef::attest(id))
+            .map_err(|e| SpawnError::Refused(SpawnRefusal::Unencodable(e.to_string())))?;
+        let request = SystemMsg::Spawn {
+            actor_type: A::NAME.to_string(),
+            name: name.to_string(),
+            params,
+        };
+        let reply: Result<ActorId, SpawnRefusal> = self.system(proc_id, request).await?;
+        reply.map(ActorRef::attest).map_err(SpawnError::Refused)
     }
 
-    /// Asks proc `proc_id` to spawn an actor of the type registered as `actor_type`.
+    /// Asks proc `proc_id` to spawn an actor of the type registered as
+    /// `actor_type`, with parameters already encoded (or deliberately not).
     ///
     /// Errors: as [`Client::spawn`].
-    pub async fn spawn_named(
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) async fn spawn_named(
         &self,
         proc_id: &ProcId,
         actor_type: &str,
@@ -174,21 +169,22 @@ impl Client {
             name: name.to_string(),
             params,
         };
-        let reply: Result<ActorId, String> = self.system(proc_id, request).await?;
+        let reply: Result<ActorId, SpawnRefusal> = self.system(proc_id, request).await?;
         reply.map_err(SpawnError::Refused)
     }
 
-    /// Asks proc `proc_id` to stop its actor `name` (its stop hook runs).
+    /// Asks the proc of `actor` to stop it (its stop hook runs) and waits
+    /// until it has stopped.
     ///
-    /// Errors: [`AskError`] if the proc did not answer; the inner `Err` is the proc's refusal.
-    pub async fn stop_actor(&self, actor: &ActorId) -> Result<Result<(), String>, AskError> {
-        self.system(
-            &actor.proc_id,
-            SystemMsg::StopActor {
-                name: actor.name.to_string(),
-            },
-        )
-        .await
+    /// Errors: [`StopError::Refused`] if there is no such actor, or it did
+    /// not stop within its proc's stop timeout (it was aborted);
+    /// [`StopError::Ask`] if the proc did not answer.
+    pub async fn stop_actor(&self, actor: &ActorId) -> Result<(), StopError> {
+        let request = SystemMsg::StopActor {
+            name: actor.name.to_string(),
+        };
+        let reply: Result<(), StopRefusal> = self.system(&actor.proc_id, request).await?;
+        reply.map_err(StopError::Refused)
     }
 
     /// Asks proc `proc_id` for its queue occupancy.
@@ -198,28 +194,28 @@ impl Client {
         self.system(proc_id, SystemMsg::Stats).await
     }
 
-    async fn system<R: serde::de::DeserializeOwned>(
+    async fn system<R: DeserializeOwned>(
         &self,
         proc_id: &ProcId,
         msg: SystemMsg,
     ) -> Result<R, AskError> {
         let bytes = self
             .ask_raw(Dest::Proc(proc_id.clone()), self.ask_timeout(), |port| {
-                codec::encode(&(msg, port)).map_err(|e| SendError::Encode(e.to_string()))
+                codec::encode(&(msg, port)).map_err(SendError::Encode)
             })
             .await?;
-        codec::decode(&bytes).map_err(|e| AskError::Decode(e.to_string()))
+        codec::decode(&bytes).map_err(AskError::Decode)
     }
 }
 
 /// Closes a reply port however the ask ends.
 struct PortGuard<'a> {
-    proc: &'a Proc,
+    host: &'a dyn Host,
     port: u64,
 }
 
 impl Drop for PortGuard<'_> {
     fn drop(&mut self) {
-        self.proc.close_port(self.port);
+        self.host.close_port(self.port);
     }
 }

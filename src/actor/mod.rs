@@ -8,112 +8,50 @@
 //! types are made spawnable by name through a [`Registry`], so a worker
 //! (the same binary as the controller) can create them on request.
 //!
-//! Nothing is lost silently: an envelope that cannot be delivered comes back
-//! to its sender as [`Undeliverable`](crate::wire::Undeliverable) with a
-//! reason; an `ask` whose envelope comes back fails at once.
+//! Nothing is lost silently: a message that cannot be delivered comes back
+//! to its sender as a [`Returned`] with a typed reason; an `ask` whose
+//! message comes back fails at once.
+//!
+//! What lives here, and what it may use (everything below it: ids, reasons,
+//! wire, queues, the mailbox stream's item type):
+//!
+//! - `traits.rs`: [`Actor`] and [`Spawn`]; `context.rs`: [`Context`].
+//! - `refs.rs`: [`ActorRef`], [`PortRef`]; `client.rs`: [`Client`];
+//!   `error.rs`: what sending, asking, spawning and stopping can fail with.
+//! - `host.rs`: the narrow trait clients and actor tasks reach their proc
+//!   through (implemented by [`Proc`]), so they never import the proc.
+//! - `cell.rs`: one actor's task; `registry.rs`: types by name;
+//!   `ports.rs`: reply ports; `returns.rs`: returned messages;
+//!   `outlet.rs`: a proc's way out; `proc.rs`: the proc, where delivery is decided.
+//! - `builtin.rs`: the `quicmesh` binary's actors; `test_actors.rs`: the
+//!   project's test actors (tests and the `testkit` feature only).
 
 mod cell;
 mod client;
+mod context;
+mod error;
+mod host;
 mod outlet;
+mod ports;
 mod proc;
 mod refs;
 mod registry;
+mod returns;
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) mod test_actors;
+mod traits;
 
 pub mod builtin;
 
-pub use client::{AskError, Client, SendError, SpawnError};
-pub use outlet::Outlet;
-pub(crate) use proc::NotDelivered;
-pub use proc::{ActorFailure, Proc, ProcConfig, ProcOutputs};
+pub use client::Client;
+pub use context::Context;
+pub use error::{AskError, SendError, SpawnError, StopError};
+pub use proc::Proc;
 pub use refs::{ActorRef, PortRef};
-pub use registry::Registry;
+pub use registry::{DuplicateActorType, Registry};
+pub use returns::{Recipient, Returned, Returns, Undecoded};
+pub use traits::{Actor, Spawn};
 
-use std::future::Future;
-
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::id::{ActorId, ProcId};
-use crate::wire::Undeliverable;
-
-/// A typed message handler with lifecycle hooks.
-///
-/// Handlers run one message at a time, in arrival order. A handler that
-/// returns an error or panics stops the actor: the failure is reported to
-/// the controller, later messages to it come back undeliverable, and the
-/// other actors of its proc keep running.
-pub trait Actor: Sized + Send + 'static {
-    /// Name under which the type is registered and spawned remotely; stable across binaries.
-    const NAME: &'static str;
-    /// The messages this actor handles.
-    type Message: Serialize + DeserializeOwned + Send + 'static;
-    /// What it takes to create one (sent over the wire for remote spawns).
-    type Params: Serialize + DeserializeOwned + Send + 'static;
-
-    /// Creates the actor; an error is returned to whoever asked for the spawn.
-    fn new(params: Self::Params) -> anyhow::Result<Self>;
-
-    /// Runs once before the first message.
-    fn on_start(&mut self, _ctx: &Context) -> impl Future<Output = anyhow::Result<()>> + Send {
-        async { Ok(()) }
-    }
-
-    /// Handles one message.
-    fn handle(
-        &mut self,
-        msg: Self::Message,
-        ctx: &Context,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-
-    /// Runs once when the actor is stopped in order (not after a failure), with a deadline.
-    fn on_stop(&mut self, _ctx: &Context) -> impl Future<Output = ()> + Send {
-        async {}
-    }
-
-    /// Receives a message this actor sent that could not be delivered.
-    fn on_undeliverable(
-        &mut self,
-        returned: Undeliverable,
-        ctx: &Context,
-    ) -> impl Future<Output = ()> + Send {
-        tracing::warn!(
-            "{}: message to {} undeliverable: {}",
-            ctx.id(),
-            returned.envelope.to,
-            returned.reason
-        );
-        async {}
-    }
-}
-
-/// What a handler knows about where it runs, and its way to send messages.
-#[derive(Clone)]
-pub struct Context {
-    client: Client,
-}
-
-impl Context {
-    pub(crate) fn new(client: Client) -> Self {
-        Context { client }
-    }
-
-    /// This actor's id.
-    pub fn id(&self) -> &ActorId {
-        self.client.id()
-    }
-
-    /// The proc this actor runs on.
-    pub fn proc_id(&self) -> &ProcId {
-        &self.client.id().proc_id
-    }
-
-    /// The handle to send messages as this actor.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// A typed reference to this actor.
-    pub fn this<A: Actor>(&self) -> ActorRef<A> {
-        ActorRef::attest(self.id().clone())
-    }
-}
+pub(crate) use outlet::{Outlet, OutletError};
+pub(crate) use proc::{NotDelivered, ProcConfig};
+pub(crate) use returns::returns;

@@ -1,55 +1,50 @@
 //! A proc: hosts actors and reply ports, delivers envelopes, sends them out.
 //!
 //! Delivery decisions are made here and nowhere else: an envelope for this
-//! proc goes to its actor's mailbox, to a reply port, or to the proc itself
-//! (spawn, stop, stats); anything that cannot be delivered is returned to its
-//! sender with the reason, through [`Proc::return_to_sender`].
-//!
-//! Reply ports are capabilities: their numbers are random 64-bit values, so
-//! only whoever was given a [`PortRef`](super::PortRef) (or its id) can
-//! answer the ask, whoever and wherever that is.
+//! proc goes to its actor's mailbox, to a reply port ([`Ports`]), or to the
+//! proc itself (spawn, stop, stats); anything that cannot be delivered is
+//! returned to its sender with the reason, through [`Proc::return_to_sender`].
 //!
 //! An envelope that reached its actor's mailbox and is then not handled
 //! (the actor failed or stopped first, or the message did not decode) is
-//! *bounced* ([`Proc::bounce`]): a sender on this proc gets it back as
-//! before, and an ask from elsewhere fails at once through its reply port.
-//! A worker never sends a delivered envelope back over the wire: the
-//! allocator has already forgotten it, and could not tell a genuine return
-//! from a forged one.
+//! *bounced* ([`Proc::bounce`]): a sender on this proc gets it back, and an
+//! ask from elsewhere fails at once through its reply port. A worker never
+//! sends a delivered envelope back over the wire: the allocator has already
+//! forgotten it, and could not tell a genuine return from a forged one.
+//!
+//! The actors' tasks and the clients reach their proc only through the
+//! [`Host`] trait, which `Proc` implements here.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::Duration;
 
-use crate::stop::Stop;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::cell::{self, panic_message, Delivery};
-use super::client::{Client, SendError};
-use super::outlet::Outlet;
+use super::cell::{Delivery, Startable};
+use super::client::Client;
+use super::context::Context;
+use super::error::SendError;
+use super::host::{Host, PortAnswer, TrySendError};
+use super::outlet::{Outlet, OutletError};
+use super::ports::Ports;
 use super::refs::ActorRef;
-use super::registry::Registry;
-use super::{Actor, Context};
-use crate::id::{is_valid_name, ActorId, PortId, ProcId};
+use super::registry::{self, Registry};
+use super::returns::ReturnsSender;
+use super::traits::Spawn;
+use crate::id::{check_name, ActorId, IdParseError, PortId, ProcId};
 use crate::mailbox::Outgoing;
 use crate::queue::{self, QueueError, QueueReceiver, QueueSender};
-use crate::wire::{bounded_text, codec, Dest, Envelope, ProcStats, SystemMsg, Undeliverable};
-
-/// Longest reason kept from a failed ask's port failure, in bytes.
-const MAX_PORT_FAILURE: usize = 512;
+use crate::reason::{ActorFailure, Bounded, ReturnReason, SpawnRefusal, StopRefusal};
+use crate::stop::Stop;
+use crate::sync::lock;
+use crate::wire::{codec, Dest, Envelope, ProcStats, SystemMsg, Undeliverable};
 
 /// How long an aborted actor task gets to be dropped before its proc moves on.
 const ABORT_GRACE: Duration = Duration::from_millis(100);
-
-/// Why an actor that had to be aborted is reported failed.
-fn aborted_reason(timeout: Duration) -> String {
-    format!("did not stop within {timeout:?} of being told to: its task was aborted")
-}
 
 /// The instant `timeout` from now (far in the future if that does not fit).
 fn deadline_in(timeout: Duration) -> tokio::time::Instant {
@@ -66,25 +61,18 @@ pub(crate) enum NotDelivered {
     Undeliverable(Undeliverable),
 }
 
-/// An actor that failed, as reported to the controller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActorFailure {
-    /// The actor.
-    pub actor_id: ActorId,
-    /// Its error or panic message.
-    pub reason: String,
-}
-
 /// Settings of a proc.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcConfig {
+pub(crate) struct ProcConfig {
     /// Byte budget of each actor's mailbox and of the proc's outbound queue.
-    pub mailbox_bytes: usize,
+    pub(crate) mailbox_bytes: usize,
     /// How long an actor told to stop may take to finish the message it is
     /// handling and run its stop hook; past it, its task is aborted.
-    pub stop_timeout: Duration,
+    pub(crate) stop_timeout: Duration,
     /// Default timeout of `ask`.
-    pub ask_timeout: Duration,
+    pub(crate) ask_timeout: Duration,
+    /// Largest frame the proc's way out carries.
+    pub(crate) max_frame: u32,
 }
 
 impl Default for ProcConfig {
@@ -93,6 +81,7 @@ impl Default for ProcConfig {
             mailbox_bytes: 8 * 1024 * 1024,
             stop_timeout: Duration::from_secs(5),
             ask_timeout: Duration::from_secs(30),
+            max_frame: crate::config::Limits::default().max_frame,
         }
     }
 }
@@ -104,20 +93,16 @@ struct ActorSlot {
     task: Option<JoinHandle<()>>,
 }
 
-struct PortSlot {
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
-    target: ProcId,
-}
-
 struct Inner {
     id: ProcId,
     config: ProcConfig,
     registry: Arc<Registry>,
     outlet: Arc<dyn Outlet>,
-    failures: mpsc::UnboundedSender<ActorFailure>,
-    returned: mpsc::UnboundedSender<Undeliverable>,
+    failures: mpsc::UnboundedSender<(ActorId, ActorFailure)>,
+    /// Where returns for senders that are not actors go (`None`: logged only).
+    returns: Option<ReturnsSender>,
     actors: Mutex<HashMap<String, ActorSlot>>,
-    ports: Mutex<HashMap<u64, PortSlot>>,
+    ports: Ports,
     next_pid: AtomicU64,
     next_envelope: AtomicU64,
 }
@@ -129,33 +114,37 @@ pub struct Proc {
 }
 
 /// The receiving ends a proc's host drains.
-pub struct ProcOutputs {
+pub(crate) struct ProcOutputs {
     /// Envelopes and returns leaving the proc (`None` when it has its own [`Outlet`]).
-    pub outbound: Option<QueueReceiver<Outgoing>>,
+    pub(crate) outbound: Option<QueueReceiver<Outgoing>>,
     /// Actors that failed.
-    pub failures: mpsc::UnboundedReceiver<ActorFailure>,
-    /// Returned envelopes whose sender is not an actor here (e.g. the controller's client).
-    pub returned: mpsc::UnboundedReceiver<Undeliverable>,
+    pub(crate) failures: mpsc::UnboundedReceiver<(ActorId, ActorFailure)>,
 }
 
 impl Proc {
     /// A new proc with no actors, and the outputs its host must drain.
-    pub fn new(id: ProcId, registry: Arc<Registry>, config: ProcConfig) -> (Proc, ProcOutputs) {
+    pub(crate) fn new(
+        id: ProcId,
+        registry: Arc<Registry>,
+        config: ProcConfig,
+        returns: Option<ReturnsSender>,
+    ) -> (Proc, ProcOutputs) {
         let (outbound_tx, outbound_rx) = queue::bounded(config.mailbox_bytes);
-        let (proc, mut outputs) = Self::with_outlet(id, registry, config, Arc::new(outbound_tx));
+        let (proc, mut outputs) =
+            Self::with_outlet(id, registry, config, Arc::new(outbound_tx), returns);
         outputs.outbound = Some(outbound_rx);
         (proc, outputs)
     }
 
     /// A new proc whose outgoing envelopes go to `outlet`.
-    pub fn with_outlet(
+    pub(crate) fn with_outlet(
         id: ProcId,
         registry: Arc<Registry>,
         config: ProcConfig,
         outlet: Arc<dyn Outlet>,
+        returns: Option<ReturnsSender>,
     ) -> (Proc, ProcOutputs) {
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
-        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
         let proc = Proc {
             inner: Arc::new(Inner {
                 id,
@@ -163,9 +152,9 @@ impl Proc {
                 registry,
                 outlet,
                 failures: failures_tx,
-                returned: returned_tx,
+                returns,
                 actors: Mutex::new(HashMap::new()),
-                ports: Mutex::new(HashMap::new()),
+                ports: Ports::default(),
                 next_pid: AtomicU64::new(0),
                 next_envelope: AtomicU64::new(0),
             }),
@@ -173,7 +162,6 @@ impl Proc {
         let outputs = ProcOutputs {
             outbound: None,
             failures: failures_rx,
-            returned: returned_rx,
         };
         (proc, outputs)
     }
@@ -183,52 +171,64 @@ impl Proc {
         &self.inner.id
     }
 
-    /// This proc's settings.
-    pub fn config(&self) -> &ProcConfig {
-        &self.inner.config
+    /// A client sending as `name` from this proc. It is no actor: what comes
+    /// back to it goes to the proc's returns stream (for the controller's
+    /// proc, [`Allocator::returns`](crate::allocator::Allocator::returns)).
+    ///
+    /// Errors: `name` is not 1-128 characters of `[A-Za-z0-9_-]`.
+    pub fn client(&self, name: &str) -> Result<Client, IdParseError> {
+        check_name(name)?;
+        Ok(self.client_unchecked(name))
     }
 
-    /// A client sending as `name` from this proc (not an actor: returns go to [`ProcOutputs::returned`]).
-    pub fn client(&self, name: &str) -> Client {
-        Client::new(self.clone(), self.id().actor(name, 0))
+    fn client_unchecked(&self, name: &str) -> Client {
+        Client::new(Arc::new(self.clone()), self.id().actor(name, 0))
     }
 
     /// Spawns actor `A` named `name` here.
     ///
-    /// Errors (as text, returned to remote spawners): invalid or taken name,
-    /// or the actor's constructor failed or panicked.
-    pub fn spawn<A: Actor>(&self, name: &str, params: A::Params) -> Result<ActorRef<A>, String> {
-        if !is_valid_name(name) {
-            return Err(format!(
-                "invalid actor name {name:?}: use 1-128 characters of [A-Za-z0-9_-]"
-            ));
+    /// Errors: invalid or taken name, or the actor's constructor failed or
+    /// panicked.
+    pub fn spawn<A: Spawn>(
+        &self,
+        name: &str,
+        params: A::Params,
+    ) -> Result<ActorRef<A>, SpawnRefusal> {
+        let ready = registry::make::<A>(params)
+            .inspect_err(|why| tracing::warn!("spawn of {name} on {} refused: {why}", self.id()))?;
+        self.start(name, ready).map(ActorRef::attest)
+    }
+
+    /// Spawns the actor type registered as `actor_type` from encoded parameters.
+    pub(crate) fn spawn_registered(
+        &self,
+        actor_type: &str,
+        name: &str,
+        params: &[u8],
+    ) -> Result<ActorId, SpawnRefusal> {
+        let ready = self.inner.registry.construct(actor_type, params)?;
+        self.start(name, ready)
+    }
+
+    /// Starts a constructed actor as `name`.
+    fn start(&self, name: &str, ready: Box<dyn Startable>) -> Result<ActorId, SpawnRefusal> {
+        if check_name(name).is_err() {
+            return Err(SpawnRefusal::InvalidName(name.to_string()));
         }
-        // A panicking constructor is user code failing like any other: it
-        // refuses the spawn, it must not take down the task that asked.
-        let actor = match catch_unwind(AssertUnwindSafe(|| A::new(params))) {
-            Ok(Ok(actor)) => actor,
-            Ok(Err(e)) => return Err(format!("{} constructor failed: {e:#}", A::NAME)),
-            Err(panic) => {
-                let why = format!(
-                    "{} constructor panicked: {}",
-                    A::NAME,
-                    panic_message(&*panic)
-                );
-                tracing::warn!("spawn of {name} on {} refused: {why}", self.id());
-                return Err(why);
-            }
-        };
         let mut actors = lock(&self.inner.actors);
         if actors.contains_key(name) {
-            return Err(format!("actor {name} already exists on {}", self.id()));
+            return Err(SpawnRefusal::NameTaken {
+                name: name.to_string(),
+                proc_id: self.id().clone(),
+            });
         }
         let pid = self.inner.next_pid.fetch_add(1, Ordering::Relaxed);
         let id = self.id().actor(name, pid);
         let (mailbox, rx) = queue::bounded(self.inner.config.mailbox_bytes);
         let stop = Stop::new();
-        let stop_rx = stop.clone();
-        let ctx = Context::new(Client::new(self.clone(), id.clone()));
-        let task = tokio::spawn(cell::run(actor, ctx, rx, stop_rx, self.clone()));
+        let host: Arc<dyn Host> = Arc::new(self.clone());
+        let ctx = Context::new(Client::new(host.clone(), id.clone()));
+        let task = tokio::spawn(ready.start(ctx, rx, stop.clone(), host));
         actors.insert(
             name.to_string(),
             ActorSlot {
@@ -238,100 +238,17 @@ impl Proc {
                 task: Some(task),
             },
         );
-        Ok(ActorRef::attest(id))
-    }
-
-    /// Spawns the actor type registered as `actor_type` from encoded parameters.
-    pub(crate) fn spawn_registered(
-        &self,
-        actor_type: &str,
-        name: &str,
-        params: &[u8],
-    ) -> Result<ActorId, String> {
-        let registry = self.inner.registry.clone();
-        registry.spawn(self, actor_type, name, params)
-    }
-
-    /// Makes an envelope from `from` to `to` with a fresh id.
-    pub(crate) fn envelope(
-        &self,
-        from: &ActorId,
-        to: Dest,
-        payload: Vec<u8>,
-        return_port: Option<u64>,
-    ) -> Envelope {
-        Envelope {
-            id: self.inner.next_envelope.fetch_add(1, Ordering::Relaxed),
-            from: from.clone(),
-            to,
-            return_port,
-            payload,
-        }
-    }
-
-    /// Like [`Proc::send`], giving up after `timeout` (the envelope is then not sent).
-    pub(crate) async fn send_within(
-        &self,
-        env: Envelope,
-        timeout: Duration,
-    ) -> Result<(), SendError> {
-        match tokio::time::timeout(timeout, self.send(env)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Timeout(timeout)),
-        }
-    }
-
-    /// Sends an envelope: delivered here if it is for this proc, else queued out (waiting for room).
-    pub(crate) async fn send(&self, env: Envelope) -> Result<(), SendError> {
-        if env.to.proc_id() == self.id() {
-            if let Err(u) = self.deliver(env).await {
-                self.return_to_sender(u);
-            }
-            return Ok(());
-        }
-        // Fast path without waiting (and without boxing a future): room now.
-        let item = match self.inner.outlet.try_send(Outgoing::Envelope(env)) {
-            Ok(()) => return Ok(()),
-            Err(QueueError::Closed(_)) => return Err(SendError::Closed),
-            Err(QueueError::Full(item)) => item,
-        };
-        match self.inner.outlet.send(item).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(SendError::Closed),
-        }
-    }
-
-    /// Sends an envelope if there is room now.
-    pub(crate) fn try_send(&self, env: Envelope) -> Result<(), SendError> {
-        if env.to.proc_id() == self.id() {
-            return match self.try_deliver(env) {
-                Ok(()) => Ok(()),
-                Err(NotDelivered::Full(_)) => Err(SendError::Full),
-                Err(NotDelivered::Undeliverable(u)) => {
-                    self.return_to_sender(u);
-                    Ok(())
-                }
-            };
-        }
-        match self.inner.outlet.try_send(Outgoing::Envelope(env)) {
-            Ok(()) => Ok(()),
-            Err(QueueError::Full(_)) => Err(SendError::Full),
-            Err(QueueError::Closed(_)) => Err(SendError::Closed),
-        }
-    }
-
-    fn undeliverable(env: Envelope, reason: impl Into<String>) -> Undeliverable {
-        Undeliverable::not_delivered(env, reason)
+        Ok(id)
     }
 
     /// The mailbox of `actor`, if it lives here under that name and pid; else why not.
-    fn mailbox_of(&self, actor: &ActorId) -> Result<QueueSender<Delivery>, String> {
+    fn mailbox_of(&self, actor: &ActorId) -> Result<QueueSender<Delivery>, ReturnReason> {
         if actor.proc_id != *self.id() {
-            return Err(format!("not for this proc ({})", self.id()));
+            return Err(ReturnReason::WrongProc(self.id().clone()));
         }
         match lock(&self.inner.actors).get(actor.name.as_str()) {
             Some(slot) if slot.pid == actor.pid => Ok(slot.mailbox.clone()),
-            _ => Err(format!("actor {actor} not found")),
+            _ => Err(ReturnReason::ActorNotFound(actor.clone())),
         }
     }
 
@@ -339,27 +256,23 @@ impl Proc {
     ///
     /// Errors: the envelope back, with why it cannot be delivered (actor not
     /// found or stopped, port closed, not for this proc).
-    pub async fn deliver(&self, env: Envelope) -> Result<(), Undeliverable> {
-        match &env.to {
-            Dest::Actor(actor) => {
-                let mailbox = match self.mailbox_of(actor) {
-                    Ok(mailbox) => mailbox,
-                    Err(reason) => return Err(Self::undeliverable(env, reason)),
-                };
-                let cost = env.wire_size();
-                match mailbox.send(Delivery::Message(env), cost).await {
-                    Ok(()) => Ok(()),
-                    Err(
-                        QueueError::Closed(Delivery::Message(env))
-                        | QueueError::Full(Delivery::Message(env)),
-                    ) => {
-                        let reason = format!("actor {} stopped", env.to);
-                        Err(Self::undeliverable(env, reason))
-                    }
-                    Err(_) => Ok(()),
-                }
-            }
-            Dest::Port(_) | Dest::PortFailure(_) | Dest::Proc(_) => self.deliver_now(env),
+    pub(crate) async fn deliver(&self, env: Envelope) -> Result<(), Undeliverable> {
+        let Dest::Actor(actor) = &env.to else {
+            return self.deliver_now(env);
+        };
+        let mailbox = match self.mailbox_of(actor) {
+            Ok(mailbox) => mailbox,
+            Err(reason) => return Err(Undeliverable::not_delivered(env, reason)),
+        };
+        let cost = env.wire_size();
+        match mailbox.send(Delivery::Message(env), cost).await {
+            Ok(()) => Ok(()),
+            Err(
+                QueueError::Closed(Delivery::Message(env))
+                | QueueError::Full(Delivery::Message(env)),
+            ) => Err(stopped(env)),
+            // The queue hands back exactly the item it was given.
+            Err(_) => Ok(()),
         }
     }
 
@@ -367,7 +280,10 @@ impl Proc {
     ///
     /// All of `envs` must be addressed to the same actor. Returns those that
     /// cannot be delivered, each with its index in `envs` and the reason.
-    pub async fn deliver_batch(&self, mut envs: Vec<Envelope>) -> Vec<(usize, Undeliverable)> {
+    pub(crate) async fn deliver_batch(
+        &self,
+        mut envs: Vec<Envelope>,
+    ) -> Vec<(usize, Undeliverable)> {
         if envs.len() <= 1 {
             return match envs.pop() {
                 Some(env) => self
@@ -389,28 +305,22 @@ impl Proc {
             }
             return returned;
         };
+        let all = |envs: Vec<Envelope>, reason: ReturnReason| -> Vec<(usize, Undeliverable)> {
+            envs.into_iter()
+                .enumerate()
+                .map(|(i, e)| (i, Undeliverable::not_delivered(e, reason.clone())))
+                .collect()
+        };
         let mailbox = match self.mailbox_of(&actor) {
             Ok(mailbox) => mailbox,
-            Err(reason) => {
-                return envs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| (i, Self::undeliverable(e, reason.clone())))
-                    .collect();
-            }
+            Err(reason) => return all(envs, reason),
         };
         let cost = envs.iter().map(|e| e.wire_size()).sum();
         match mailbox.send(Delivery::Batch(envs), cost).await {
             Ok(()) => Vec::new(),
             Err(
                 QueueError::Closed(Delivery::Batch(envs)) | QueueError::Full(Delivery::Batch(envs)),
-            ) => {
-                let reason = format!("actor {actor} stopped");
-                envs.into_iter()
-                    .enumerate()
-                    .map(|(i, e)| (i, Self::undeliverable(e, reason.clone())))
-                    .collect()
-            }
+            ) => all(envs, ReturnReason::ActorStopped(actor)),
             Err(_) => Vec::new(),
         }
     }
@@ -423,7 +333,7 @@ impl Proc {
         let mailbox = match self.mailbox_of(actor) {
             Ok(mailbox) => mailbox,
             Err(reason) => {
-                return Err(NotDelivered::Undeliverable(Self::undeliverable(
+                return Err(NotDelivered::Undeliverable(Undeliverable::not_delivered(
                     env, reason,
                 )))
             }
@@ -433,10 +343,7 @@ impl Proc {
             Ok(()) => Ok(()),
             Err(QueueError::Full(Delivery::Message(env))) => Err(NotDelivered::Full(env)),
             Err(QueueError::Closed(Delivery::Message(env))) => {
-                let reason = format!("actor {} stopped", env.to);
-                Err(NotDelivered::Undeliverable(Self::undeliverable(
-                    env, reason,
-                )))
+                Err(NotDelivered::Undeliverable(stopped(env)))
             }
             Err(_) => Ok(()),
         }
@@ -446,23 +353,39 @@ impl Proc {
     fn deliver_now(&self, env: Envelope) -> Result<(), Undeliverable> {
         match &env.to {
             Dest::Port(port) | Dest::PortFailure(port) if port.actor_id.proc_id == *self.id() => {
-                let slot = lock(&self.inner.ports).remove(&port.port);
-                let Some(slot) = slot else {
-                    let reason = format!("port {port} is closed");
-                    return Err(Self::undeliverable(env, reason));
+                let (port, failed) = (port.clone(), matches!(env.to, Dest::PortFailure(_)));
+                let answer = if failed {
+                    PortAnswer::Failed(port_failure_reason(&env.payload))
+                } else {
+                    PortAnswer::Reply(env.payload)
                 };
-                let answer = match env.to {
-                    Dest::PortFailure(_) => Err(port_failure_reason(&env.payload)),
-                    _ => Ok(env.payload),
-                };
-                let _ = slot.reply.send(answer);
-                Ok(())
+                if self.inner.ports.answer(port.port, answer) {
+                    Ok(())
+                } else {
+                    // The payload went into the answer; the envelope comes back without it.
+                    let to = if failed {
+                        Dest::PortFailure(port.clone())
+                    } else {
+                        Dest::Port(port.clone())
+                    };
+                    let env = Envelope {
+                        id: env.id,
+                        from: env.from,
+                        to,
+                        return_port: env.return_port,
+                        payload: Vec::new(),
+                    };
+                    Err(Undeliverable::not_delivered(
+                        env,
+                        ReturnReason::PortClosed(port),
+                    ))
+                }
             }
             Dest::Proc(p) if p == self.id() => self.system(env),
-            _ => {
-                let reason = format!("not for this proc ({})", self.id());
-                Err(Self::undeliverable(env, reason))
-            }
+            _ => Err(Undeliverable::not_delivered(
+                env,
+                ReturnReason::WrongProc(self.id().clone()),
+            )),
         }
     }
 
@@ -473,8 +396,8 @@ impl Proc {
         let (msg, reply) = match codec::decode::<(SystemMsg, PortId)>(&env.payload) {
             Ok(m) => m,
             Err(e) => {
-                let reason = format!("not a proc request: {e}");
-                return Err(Self::undeliverable(env, reason));
+                let reason = ReturnReason::NotAProcRequest(e.to_string());
+                return Err(Undeliverable::not_delivered(env, reason));
             }
         };
         let answer = match msg {
@@ -502,13 +425,28 @@ impl Proc {
         match answer {
             Ok(payload) => {
                 let env =
-                    self.envelope(&self.id().actor("proc", 0), Dest::Port(port), payload, None);
+                    self.envelope_from(&self.id().actor("proc", 0), Dest::Port(port), payload);
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let _ = this.send(env).await;
+                    if let Err(e) = this.send_env(env).await {
+                        tracing::debug!("proc request answer not sent: {e}");
+                    }
                 });
             }
             Err(e) => tracing::error!("cannot encode proc reply: {e}"),
+        }
+    }
+
+    fn envelope_from(&self, from: &ActorId, to: Dest, payload: Vec<u8>) -> Envelope {
+        Host::envelope(self, from, to, payload, None)
+    }
+
+    /// Sends an envelope: delivered here if it is for this proc, else out (waiting for room).
+    async fn send_env(&self, env: Envelope) -> Result<(), SendError> {
+        match Host::try_send(self, env) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(env)) => Host::send(self, env).await,
+            Err(TrySendError::Refused(e)) => Err(e),
         }
     }
 
@@ -516,8 +454,8 @@ impl Proc {
     ///
     /// Over a worker's stream, which carries no returns (see the module
     /// docs), this is [`Proc::bounce`]; a worker's reader refuses what it
-    /// could not deliver by position instead (see `mailbox::Outgoing::Refused`).
-    pub fn return_to_sender(&self, u: Undeliverable) {
+    /// could not deliver by position instead ([`Proc::refuse`]).
+    pub(crate) fn return_to_sender(&self, u: Undeliverable) {
         if u.envelope.from.proc_id == *self.id() {
             self.returned(u);
         } else if self.inner.outlet.carries_returns() {
@@ -540,8 +478,10 @@ impl Proc {
     ///
     /// A sender on this proc gets it back (its ask fails, or its
     /// `on_undeliverable` hook runs). For a sender elsewhere an ask fails at
-    /// once through its reply port; a tell was delivered and is only logged.
-    pub fn bounce(&self, u: Undeliverable) {
+    /// once through its reply port (within the proc's outbound budget: if
+    /// there is no room the ask is left to its timeout); a tell was delivered
+    /// and is only logged.
+    pub(crate) fn bounce(&self, u: Undeliverable) {
         if u.envelope.from.proc_id == *self.id() || self.inner.outlet.carries_returns() {
             return self.return_to_sender(u);
         }
@@ -554,8 +494,7 @@ impl Proc {
             );
             return;
         };
-        let reason = bounded_text(&u.reason, MAX_PORT_FAILURE);
-        let payload = match codec::encode(&reason) {
+        let payload = match codec::encode(&u.reason.clone().bounded()) {
             Ok(p) => p,
             Err(e) => return tracing::error!("cannot encode ask failure: {e}"),
         };
@@ -564,14 +503,11 @@ impl Proc {
             _ => self.id().actor("proc", 0),
         };
         let to = Dest::PortFailure(u.envelope.from.port(port));
-        let env = self.envelope(&from, to, payload, None);
-        // Within the proc's outbound budget: a peer sending many asks that
-        // fail here must not grow this worker's memory. If there is no room,
-        // the ask is left to its timeout.
+        let env = self.envelope_from(&from, to, payload);
         if let Err(e) = self.inner.outlet.try_send(Outgoing::Envelope(env)) {
             let why = match e {
-                QueueError::Full(_) => "outbound queue full",
-                QueueError::Closed(_) => "proc closed",
+                OutletError::Full(_) => "outbound queue full",
+                OutletError::Closed | OutletError::Refused(_) => "proc closed",
             };
             tracing::debug!("cannot fail ask of {} at once: {why}", u.envelope.from);
         }
@@ -579,8 +515,8 @@ impl Proc {
 
     /// Tells the sender of the envelope at stream position `seq` that it was
     /// not delivered (a worker's reader, before acknowledging it).
-    pub(crate) fn refuse(&self, seq: u64, reason: &str) {
-        let reason = bounded_text(reason, MAX_PORT_FAILURE);
+    pub(crate) fn refuse(&self, seq: u64, reason: ReturnReason) {
+        let reason = reason.bounded();
         if self
             .inner
             .outlet
@@ -591,11 +527,15 @@ impl Proc {
         }
     }
 
-    /// Takes back an envelope sent from this proc: fails its ask, or hands it to its sender.
-    pub fn returned(&self, u: Undeliverable) {
+    /// Takes back an envelope sent from this proc: fails its ask, or hands
+    /// it to its sending actor, or to the proc's returns stream.
+    pub(crate) fn returned(&self, u: Undeliverable) {
         if let Some(port) = u.envelope.return_port {
-            if let Some(slot) = lock(&self.inner.ports).remove(&port) {
-                let _ = slot.reply.send(Err(u.reason));
+            if self
+                .inner
+                .ports
+                .answer(port, PortAnswer::Failed(u.reason.clone()))
+            {
                 return;
             }
         }
@@ -611,78 +551,27 @@ impl Proc {
             },
             None => u,
         };
-        if u.envelope.return_port.is_none() {
-            let _ = self.inner.returned.send(u);
+        if u.envelope.return_port.is_some() {
+            return;
+        }
+        match &self.inner.returns {
+            Some(returns) => returns.push(u),
+            None => tracing::debug!("returned to {}: {}", u.envelope.from, u.reason),
         }
     }
 
-    /// Opens a one-shot reply port for an ask to an actor on `target`.
-    ///
-    /// The port number is random (and never 0), so it cannot be guessed:
-    /// holding it is the right to answer.
-    pub(crate) fn open_port(
-        &self,
-        target: ProcId,
-    ) -> (u64, oneshot::Receiver<Result<Vec<u8>, String>>) {
-        let (tx, rx) = oneshot::channel();
-        let mut ports = lock(&self.inner.ports);
-        let port = loop {
-            let candidate: u64 = rand::random();
-            if candidate != 0 && !ports.contains_key(&candidate) {
-                break candidate;
-            }
-        };
-        ports.insert(port, PortSlot { reply: tx, target });
-        (port, rx)
-    }
-
-    /// Closes a reply port (the ask is over).
-    pub(crate) fn close_port(&self, port: u64) {
-        lock(&self.inner.ports).remove(&port);
-    }
-
-    /// Fails every pending ask to an actor on `target` (that proc has failed).
-    pub fn fail_asks_to(&self, target: &ProcId, reason: &str) {
-        let mut ports = lock(&self.inner.ports);
-        let doomed: Vec<u64> = ports
-            .iter()
-            .filter(|(_, s)| s.target == *target)
-            .map(|(p, _)| *p)
-            .collect();
-        for port in doomed {
-            if let Some(slot) = ports.remove(&port) {
-                let _ = slot.reply.send(Err(reason.to_string()));
-            }
-        }
-    }
-
-    /// Called by an actor's task when it stops taking messages: later ones are undeliverable.
-    pub(crate) fn forget_actor(&self, id: &ActorId) {
-        let mut actors = lock(&self.inner.actors);
-        if actors
-            .get(id.name.as_str())
-            .is_some_and(|s| s.pid == id.pid)
-        {
-            actors.remove(id.name.as_str());
-        }
-    }
-
-    /// Reports that actor `id` failed (after its queued messages were returned).
-    pub(crate) fn report_failure(&self, id: &ActorId, reason: String) {
-        tracing::warn!("actor {id} failed: {reason}");
-        let _ = self.inner.failures.send(ActorFailure {
-            actor_id: id.clone(),
-            reason,
-        });
+    /// Fails every pending ask to an actor on `target` (that proc has ended).
+    pub(crate) fn fail_asks_to(&self, target: &ProcId, reason: &ReturnReason) {
+        self.inner.ports.fail_all_to(target, reason);
     }
 
     /// Stops actor `name` (its stop hook runs) and waits for it, at most the stop timeout.
     ///
-    /// Errors: no such actor; or it did not stop within
-    /// [`ProcConfig::stop_timeout`], so its task was aborted (that is also
-    /// reported as the actor's failure). A task that never yields cannot be
-    /// aborted: it keeps its thread, but the actor no longer gets messages.
-    pub async fn stop_actor(&self, name: &str) -> Result<(), String> {
+    /// Errors: no such actor; or it did not stop within the proc's stop
+    /// timeout, so its task was aborted (that is also reported as the
+    /// actor's failure). A task that never yields cannot be aborted: it keeps
+    /// its thread, but the actor no longer gets messages.
+    pub async fn stop_actor(&self, name: &str) -> Result<(), StopRefusal> {
         let (id, task) = {
             let mut actors = lock(&self.inner.actors);
             match actors.get_mut(name) {
@@ -690,7 +579,12 @@ impl Proc {
                     slot.stop.stop();
                     (self.id().actor(name, slot.pid), slot.task.take())
                 }
-                None => return Err(format!("actor {name} not found on {}", self.id())),
+                None => {
+                    return Err(StopRefusal::NotFound {
+                        name: name.to_string(),
+                        proc_id: self.id().clone(),
+                    })
+                }
             }
         };
         // Without a task, another stop of this actor is under way.
@@ -702,9 +596,11 @@ impl Proc {
         match aborted.into_iter().next() {
             None => Ok(()),
             Some(id) => {
-                let why = aborted_reason(timeout);
-                self.report_failure(&id, why.clone());
-                Err(format!("actor {id} {why}"))
+                Host::report_failure(self, &id, ActorFailure::Aborted(timeout));
+                Err(StopRefusal::Aborted {
+                    actor: id,
+                    after: timeout,
+                })
             }
         }
     }
@@ -717,7 +613,7 @@ impl Proc {
     /// [`Proc::stop_actor`] this does not report them: the caller, which is
     /// shutting the proc down, says which actors were aborted in its own
     /// report (by then the path that forwards failures may be gone).
-    pub async fn stop_all(&self, deadline: tokio::time::Instant) -> Vec<ActorId> {
+    pub(crate) async fn stop_all(&self, deadline: tokio::time::Instant) -> Vec<ActorId> {
         let tasks: Vec<(ActorId, JoinHandle<()>)> = {
             let mut actors = lock(&self.inner.actors);
             actors
@@ -754,7 +650,7 @@ impl Proc {
             .collect();
         for (id, _) in &late {
             tracing::warn!("actor {id} did not stop in time: aborted");
-            self.forget_actor(id);
+            Host::forget_actor(self, id);
         }
         // An aborted task that yields is dropped at once, which returns what
         // was left in its mailbox; give that a moment before the caller
@@ -784,10 +680,282 @@ impl Proc {
     }
 }
 
-/// The reason carried by a port failure, cut to a bounded length.
-fn port_failure_reason(payload: &[u8]) -> String {
-    match codec::decode::<String>(payload) {
-        Ok(reason) => bounded_text(&reason, MAX_PORT_FAILURE),
-        Err(e) => format!("ask failed (reason undecodable: {e})"),
+/// The return of an envelope whose actor stopped before taking it.
+fn stopped(env: Envelope) -> Undeliverable {
+    let reason = match &env.to {
+        Dest::Actor(actor) => ReturnReason::ActorStopped(actor.clone()),
+        other => ReturnReason::WrongProc(other.proc_id().clone()),
+    };
+    Undeliverable::not_delivered(env, reason)
+}
+
+/// The reason carried by a port failure, its peer-chosen text bounded.
+fn port_failure_reason(payload: &[u8]) -> ReturnReason {
+    match codec::decode::<ReturnReason>(payload) {
+        Ok(reason) => reason.bounded(),
+        Err(e) => ReturnReason::Unencodable(format!("ask failed (reason undecodable: {e})")),
+    }
+}
+
+impl Host for Proc {
+    fn ask_timeout(&self) -> Duration {
+        self.inner.config.ask_timeout
+    }
+
+    fn max_frame(&self) -> u32 {
+        self.inner.config.max_frame
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        self.inner.config.stop_timeout
+    }
+
+    fn envelope(
+        &self,
+        from: &ActorId,
+        to: Dest,
+        payload: Vec<u8>,
+        return_port: Option<u64>,
+    ) -> Envelope {
+        Envelope {
+            id: self.inner.next_envelope.fetch_add(1, Ordering::Relaxed),
+            from: from.clone(),
+            to,
+            return_port,
+            payload,
+        }
+    }
+
+    fn try_send(&self, env: Envelope) -> Result<(), TrySendError> {
+        if env.to.proc_id() == self.id() {
+            return match self.try_deliver(env) {
+                Ok(()) => Ok(()),
+                Err(NotDelivered::Full(env)) => Err(TrySendError::Full(env)),
+                Err(NotDelivered::Undeliverable(u)) => {
+                    self.return_to_sender(u);
+                    Ok(())
+                }
+            };
+        }
+        match self.inner.outlet.try_send(Outgoing::Envelope(env)) {
+            Ok(()) => Ok(()),
+            Err(OutletError::Full(Outgoing::Envelope(env))) => Err(TrySendError::Full(env)),
+            Err(OutletError::Full(_)) | Err(OutletError::Closed) => {
+                Err(TrySendError::Refused(SendError::Closed))
+            }
+            Err(OutletError::Refused(reason)) => {
+                Err(TrySendError::Refused(SendError::Refused(reason)))
+            }
+        }
+    }
+
+    fn send(&self, env: Envelope) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            if env.to.proc_id() == self.id() {
+                if let Err(u) = self.deliver(env).await {
+                    self.return_to_sender(u);
+                }
+                return Ok(());
+            }
+            match self.inner.outlet.send(Outgoing::Envelope(env)).await {
+                Ok(()) => Ok(()),
+                Err(OutletError::Refused(reason)) => Err(SendError::Refused(reason)),
+                Err(_) => Err(SendError::Closed),
+            }
+        })
+    }
+
+    fn open_port(&self, target: ProcId) -> (u64, oneshot::Receiver<PortAnswer>) {
+        self.inner.ports.open(target)
+    }
+
+    fn close_port(&self, port: u64) {
+        self.inner.ports.close(port);
+    }
+
+    fn bounce(&self, u: Undeliverable) {
+        Proc::bounce(self, u)
+    }
+
+    fn forget_actor(&self, id: &ActorId) {
+        let mut actors = lock(&self.inner.actors);
+        if actors
+            .get(id.name.as_str())
+            .is_some_and(|s| s.pid == id.pid)
+        {
+            actors.remove(id.name.as_str());
+        }
+    }
+
+    fn report_failure(&self, id: &ActorId, failure: ActorFailure) {
+        tracing::warn!("actor {id} failed: {failure}");
+        let _ = self.inner.failures.send((id.clone(), failure));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::builtin::{self, Echo, EchoMsg};
+    use super::super::returns::{self, Returns};
+    use super::super::test_actors::{
+        Fragile, FragileMsg, FragileParams, Sleeper, SleeperMsg, StuckStop, Tripwire,
+    };
+    use super::super::AskError;
+    use super::{Proc, ProcConfig, ProcOutputs};
+    use crate::id::ProcId;
+    use crate::wire::codec;
+
+    const SHORT: Duration = Duration::from_millis(200);
+    /// Generous bound for things that take milliseconds.
+    const SOON: Duration = Duration::from_secs(10);
+
+    fn proc_with(stop_timeout: Duration) -> (Proc, ProcOutputs, Returns) {
+        let config = ProcConfig {
+            stop_timeout,
+            ..ProcConfig::default()
+        };
+        let (tx, rx) = returns::returns(1 << 20);
+        let (proc, outputs) = Proc::new(
+            ProcId::new("test", 0),
+            Arc::new(builtin::registry()),
+            config,
+            Some(tx),
+        );
+        (proc, outputs, rx)
+    }
+
+    fn fragile(panic_in_new: Option<&str>) -> FragileParams {
+        FragileParams {
+            decode: Tripwire(false),
+            panic_in_new: panic_in_new.map(str::to_string),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_all_aborts_late_actors_and_returns_their_mail() {
+        let (proc, _outputs, returned) = proc_with(SOON);
+        let client = proc.client("tester").expect("client");
+        let stuck = proc.spawn::<StuckStop>("stuck", ()).expect("spawn");
+        let busy = proc.spawn::<Sleeper>("busy", ()).expect("spawn");
+        let echo = proc.spawn::<Echo>("echo", ()).expect("spawn");
+        let hour = 3_600_000;
+        for _ in 0..2 {
+            let msg = SleeperMsg::Sleep {
+                ms: hour,
+                reply: None,
+            };
+            busy.tell(&client, msg).await.expect("tell");
+        }
+        // The echo answers, so the proc delivers; the stuck actor's hook is not reached yet.
+        let answer = echo
+            .ask_within(&client, SOON, |p| EchoMsg::Echo(b"hi".to_vec(), p))
+            .await;
+        assert_eq!(answer, Ok(b"hi".to_vec()));
+
+        let started = tokio::time::Instant::now();
+        let mut aborted = proc.stop_all(started + SHORT).await;
+        aborted.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(aborted, vec![busy.id().clone(), stuck.id().clone()]);
+        assert!(
+            started.elapsed() < SOON,
+            "stop_all took {:?}",
+            started.elapsed()
+        );
+
+        // The second sleep never ran: it comes back, saying the actor was aborted.
+        let returned = tokio::time::timeout(SOON, returned.next())
+            .await
+            .expect("a return in time")
+            .expect("returns open");
+        assert_eq!(returned.recipient().to_string(), busy.id().to_string());
+        assert!(
+            returned.reason().to_string().contains("aborted"),
+            "{}",
+            returned.reason()
+        );
+        // Aborted actors are forgotten: nothing more is delivered to them.
+        let after = stuck.ask_within(&client, SOON, |p| p).await;
+        assert!(
+            matches!(&after, Err(AskError::Undeliverable(why)) if why.to_string().contains("not found")),
+            "{after:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_actor_aborts_a_stop_hook_that_never_returns_and_reports_it() {
+        let (proc, mut outputs, _returned) = proc_with(SHORT);
+        let stuck = proc.spawn::<StuckStop>("stuck", ()).expect("spawn");
+        let started = tokio::time::Instant::now();
+        let result = proc.stop_actor("stuck").await;
+        assert!(
+            matches!(&result, Err(why) if why.to_string().contains("aborted")),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < SOON);
+        let failure = tokio::time::timeout(SOON, outputs.failures.recv())
+            .await
+            .expect("a failure report in time")
+            .expect("failures open");
+        assert_eq!(&failure.0, stuck.id());
+        assert!(failure.1.to_string().contains("aborted"), "{}", failure.1);
+        // An actor that stops in order is not reported.
+        proc.spawn::<Echo>("echo", ()).expect("spawn");
+        assert_eq!(proc.stop_actor("echo").await, Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn constructor_and_parameter_panics_refuse_the_spawn() {
+        let (proc, _outputs, _returned) = proc_with(SOON);
+        let refused = proc.spawn::<Fragile>("f", fragile(Some("boom in new")));
+        assert!(
+            matches!(&refused, Err(why) if why.to_string().contains("fragile constructor panicked: boom in new")),
+            "{refused:?}"
+        );
+        let armed = FragileParams {
+            decode: Tripwire(true),
+            panic_in_new: None,
+        };
+        let params = codec::encode(&armed).expect("encode");
+        let refused = proc.spawn_registered("fragile", "f", &params);
+        assert!(
+            matches!(&refused, Err(why) if why.to_string().contains("decoding the parameters of fragile panicked: tripwire")),
+            "{refused:?}"
+        );
+        // The name was not taken by the failed spawns.
+        let params = codec::encode(&fragile(None)).expect("encode");
+        assert!(proc.spawn_registered("fragile", "f", &params).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decoding_panic_fails_the_actor_and_returns_the_message() {
+        let (proc, mut outputs, _returned) = proc_with(SOON);
+        let client = proc.client("tester").expect("client");
+        let f = proc.spawn::<Fragile>("f", fragile(None)).expect("spawn");
+        let ok = f
+            .ask_within(&client, SOON, |p| FragileMsg::Trip(Tripwire(false), p))
+            .await;
+        assert_eq!(ok, Ok(()));
+        let tripped = f
+            .ask_within(&client, SOON, |p| FragileMsg::Trip(Tripwire(true), p))
+            .await;
+        assert!(
+            matches!(&tripped, Err(AskError::Undeliverable(why)) if why.to_string().contains("decoding a message panicked: tripwire")),
+            "{tripped:?}"
+        );
+        let failure = tokio::time::timeout(SOON, outputs.failures.recv())
+            .await
+            .expect("a failure report in time")
+            .expect("failures open");
+        assert_eq!(&failure.0, f.id());
+        assert!(failure
+            .1
+            .to_string()
+            .contains("decoding a message panicked"));
+        // The proc carries on: the name is free again and a new actor answers.
+        let g = proc.spawn::<Fragile>("f", fragile(None)).expect("respawn");
+        assert_eq!(g.ask_within(&client, SOON, FragileMsg::Ping).await, Ok(()));
     }
 }

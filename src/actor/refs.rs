@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::client::{AskError, Client, SendError};
-use super::Actor;
+use super::client::Client;
+use super::error::{AskError, SendError};
+use super::traits::Actor;
 use crate::id::{ActorId, PortId};
 use crate::wire::{codec, Dest};
 
@@ -64,15 +65,19 @@ impl<A> ActorRef<A> {
 }
 
 impl<A: Actor> ActorRef<A> {
-    /// Sends `msg`, waiting while the path to the actor is full.
+    /// Sends `msg` from `from` (a [`Client`] or an actor's [`Context`](super::Context)),
+    /// waiting while the path to the actor is full.
     ///
     /// `Ok` means the runtime accepted the message: from then on it is either
-    /// delivered or returned to `from` as undeliverable. Errors:
+    /// delivered or returned to the sender as undeliverable. Errors:
     /// [`SendError::Encode`] if the message cannot be serialized,
+    /// [`SendError::TooLarge`] if it exceeds the frame limit,
+    /// [`SendError::Refused`] if its proc is known to have ended,
     /// [`SendError::Closed`] if the sender's proc is shutting down.
-    pub async fn tell(&self, from: &Client, msg: A::Message) -> Result<(), SendError> {
-        let payload = codec::encode(&msg).map_err(|e| SendError::Encode(e.to_string()))?;
-        from.send_envelope(Dest::Actor(self.id.clone()), payload, None)
+    pub async fn tell(&self, from: &impl AsRef<Client>, msg: A::Message) -> Result<(), SendError> {
+        let payload = codec::encode(&msg).map_err(SendError::Encode)?;
+        from.as_ref()
+            .send_envelope(Dest::Actor(self.id.clone()), payload, None)
             .await
     }
 
@@ -82,21 +87,23 @@ impl<A: Actor> ActorRef<A> {
     /// message was not sent), else as [`ActorRef::tell`].
     pub async fn tell_within(
         &self,
-        from: &Client,
+        from: &impl AsRef<Client>,
         timeout: Duration,
         msg: A::Message,
     ) -> Result<(), SendError> {
-        let payload = codec::encode(&msg).map_err(|e| SendError::Encode(e.to_string()))?;
-        from.send_envelope_within(Dest::Actor(self.id.clone()), payload, timeout)
+        let payload = codec::encode(&msg).map_err(SendError::Encode)?;
+        from.as_ref()
+            .send_envelope_within(Dest::Actor(self.id.clone()), payload, timeout)
             .await
     }
 
     /// Sends `msg` if there is room now.
     ///
     /// Errors: [`SendError::Full`] when the path to the actor is full, else as [`ActorRef::tell`].
-    pub fn try_tell(&self, from: &Client, msg: A::Message) -> Result<(), SendError> {
-        let payload = codec::encode(&msg).map_err(|e| SendError::Encode(e.to_string()))?;
-        from.try_send_envelope(Dest::Actor(self.id.clone()), payload)
+    pub fn try_tell(&self, from: &impl AsRef<Client>, msg: A::Message) -> Result<(), SendError> {
+        let payload = codec::encode(&msg).map_err(SendError::Encode)?;
+        from.as_ref()
+            .try_send_envelope(Dest::Actor(self.id.clone()), payload)
     }
 
     /// Sends the message built by `make` around a fresh reply port and waits for the reply.
@@ -107,26 +114,27 @@ impl<A: Actor> ActorRef<A> {
     /// if it could not be sent, [`AskError::Decode`] if the reply is not an `R`.
     pub async fn ask<R: DeserializeOwned>(
         &self,
-        from: &Client,
+        from: &impl AsRef<Client>,
         make: impl FnOnce(PortRef<R>) -> A::Message,
     ) -> Result<R, AskError> {
+        let from = from.as_ref();
         self.ask_within(from, from.ask_timeout(), make).await
     }
 
     /// [`ActorRef::ask`] with an explicit timeout.
     pub async fn ask_within<R: DeserializeOwned>(
         &self,
-        from: &Client,
+        from: &impl AsRef<Client>,
         timeout: Duration,
         make: impl FnOnce(PortRef<R>) -> A::Message,
     ) -> Result<R, AskError> {
         let bytes = from
+            .as_ref()
             .ask_raw(Dest::Actor(self.id.clone()), timeout, |port| {
-                codec::encode(&make(PortRef::attest(port)))
-                    .map_err(|e| SendError::Encode(e.to_string()))
+                codec::encode(&make(PortRef::attest(port))).map_err(SendError::Encode)
             })
             .await?;
-        codec::decode(&bytes).map_err(|e| AskError::Decode(e.to_string()))
+        codec::decode(&bytes).map_err(AskError::Decode)
     }
 }
 
@@ -152,13 +160,13 @@ impl<T> PortRef<T> {
 }
 
 impl<T: Serialize> PortRef<T> {
-    /// Sends the reply.
+    /// Sends the reply from `from` (in a handler: the [`Context`](super::Context)).
     ///
-    /// Errors: [`SendError::Encode`] if `value` cannot be serialized,
-    /// [`SendError::Closed`] if the sender's proc is shutting down.
-    pub async fn send(&self, from: &Client, value: T) -> Result<(), SendError> {
-        let payload = codec::encode(&value).map_err(|e| SendError::Encode(e.to_string()))?;
-        from.send_envelope(Dest::Port(self.id.clone()), payload, None)
+    /// Errors: as [`ActorRef::tell`].
+    pub async fn send(&self, from: &impl AsRef<Client>, value: T) -> Result<(), SendError> {
+        let payload = codec::encode(&value).map_err(SendError::Encode)?;
+        from.as_ref()
+            .send_envelope(Dest::Port(self.id.clone()), payload, None)
             .await
     }
 }

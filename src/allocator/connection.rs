@@ -22,6 +22,7 @@ use super::session::{Action, End, Input, Session, WorkerCommand};
 use super::Shared;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
+use crate::reason::{FailureReason, ReturnReason};
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
 
@@ -61,8 +62,9 @@ impl WorkerSession {
         let max_frame = config.limits.max_frame;
         control_send.set_max_frame(max_frame);
         control_recv.set_max_frame(max_frame);
-        control_send.set_priority(crate::worker::CONTROL_PRIORITY);
-        let (link_failures_tx, mut link_failures) = mpsc::unbounded_channel::<(ProcId, String)>();
+        control_send.set_priority(crate::transport::priority::CONTROL);
+        let (link_failures_tx, mut link_failures) =
+            mpsc::unbounded_channel::<(ProcId, FailureReason)>();
         let link_config = LinkConfig {
             budget_bytes: config.limits.mailbox_bytes as usize,
             stall_timeout: config.stall_timeout,
@@ -152,16 +154,11 @@ impl WorkerSession {
                         state,
                         drain,
                     } => {
-                        if let (Some(reason), Some(link)) = (state.reason(), links.get(&proc_id)) {
-                            let reason = match &state {
-                                ProcState::Stopped { .. } => {
-                                    format!("proc {proc_id} stopped: {reason}")
-                                }
-                                _ => format!("proc {proc_id} failed: {reason}"),
+                        if let (Some(end), Some(link)) = (state.end(), links.get(&proc_id)) {
+                            let reason = ReturnReason::ProcEnded {
+                                proc_id: proc_id.clone(),
+                                end,
                             };
-                            if matches!(state, ProcState::Failed { .. }) {
-                                tracing::warn!("worker {index}: {reason}");
-                            }
                             let (link, router, proc_id) =
                                 (link.clone(), shared.router.clone(), proc_id.clone());
                             tokio::spawn(async move {
@@ -242,7 +239,7 @@ impl WorkerSession {
                 "worker {index}: {suppressed} actor failures were not reported (rate limit)"
             );
         }
-        shared.worker_left(index, end.failed, end.reason);
+        shared.worker_left(index, end.end);
     }
 }
 

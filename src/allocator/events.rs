@@ -9,13 +9,19 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::id::ProcId;
+use tokio::sync::broadcast;
+
+use crate::id::{ActorId, ProcId};
+use crate::reason::{ActorFailure, ExitReport, FailureReason, ProcEnd, StopReason};
+
+/// Events kept for a reader that falls behind; older ones are dropped (and counted).
+pub(crate) const EVENT_BACKLOG: usize = 4096;
 
 /// The life of a proc as the allocator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProcState {
     /// The allocator asked a worker to create the proc.
     Created,
@@ -24,12 +30,12 @@ pub enum ProcState {
     /// The proc was stopped in order (command, SIGTERM of its worker...).
     Stopped {
         /// Why it stopped.
-        reason: String,
+        reason: StopReason,
     },
     /// The proc is gone against plan: its worker was lost, crashed or misbehaved.
     Failed {
-        /// What went wrong, e.g. "heartbeat lost" or "connection lost: ...".
-        reason: String,
+        /// What went wrong: heartbeat lost, connection lost, killed by a signal...
+        reason: FailureReason,
     },
 }
 
@@ -49,56 +55,27 @@ impl ProcState {
         matches!(self, ProcState::Stopped { .. } | ProcState::Failed { .. })
     }
 
-    /// The reason of a stopped or failed proc.
-    pub fn reason(&self) -> Option<&str> {
+    /// How a stopped or failed proc ended.
+    pub fn end(&self) -> Option<ProcEnd> {
         match self {
-            ProcState::Stopped { reason } | ProcState::Failed { reason } => Some(reason),
+            ProcState::Stopped { reason } => Some(ProcEnd::Stopped(reason.clone())),
+            ProcState::Failed { reason } => Some(ProcEnd::Failed(reason.clone())),
             _ => None,
         }
     }
-}
 
-/// How a launched worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReport {
-    /// It exited with this code.
-    Code(i32),
-    /// It was killed by this signal.
-    Signal(i32),
-    /// Its status could not be collected.
-    Unknown,
-}
-
-impl From<std::io::Result<ExitStatus>> for ExitReport {
-    fn from(status: std::io::Result<ExitStatus>) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => ExitReport::Code(c),
-                (None, Some(sig)) => ExitReport::Signal(sig),
-                (None, None) => ExitReport::Unknown,
-            },
-            Err(_) => ExitReport::Unknown,
-        }
-    }
-}
-
-impl fmt::Display for ExitReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitReport::Code(c) => write!(
-                f,
-                "exited with code {c} ({})",
-                crate::exit_code::describe(*c)
-            ),
-            ExitReport::Signal(s) => write!(f, "killed by signal {s}"),
-            ExitReport::Unknown => write!(f, "exit status unknown"),
+    /// The state a proc ends in.
+    pub(crate) fn ended(end: ProcEnd) -> ProcState {
+        match end {
+            ProcEnd::Stopped(reason) => ProcState::Stopped { reason },
+            ProcEnd::Failed(reason) => ProcState::Failed { reason },
         }
     }
 }
 
 /// Something that happened in an allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AllocEvent {
     /// A proc changed state.
     Proc {
@@ -134,17 +111,15 @@ pub enum AllocEvent {
     WorkerLeft {
         /// Its index.
         index: u32,
-        /// Whether it left against plan (its procs were reported failed).
-        failed: bool,
-        /// Why.
-        reason: String,
+        /// How: in order, or against plan (its procs were then reported failed).
+        end: ProcEnd,
     },
     /// An actor failed (handler error or panic) and was stopped; its proc keeps running.
     ActorFailed {
         /// The actor.
-        actor_id: crate::id::ActorId,
-        /// Its error or panic message.
-        reason: String,
+        actor_id: ActorId,
+        /// What went wrong.
+        reason: ActorFailure,
     },
     /// A worker opened a mailbox stream that was refused (the worker's other procs are unaffected).
     MailboxRejected {
@@ -174,8 +149,8 @@ impl fmt::Display for AllocEvent {
                 state,
             } => {
                 write!(f, "proc {proc_id} {} (worker {worker})", state.word())?;
-                match state.reason() {
-                    Some(r) => write!(f, ": {r}"),
+                match state.end() {
+                    Some(end) => write!(f, ": {end}"),
                     None => Ok(()),
                 }
             }
@@ -198,13 +173,9 @@ impl fmt::Display for AllocEvent {
                 write!(f, "connection from {addr} rejected: {reason}")?;
                 more_not_reported(f, *suppressed, "refusals")
             }
-            AllocEvent::WorkerLeft {
-                index,
-                failed,
-                reason,
-            } => {
-                let how = if *failed { "lost" } else { "left" };
-                write!(f, "worker {index} {how}: {reason}")
+            AllocEvent::WorkerLeft { index, end } => {
+                let how = if end.is_failure() { "lost" } else { "left" };
+                write!(f, "worker {index} {how}: {end}")
             }
             AllocEvent::WorkerExited { index, status } => write!(f, "worker {index} {status}"),
             AllocEvent::ActorFailed { actor_id, reason } => {
@@ -230,8 +201,74 @@ fn more_not_reported(f: &mut fmt::Formatter<'_>, n: u64, what: &str) -> fmt::Res
     Ok(())
 }
 
+impl AllocEvent {
+    /// Logs the event, once, at a level that fits it.
+    pub(crate) fn log(&self) {
+        match self {
+            AllocEvent::Proc {
+                state: ProcState::Failed { .. },
+                ..
+            }
+            | AllocEvent::ActorFailed { .. }
+            | AllocEvent::WorkerRejected { .. }
+            | AllocEvent::MailboxRejected { .. } => tracing::warn!("{self}"),
+            AllocEvent::WorkerLeft { end, .. } if end.is_failure() => tracing::warn!("{self}"),
+            AllocEvent::WorkerExited { status, .. } if !matches!(status, ExitReport::Code(0)) => {
+                tracing::warn!("{self}")
+            }
+            _ => tracing::info!("{self}"),
+        }
+    }
+}
+
+/// A subscription to an allocator's events: each subscriber sees every
+/// event from when it subscribed, in order.
+///
+/// Events wait in a bounded backlog (4096); a subscriber that falls further
+/// behind loses the oldest ones and is told how many ([`Events::lost`]).
+/// The states they report stay available from the allocator itself
+/// (`proc_state`, `exit_status`).
+pub struct Events {
+    rx: broadcast::Receiver<AllocEvent>,
+    lost: u64,
+}
+
+impl Events {
+    pub(crate) fn new(rx: broadcast::Receiver<AllocEvent>) -> Self {
+        Events { rx, lost: 0 }
+    }
+
+    /// The next event; `None` once the allocator has been dropped.
+    pub async fn next(&mut self) -> Option<AllocEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lost += n,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// An event if one is waiting now.
+    pub fn try_next(&mut self) -> Option<AllocEvent> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lost += n,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Events this subscriber lost by falling too far behind.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+}
+
 /// Counts of what was refused, with the last reason of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RefusalStats {
     /// Connections refused or dropped before admission.
     pub connections: u64,

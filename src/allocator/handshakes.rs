@@ -116,11 +116,13 @@ impl HandshakeSlots {
     }
 
     /// Handshakes pending now.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.total
     }
 
     /// Handshakes pending now from `source`.
+    #[cfg(test)]
     pub fn pending_from(&self, source: Source) -> usize {
         self.by_source.get(&source).copied().unwrap_or(0)
     }

@@ -10,12 +10,25 @@
 //! Children are tied to the allocator: they are killed when the allocator
 //! is dropped, and on Linux they get a parent-death signal so that even a
 //! SIGKILLed allocator leaves no orphan. Every line a child prints on stdout
-//! or stderr is passed through, prefixed with `[worker N]`.
+//! or stderr is passed through, prefixed with `[worker N]`. Each child has a
+//! supervisor task ([`supervise`]) that reaps it, kills it when its worker
+//! is lost and does not exit by itself, and reports how it ended.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::events::AllocEvent;
+use super::session::WorkerCommand;
+use super::shared::{ChildSlot, Shared};
+use crate::reason::ExitReport;
+use crate::sync::lock;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -64,7 +77,7 @@ impl Launcher {
     }
 
     /// The argument list for one worker, placeholders filled from `vars`.
-    pub fn expand_args(&self, index: u32, vars: &[(&'static str, String)]) -> Vec<String> {
+    pub(crate) fn expand_args(&self, index: u32, vars: &[(&'static str, String)]) -> Vec<String> {
         let get = |name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
@@ -117,6 +130,45 @@ impl Launcher {
         }
         Ok(child)
     }
+}
+
+/// Takes charge of launched worker `index`: records its pid, SIGKILLs it
+/// when asked (after the grace period the request carries, so a worker that
+/// is merely cut off can still exit with its own code), reaps it, fails its
+/// procs at once (its connection is dead too) and reports how it ended.
+pub(crate) fn supervise(
+    shared: Arc<Shared>,
+    index: u32,
+    mut child: tokio::process::Child,
+) -> JoinHandle<()> {
+    let (kill, mut kill_requests) = mpsc::unbounded_channel::<Duration>();
+    lock(&shared.children).insert(
+        index,
+        ChildSlot {
+            pid: child.id(),
+            kill,
+        },
+    );
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            Some(grace) = kill_requests.recv() => tokio::select! {
+                status = child.wait() => status,
+                _ = tokio::time::sleep(grace) => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            },
+        };
+        if let Some(slot) = lock(&shared.children).get_mut(&index) {
+            slot.pid = None;
+        }
+        let status = ExitReport::from(status);
+        // Its connection is dead too: fail its procs now rather than after
+        // the heartbeat timeout.
+        shared.command(index, WorkerCommand::ProcessExited(status));
+        shared.emit(AllocEvent::WorkerExited { index, status });
+    })
 }
 
 /// Asks Linux to SIGKILL the child when the thread that spawned it dies.

@@ -34,14 +34,10 @@ use super::stall::StallJudge;
 use crate::id::ProcId;
 use crate::mailbox::{self, AckState, Outgoing};
 use crate::queue::{self, Budget, Permit, QueueError, QueueReceiver, QueueSender};
+use crate::reason::{Bounded, FailureReason, ReturnReason, REASON_COST};
 use crate::sync::lock;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
-use crate::wire::{
-    bounded_text, close, DeliveryStatus, Dest, Envelope, MailboxFrame, Undeliverable,
-};
-
-/// Longest reason text kept from a peer (refusals, failures), in bytes.
-pub(crate) const MAX_PEER_REASON: usize = 256;
+use crate::wire::{close, DeliveryStatus, Dest, Envelope, MailboxFrame, Undeliverable};
 
 /// Why an envelope was not forwarded at once.
 pub(crate) enum NotForwarded {
@@ -103,7 +99,7 @@ pub struct LinkStats {
 struct State {
     /// Refused positions keep their budget share until acknowledged.
     in_flight: InFlight<Pending, Permit>,
-    closed: Option<String>,
+    closed: Option<ReturnReason>,
     /// The worker finished its side of the stream in order (final ack sent).
     finished: bool,
 }
@@ -123,7 +119,7 @@ pub(crate) struct ProcLink {
     failing: AtomicBool,
     /// Set once the worker opened the proc's mailbox stream.
     attached: AtomicBool,
-    failures: mpsc::UnboundedSender<(ProcId, String)>,
+    failures: mpsc::UnboundedSender<(ProcId, FailureReason)>,
     stop_writer: CancellationToken,
     reader: Mutex<Option<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<Option<QueueReceiver<Outgoing>>>>>,
@@ -138,7 +134,7 @@ impl ProcLink {
     pub(crate) fn new(
         proc_id: ProcId,
         config: LinkConfig,
-        failures: mpsc::UnboundedSender<(ProcId, String)>,
+        failures: mpsc::UnboundedSender<(ProcId, FailureReason)>,
     ) -> Arc<ProcLink> {
         let (tx, rx) = queue::bounded(config.budget_bytes);
         let link = Arc::new(ProcLink {
@@ -171,7 +167,7 @@ impl ProcLink {
             tokio::time::sleep(timeout).await;
             if let Some(link) = watched.upgrade() {
                 if !link.attached.load(Ordering::Acquire) && link.closed_reason().is_none() {
-                    link.fail(format!("mailbox stream not opened within {timeout:?}"));
+                    link.fail(FailureReason::MailboxNotOpened(timeout));
                 }
             }
         });
@@ -217,16 +213,12 @@ impl ProcLink {
     pub(crate) fn give_back(&self, u: Undeliverable, permit: Option<Permit>) {
         let permit = match permit {
             Some(p) => p,
-            None => match self
-                .returns
-                .try_reserve(u.envelope.wire_size() + u.reason.len())
-            {
+            None => match self.returns.try_reserve(return_cost(&u)) {
                 Some(p) => p,
                 None => {
-                    self.fail(format!(
-                        "more than {} bytes of returned messages not read",
-                        self.returns.capacity_bytes()
-                    ));
+                    self.fail(FailureReason::ReturnsNotRead {
+                        budget: self.returns.capacity_bytes(),
+                    });
                     return;
                 }
             },
@@ -237,14 +229,14 @@ impl ProcLink {
     }
 
     /// Reports a failure of this link to its session, once.
-    fn fail(&self, reason: String) {
+    fn fail(&self, reason: FailureReason) {
         if !self.failing.swap(true, Ordering::AcqRel) {
             let _ = self.failures.send((self.proc_id.clone(), reason));
         }
     }
 
     /// Why the link is closed, if it is.
-    pub(crate) fn closed_reason(&self) -> Option<String> {
+    pub(crate) fn closed_reason(&self) -> Option<ReturnReason> {
         if !self.is_closed.load(Ordering::Acquire) {
             return None;
         }
@@ -319,7 +311,7 @@ impl ProcLink {
                     _ = stop.cancelled() => None,
                 };
                 if let Some(Err(e)) = result {
-                    link.fail(format!("mailbox stream write failed: {e}"));
+                    link.fail(FailureReason::MailboxStream(format!("write failed: {e}")));
                 }
                 Some(rx)
             })
@@ -350,7 +342,7 @@ impl ProcLink {
         acks: &AckState,
         written: &AtomicU64,
         switch: &Arc<dyn Switch>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FailureReason> {
         let mut judge = StallJudge::new(self.config.stall_timeout, Instant::now());
         let mut written_seen = 0;
         let mut checks = tokio::time::interval(judge.check_every());
@@ -368,11 +360,11 @@ impl ProcLink {
                             written_seen = written_now;
                             judge.on_progress(now);
                         }
-                        if let Some(stalled) = judge.check(now, self.data_waiting()) {
-                            return Err(format!(
-                                "stalled: nothing acknowledged for {stalled:.1?} while {} bytes waited for it",
-                                self.queue.used_bytes() + self.returns.used_bytes()
-                            ));
+                        if let Some(quiet) = judge.check(now, self.data_waiting()) {
+                            return Err(FailureReason::Stalled {
+                                quiet,
+                                waiting_bytes: self.queue.used_bytes() + self.returns.used_bytes(),
+                            });
                         }
                         continue;
                     }
@@ -382,18 +374,22 @@ impl ProcLink {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_protocol_violation() => {
-                    return Err(format!("protocol violation on mailbox stream: {e}"))
+                    return Err(FailureReason::ProtocolViolation(format!(
+                        "on mailbox stream: {e}"
+                    )))
                 }
-                Err(StreamError::Read(e)) => return Err(format!("mailbox stream failed: {e}")),
-                Err(e) => return Err(format!("mailbox stream failed: {e}")),
+                Err(StreamError::Read(e)) => {
+                    return Err(FailureReason::MailboxStream(e.to_string()))
+                }
+                Err(e) => return Err(FailureReason::MailboxStream(e.to_string())),
             };
             match frame {
                 MailboxFrame::Envelope(env) => {
                     if env.from.proc_id != self.proc_id {
-                        return Err(format!(
-                            "protocol violation: envelope on the stream of {} claims to come from {}",
+                        return Err(FailureReason::ProtocolViolation(format!(
+                            "envelope on the stream of {} claims to come from {}",
                             self.proc_id, env.from
-                        ));
+                        )));
                     }
                     self.forward(env, switch, &mut judge).await;
                     acks.bump(recv.frame_ready());
@@ -405,10 +401,10 @@ impl ProcLink {
                     let refused = lock(&self.state)
                         .in_flight
                         .on_refused(seq, |(env, permit)| (env, permit));
-                    let env = refused.map_err(|v| format!("protocol violation: {v}"))?;
+                    let env =
+                        refused.map_err(|v| FailureReason::ProtocolViolation(v.to_string()))?;
                     self.returned.fetch_add(1, Ordering::Relaxed);
-                    let u =
-                        Undeliverable::not_delivered(env, bounded_text(&reason, MAX_PEER_REASON));
+                    let u = Undeliverable::not_delivered(env, reason.bounded());
                     switch.give_back(u, None);
                 }
                 MailboxFrame::Ack { processed } => {
@@ -417,7 +413,7 @@ impl ProcLink {
                     state
                         .in_flight
                         .on_ack(processed)
-                        .map_err(|v| format!("protocol violation: {v}"))?;
+                        .map_err(|v| FailureReason::ProtocolViolation(v.to_string()))?;
                     drop(state);
                     // Only an ack that covers something new is progress.
                     if processed > before {
@@ -425,7 +421,10 @@ impl ProcLink {
                     }
                 }
                 MailboxFrame::Undeliverable(_) => {
-                    return Err("protocol violation: a worker returns envelopes by refusing them, not by sending them back".into());
+                    return Err(FailureReason::ProtocolViolation(
+                        "a worker returns envelopes by refusing them, not by sending them back"
+                            .into(),
+                    ));
                 }
             }
         }
@@ -443,10 +442,10 @@ impl ProcLink {
     ) {
         if let Dest::Proc(target) = &env.to {
             if !self.config.remote_proc_requests {
-                let reason = format!(
-                    "refused: {} may not send requests to proc {target} (remote proc requests are disabled by the allocator)",
-                    self.proc_id
-                );
+                let reason = ReturnReason::RequestRefused {
+                    from: self.proc_id.clone(),
+                    target: target.clone(),
+                };
                 return self
                     .owe(Undeliverable::not_delivered(env, reason), judge)
                     .await;
@@ -462,12 +461,10 @@ impl ProcLink {
             }
         };
         let Some(permit) = self.parking.budget().try_reserve(env.wire_size()) else {
-            let reason = format!(
-                "destination proc {} is full, and {} bytes {} sent to full destinations already wait",
-                env.to.proc_id(),
-                self.parking.parked_bytes(),
-                self.proc_id
-            );
+            let reason = ReturnReason::DestinationFull {
+                destination: env.to.proc_id().clone(),
+                parked_bytes: self.parking.parked_bytes(),
+            };
             return self
                 .owe(Undeliverable::not_delivered(env, reason), judge)
                 .await;
@@ -493,7 +490,7 @@ impl ProcLink {
     /// proc is not reading what it is owed; if it stays used up for the
     /// stall timeout, the proc is failed.
     async fn owe(&self, u: Undeliverable, judge: &mut StallJudge) {
-        let cost = u.envelope.wire_size() + u.reason.len();
+        let cost = return_cost(&u);
         let permit = match self.returns.try_reserve(cost) {
             Some(p) => p,
             None => {
@@ -505,10 +502,9 @@ impl ProcLink {
                 match got {
                     Ok(p) => p,
                     Err(_) => {
-                        return self.fail(format!(
-                            "more than {} bytes of returned messages not read",
-                            self.returns.capacity_bytes()
-                        ))
+                        return self.fail(FailureReason::ReturnsNotRead {
+                            budget: self.returns.capacity_bytes(),
+                        })
                     }
                 }
             }
@@ -530,13 +526,16 @@ impl ProcLink {
     /// written and not acknowledged is possibly delivered, unless the worker
     /// ended its side of the stream in order (its final ack then covers all
     /// it delivered). A second close hands back nothing.
-    pub(crate) async fn close(&self, reason: &str) -> Vec<(Undeliverable, Option<Permit>)> {
+    pub(crate) async fn close(
+        &self,
+        reason: &ReturnReason,
+    ) -> Vec<(Undeliverable, Option<Permit>)> {
         {
             let mut state = lock(&self.state);
             if state.closed.is_some() {
                 return Vec::new();
             }
-            state.closed = Some(reason.to_string());
+            state.closed = Some(reason.clone());
             self.is_closed.store(true, Ordering::Release);
         }
         self.stop_writer.cancel();
@@ -564,7 +563,7 @@ impl ProcLink {
             for (env, permit) in state.in_flight.drain() {
                 let u = Undeliverable {
                     envelope: env,
-                    reason: reason.to_string(),
+                    reason: reason.clone(),
                     status,
                 };
                 back.push((u, Some(permit)));
@@ -575,7 +574,10 @@ impl ProcLink {
             while let Some((item, permit)) = rx.try_recv() {
                 // Returns owed to this proc go nowhere: it is gone.
                 if let Outgoing::Envelope(env) = item {
-                    back.push((Undeliverable::not_delivered(env, reason), Some(permit)));
+                    back.push((
+                        Undeliverable::not_delivered(env, reason.clone()),
+                        Some(permit),
+                    ));
                 }
             }
         }
@@ -583,4 +585,9 @@ impl ProcLink {
             .fetch_add(back.len() as u64, Ordering::Relaxed);
         back
     }
+}
+
+/// What a return costs in a returns budget.
+fn return_cost(u: &Undeliverable) -> usize {
+    u.envelope.wire_size() + REASON_COST
 }

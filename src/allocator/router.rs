@@ -12,10 +12,11 @@ use std::sync::{Arc, RwLock, Weak};
 use futures::future::BoxFuture;
 
 use super::link::{NotForwarded, ProcLink, Switch};
-use crate::actor::{NotDelivered, Outlet, Proc};
+use crate::actor::{NotDelivered, Outlet, OutletError, Proc};
 use crate::id::ProcId;
 use crate::mailbox::Outgoing;
 use crate::queue::{Permit, QueueError};
+use crate::reason::ReturnReason;
 use crate::sync::{read, write};
 use crate::wire::{Envelope, Undeliverable};
 
@@ -26,7 +27,7 @@ pub(crate) enum Destination {
     /// A worker's proc, through its mailbox stream.
     Link(Arc<ProcLink>),
     /// Nowhere: the reason says why.
-    Nowhere(String),
+    Nowhere(ReturnReason),
 }
 
 /// The allocator's routing table.
@@ -67,7 +68,7 @@ impl Router {
                 Some(reason) => Destination::Nowhere(reason),
                 None => Destination::Link(link),
             },
-            None => Destination::Nowhere(format!("unknown proc {proc_id}")),
+            None => Destination::Nowhere(ReturnReason::UnknownProc(proc_id.clone())),
         }
     }
 
@@ -141,7 +142,7 @@ impl Router {
     pub(crate) fn link_closed(
         &self,
         proc_id: &ProcId,
-        reason: &str,
+        reason: &ReturnReason,
         back: Vec<(Undeliverable, Option<Permit>)>,
     ) {
         self.controller.fail_asks_to(proc_id, reason);
@@ -152,9 +153,9 @@ impl Router {
 }
 
 /// Why a link refused an envelope: its close reason, or that it is closing.
-fn closed_reason(link: &ProcLink) -> String {
+fn closed_reason(link: &ProcLink) -> ReturnReason {
     link.closed_reason()
-        .unwrap_or_else(|| format!("proc {} closed", link.proc_id))
+        .unwrap_or_else(|| ReturnReason::ProcClosing(link.proc_id.clone()))
 }
 
 impl Switch for Router {
@@ -175,15 +176,17 @@ impl Switch for Router {
 pub(crate) struct RouterOutlet(pub(crate) Weak<Router>);
 
 impl Outlet for RouterOutlet {
-    fn send(&self, item: Outgoing) -> BoxFuture<'_, Result<(), Outgoing>> {
+    /// An envelope whose destination is known to be gone is refused at once
+    /// (the sender's call fails with the reason) rather than returned later.
+    fn send(&self, item: Outgoing) -> BoxFuture<'_, Result<(), OutletError>> {
         Box::pin(async move {
             let Some(router) = self.0.upgrade() else {
-                return Err(item);
+                return Err(OutletError::Closed);
             };
             match item {
                 Outgoing::Envelope(env) => {
                     if let Err(u) = router.route(env).await {
-                        router.return_to_sender(u, None);
+                        return Err(OutletError::Refused(u.reason));
                     }
                 }
                 Outgoing::Returned(u) => router.return_to_sender(u, None),
@@ -194,18 +197,15 @@ impl Outlet for RouterOutlet {
         })
     }
 
-    fn try_send(&self, item: Outgoing) -> Result<(), QueueError<Outgoing>> {
+    fn try_send(&self, item: Outgoing) -> Result<(), OutletError> {
         let Some(router) = self.0.upgrade() else {
-            return Err(QueueError::Closed(item));
+            return Err(OutletError::Closed);
         };
         match item {
             Outgoing::Envelope(env) => match router.try_route(env) {
                 Ok(()) => Ok(()),
-                Err(NotForwarded::Full(env)) => Err(QueueError::Full(Outgoing::Envelope(env))),
-                Err(NotForwarded::Undeliverable(u)) => {
-                    router.return_to_sender(u, None);
-                    Ok(())
-                }
+                Err(NotForwarded::Full(env)) => Err(OutletError::Full(Outgoing::Envelope(env))),
+                Err(NotForwarded::Undeliverable(u)) => Err(OutletError::Refused(u.reason)),
             },
             Outgoing::Returned(u) => {
                 router.return_to_sender(u, None);

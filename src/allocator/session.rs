@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use quinn::VarInt;
 
-use super::events::{ExitReport, ProcState};
-use crate::exit_code;
+use super::events::ProcState;
 use crate::id::{ActorId, ProcId};
-use crate::wire::{bounded_text, close, AllocatorToWorker, WorkerToAllocator};
-
-/// Longest reason text kept from a worker's frame, in bytes.
-pub(crate) const MAX_WORKER_REASON: usize = 256;
+use crate::reason::{
+    bounded_text, ActorFailure, Bounded, ExitReport, FailureReason, ProcEnd, StopReason,
+    MAX_PEER_TEXT,
+};
+use crate::wire::{close, AllocatorToWorker, WorkerToAllocator};
 
 /// Most actor failures of one worker reported per second; more are counted.
 const ACTOR_FAILURES_PER_SECOND: u32 = 100;
@@ -49,7 +49,7 @@ pub(crate) enum Input {
     /// A mailbox stream could not be opened properly (the reason says why).
     StreamBroken(String),
     /// A proc's link failed: protocol violation on its stream, stall, returns not read...
-    LinkFailed(ProcId, String),
+    LinkFailed(ProcId, FailureReason),
     /// No sign of life from the worker for `silent_for`.
     HeartbeatLost { silent_for: Duration },
     /// The worker sent a datagram that is not a heartbeat, or refuses datagrams.
@@ -68,10 +68,8 @@ pub(crate) enum Input {
 /// How the session ended, and how to close the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct End {
-    /// Against plan: the worker's procs are reported failed.
-    pub(crate) failed: bool,
-    /// Why, for the procs' states and the events.
-    pub(crate) reason: String,
+    /// How, and why: a failure ends the worker's procs as failed.
+    pub(crate) end: ProcEnd,
     /// The close code and reason to send, if the connection is to be closed.
     pub(crate) close: Option<(VarInt, String)>,
 }
@@ -97,7 +95,10 @@ pub(crate) enum Action {
         drain: Option<Duration>,
     },
     /// Report an actor failure of this worker.
-    ActorFailed { actor_id: ActorId, reason: String },
+    ActorFailed {
+        actor_id: ActorId,
+        reason: ActorFailure,
+    },
     /// Wait (up to `within`) until the streams of these procs are drained.
     DrainAll {
         procs: Vec<ProcId>,
@@ -190,8 +191,7 @@ impl Session {
             Input::Frame(frame) => self.on_frame(frame, now),
             Input::Command(cmd) => self.on_command(cmd),
             Input::CommandsClosed => self.end(End {
-                failed: false,
-                reason: "allocator shut down".into(),
+                end: ProcEnd::Stopped(StopReason::AllocatorShutDown),
                 close: Some((close::SHUTDOWN, "allocator shut down".into())),
             }),
             Input::StreamOpened(proc_id) => match self.procs.get_mut(&proc_id) {
@@ -218,8 +218,7 @@ impl Session {
                 actions
             }
             Input::HeartbeatLost { silent_for } => self.end(End {
-                failed: true,
-                reason: "heartbeat lost".into(),
+                end: ProcEnd::Failed(FailureReason::HeartbeatLost),
                 close: Some((
                     close::HEARTBEAT_LOST,
                     format!("no heartbeat for {silent_for:?}"),
@@ -237,11 +236,10 @@ impl Session {
             Input::ControlBroken {
                 violation: false,
                 detail,
-            } => self.end(End::failed(format!("control stream failed: {detail}"))),
-            Input::SendFailed(what) => self.end(End::failed(what)),
+            } => self.end(End::failed(FailureReason::ControlStream(detail))),
+            Input::SendFailed(what) => self.end(End::failed(FailureReason::SendFailed(what))),
             Input::StopDeadline => self.end(End {
-                failed: true,
-                reason: "did not stop within the stop timeout".into(),
+                end: ProcEnd::Failed(FailureReason::StopTimeout),
                 close: Some((close::SHUTDOWN, "stop timeout".into())),
             }),
         }
@@ -256,11 +254,11 @@ impl Session {
                 self.set(&proc_id, ProcState::Running, None)
             }
             WorkerToAllocator::ProcFailed { proc_id, reason } => {
-                let reason = bounded_text(&reason, MAX_WORKER_REASON);
+                let reason = reason.bounded();
                 self.set(&proc_id, ProcState::Failed { reason }, None)
             }
             WorkerToAllocator::ProcStopped { proc_id, reason } => {
-                let reason = bounded_text(&reason, MAX_WORKER_REASON);
+                let reason = reason.bounded();
                 let drain = Some(self.drain);
                 self.set(&proc_id, ProcState::Stopped { reason }, drain)
             }
@@ -273,11 +271,11 @@ impl Session {
                 if !self.admit_actor_failure(now) {
                     return Vec::new();
                 }
-                let reason = bounded_text(&reason, MAX_WORKER_REASON);
+                let reason = reason.bounded();
                 vec![Action::ActorFailed { actor_id, reason }]
             }
             WorkerToAllocator::Leaving { code, reason } => {
-                let reason = bounded_text(&reason, MAX_WORKER_REASON);
+                let reason = bounded_text(&reason, MAX_PEER_TEXT);
                 // Read what the worker flushed on its mailbox streams before closing.
                 let procs = self
                     .procs
@@ -290,8 +288,7 @@ impl Session {
                     within: self.drain,
                 }];
                 actions.extend(self.end(End {
-                    failed: false,
-                    reason: format!("{reason} (exit code {code})"),
+                    end: ProcEnd::Stopped(StopReason::WorkerLeft { code, reason }),
                     close: Some((close::NORMAL, "goodbye".into())),
                 }));
                 actions
@@ -319,14 +316,10 @@ impl Session {
             WorkerCommand::ProcessExited(status) => {
                 let end = match self.plan {
                     Plan::Exiting { code } => End {
-                        failed: false,
-                        reason: format!("exited on command (code {code})"),
+                        end: ProcEnd::Stopped(StopReason::ExitedOnCommand(code)),
                         close: None,
                     },
-                    _ if status == ExitReport::Code(exit_code::HEARTBEAT_LOST) => {
-                        End::failed(format!("heartbeat lost (the worker {status})"))
-                    }
-                    _ => End::failed(format!("worker process {status}")),
+                    _ => End::failed(FailureReason::WorkerExited(status)),
                 };
                 self.end(end)
             }
@@ -372,15 +365,7 @@ impl Session {
         let ids: Vec<ProcId> = self.procs.keys().cloned().collect();
         let mut actions = Vec::new();
         for proc_id in ids {
-            let state = if end.failed {
-                ProcState::Failed {
-                    reason: end.reason.clone(),
-                }
-            } else {
-                ProcState::Stopped {
-                    reason: end.reason.clone(),
-                }
-            };
+            let state = ProcState::ended(end.end.clone());
             actions.extend(self.set(&proc_id, state, None));
         }
         actions.push(Action::End(end));
@@ -391,11 +376,10 @@ impl Session {
     fn connection_ended(&self, err: &str) -> End {
         match self.plan {
             Plan::Exiting { code } => End {
-                failed: false,
-                reason: format!("exited on command (code {code})"),
+                end: ProcEnd::Stopped(StopReason::ExitedOnCommand(code)),
                 close: None,
             },
-            _ => End::failed(format!("connection lost: {err}")),
+            _ => End::failed(FailureReason::ConnectionLost(err.to_string())),
         }
     }
 
@@ -417,10 +401,9 @@ impl Session {
 }
 
 impl End {
-    fn failed(reason: impl Into<String>) -> Self {
+    fn failed(reason: FailureReason) -> Self {
         End {
-            failed: true,
-            reason: reason.into(),
+            end: ProcEnd::Failed(reason),
             close: None,
         }
     }
@@ -429,8 +412,7 @@ impl End {
 /// A protocol violation by the worker: close with the reason, fail its procs.
 fn violation(why: String) -> End {
     End {
-        failed: true,
-        reason: format!("protocol violation: {why}"),
+        end: ProcEnd::Failed(FailureReason::ProtocolViolation(why.clone())),
         close: Some((close::PROTOCOL, why)),
     }
 }
@@ -517,7 +499,7 @@ mod tests {
             now,
         );
         let end = end_of(&a).expect("ends");
-        assert!(end.failed && end.close.as_ref().map(|c| c.0) == Some(close::PROTOCOL));
+        assert!(end.end.is_failure() && end.close.as_ref().map(|c| c.0) == Some(close::PROTOCOL));
         assert_eq!(states(&a), vec![(p(0), "failed")]);
         assert!(
             s.on(Input::CommandsClosed, now).is_empty(),
@@ -536,16 +518,16 @@ mod tests {
             host: "h".into(),
         };
         let a = s.on(Input::Frame(WorkerToAllocator::Hello(hello)), now);
-        assert!(end_of(&a).is_some_and(|e| e.reason.contains("second Hello")));
+        assert!(end_of(&a).is_some_and(|e| e.end.to_string().contains("second Hello")));
         let (mut s, now) = started(&[0]);
         let a = s.on(
             Input::Frame(WorkerToAllocator::ActorFailed {
                 actor_id: p(3).actor("a", 0),
-                reason: "x".into(),
+                reason: ActorFailure::HandlerError("x".into()),
             }),
             now,
         );
-        assert!(end_of(&a).is_some_and(|e| e.reason.contains("not on this worker")));
+        assert!(end_of(&a).is_some_and(|e| e.end.to_string().contains("not on this worker")));
     }
 
     #[test]
@@ -571,20 +553,20 @@ mod tests {
         );
         assert_eq!(states(&a), vec![(p(0), "stopped"), (p(1), "stopped")]);
         let end = end_of(&a).unwrap();
-        assert!(!end.failed);
-        assert!(end.reason.contains("exit code 3"));
+        assert!(!end.end.is_failure());
+        assert!(end.end.to_string().contains("exit code 3"));
     }
 
     #[test]
     fn a_link_failure_fails_that_proc_only_and_asks_the_worker_to_stop_it() {
         let (mut s, now) = started(&[0, 1]);
-        let a = s.on(Input::LinkFailed(p(1), "stalled".into()), now);
+        let a = s.on(Input::LinkFailed(p(1), FailureReason::StopTimeout), now);
         assert_eq!(states(&a), vec![(p(1), "failed")]);
         assert!(a.contains(&Action::TrySend(AllocatorToWorker::StopProc {
             proc_id: p(1)
         })));
         assert!(s
-            .on(Input::LinkFailed(p(1), "again".into()), now)
+            .on(Input::LinkFailed(p(1), FailureReason::HeartbeatLost), now)
             .is_empty());
         assert!(!s.is_ended());
         let a = s.on(Input::ConnectionLost("reset".into()), now);
@@ -601,7 +583,7 @@ mod tests {
         s.on(Input::Command(WorkerCommand::Exit(4)), now);
         let a = s.on(Input::ConnectionLost("closed".into()), now);
         let end = end_of(&a).unwrap();
-        assert!(!end.failed);
+        assert!(!end.end.is_failure());
         assert_eq!(states(&a), vec![(p(0), "stopped")]);
     }
 
@@ -610,17 +592,21 @@ mod tests {
         let (mut s, now) = started(&[0]);
         let a = s.on(
             Input::Command(WorkerCommand::ProcessExited(ExitReport::Code(
-                exit_code::HEARTBEAT_LOST,
+                crate::exit_code::HEARTBEAT_LOST,
             ))),
             now,
         );
-        assert!(end_of(&a).unwrap().reason.starts_with("heartbeat lost"));
+        assert!(end_of(&a)
+            .unwrap()
+            .end
+            .to_string()
+            .starts_with("heartbeat lost"));
         let (mut s, now) = started(&[0]);
         let a = s.on(
             Input::Command(WorkerCommand::ProcessExited(ExitReport::Signal(9))),
             now,
         );
-        assert!(end_of(&a).unwrap().reason.contains("signal 9"));
+        assert!(end_of(&a).unwrap().end.to_string().contains("signal 9"));
     }
 
     #[test]
@@ -630,7 +616,7 @@ mod tests {
         let a = s.on(
             Input::Frame(WorkerToAllocator::ProcFailed {
                 proc_id: p(0),
-                reason: long.clone(),
+                reason: FailureReason::ReportedByWorker(long.clone()),
             }),
             now,
         );
@@ -638,13 +624,13 @@ mod tests {
             Action::SetState {
                 state: ProcState::Failed { reason },
                 ..
-            } => assert!(reason.len() <= MAX_WORKER_REASON + 3),
+            } => assert!(reason.to_string().len() <= MAX_PEER_TEXT + 3),
             other => panic!("{other:?}"),
         }
         let failure = || {
             Input::Frame(WorkerToAllocator::ActorFailed {
                 actor_id: p(0).actor("a", 0),
-                reason: long.clone(),
+                reason: ActorFailure::HandlerError(long.clone()),
             })
         };
         let reported = (0..1000)
@@ -659,7 +645,7 @@ mod tests {
     fn stop_deadline_and_heartbeat_loss_fail_the_worker() {
         let (mut s, now) = started(&[0]);
         let a = s.on(Input::StopDeadline, now);
-        assert!(end_of(&a).unwrap().failed);
+        assert!(end_of(&a).unwrap().end.is_failure());
         let (mut s, now) = started(&[0]);
         let a = s.on(
             Input::HeartbeatLost {
@@ -668,7 +654,7 @@ mod tests {
             now,
         );
         let end = end_of(&a).unwrap();
-        assert_eq!(end.reason, "heartbeat lost");
+        assert_eq!(end.end, ProcEnd::Failed(FailureReason::HeartbeatLost));
         assert_eq!(end.close.as_ref().map(|c| c.0), Some(close::HEARTBEAT_LOST));
     }
 }

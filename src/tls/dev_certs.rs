@@ -159,7 +159,11 @@ impl DevCertOptions {
 /// [`TlsError::Generate`] for a name that is neither an IP address nor a DNS
 /// name, or a failure of key generation or signing; [`TlsError::Write`]
 /// naming the file or directory that could not be written.
-pub fn generate_dev_certs(dir: &Path, options: &DevCertOptions) -> Result<CertPaths, TlsError> {
+pub fn generate_dev_certs(
+    dir: impl AsRef<Path>,
+    options: &DevCertOptions,
+) -> Result<CertPaths, TlsError> {
+    let dir = dir.as_ref();
     let now = OffsetDateTime::now_utc();
     generate_dev_certs_with_validity(
         dir,
@@ -310,7 +314,8 @@ pub fn generate_dev_certs_with_validity(
 ///
 /// Errors: [`TlsError::Incomplete`] naming the first missing file, or those of
 /// [`generate_dev_certs`] when generating.
-pub fn ensure_dev_certs(dir: &Path) -> Result<CertPaths, TlsError> {
+pub fn ensure_dev_certs(dir: impl AsRef<Path>) -> Result<CertPaths, TlsError> {
+    let dir = dir.as_ref();
     let paths = CertPaths::in_dir(dir);
     let missing: Vec<&Path> = paths.all().into_iter().filter(|p| !p.exists()).collect();
     match missing.first() {

@@ -39,12 +39,3 @@ mod test_support;
 
 pub use dev_certs::{ensure_dev_certs, generate_dev_certs, CertPaths, DevCertOptions};
 pub use error::TlsError;
-
-// Not user-facing: fixtures and internals the project's own tests and
-// benches use, until they move to a test-only module.
-#[doc(hidden)]
-pub use load::{load_identity, load_roots}; // testkit: tests, benches
-#[doc(hidden)]
-pub use rustls_config::client_config_without_cert; // testkit: tests/hostile.rs, tests/flood.rs
-#[doc(hidden)]
-pub use rustls_config::{client_config, server_config}; // testkit: tests, benches

@@ -63,6 +63,7 @@ pub fn client_config(roots: RootCertStore, identity: Identity) -> Result<ClientC
 ///
 /// A correctly configured allocator rejects such a client; tests use this to
 /// prove that it does.
+#[cfg(any(test, feature = "testkit"))]
 pub fn client_config_without_cert(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
     let mut config = client_builder(roots)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];

@@ -11,8 +11,8 @@
 //! open one stream (the control stream; none towards a worker, whose
 //! allocator never opens streams) and have at most
 //! [`PRE_ADMISSION_RECEIVE_WINDOW`] bytes unread on the connection. Once
-//! admitted, [`open_admitted`] and [`open_welcomed`] raise the limits to what
-//! the admitted worker's procs need, still a fixed bound per connection
+//! admitted, [`open_admitted`] raises the allocator's limits to what the
+//! admitted worker's procs need, still a fixed bound per connection
 //! (see [`LinkConfig::connection_window`]); each side grows its window with
 //! each proc started on the worker ([`fit_receive_window`]).
 //!
@@ -205,16 +205,6 @@ pub fn fit_receive_window(conn: &Connection, procs: usize, link: &LinkConfig) {
     conn.set_receive_window(VarInt::from_u64(link.connection_window(procs)).unwrap_or(VarInt::MAX));
 }
 
-/// Raises a worker's receive window once it has accepted the allocator's
-/// Welcome, to cover as many procs as the Welcome allows.
-///
-/// `limits` must be the checked limits of that Welcome: they bound the
-/// number of mailbox streams and therefore the window. (The worker itself
-/// fits its window to the procs it hosts, see [`fit_receive_window`].)
-pub fn open_welcomed(conn: &Connection, limits: &Limits, link: &LinkConfig) {
-    fit_receive_window(conn, limits.max_procs_per_worker as usize, link);
-}
-
 /// Creates the allocator's endpoint listening on `addr`.
 ///
 /// `_limits` are applied per connection once a worker is admitted
@@ -255,7 +245,7 @@ pub fn server_endpoint(
 ///
 /// The worker's idle timeout is generous ([`WORKER_IDLE_TIMEOUT`]); the
 /// allocator's, being smaller, is the one in force. `_limits` are unused:
-/// the worker's limits come from the Welcome ([`open_welcomed`]). `link`
+/// the worker's limits come from the Welcome. `link`
 /// sets the windows and congestion controller of its connections.
 ///
 /// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,

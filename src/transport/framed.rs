@@ -73,6 +73,7 @@ impl FramedRecv {
     /// Errors: [`StreamError::Codec`] for an oversized frame (detected from
     /// its prefix alone), [`StreamError::Truncated`] if the stream ends
     /// mid-frame, [`StreamError::Read`] if the transport fails.
+    #[cfg(any(test, feature = "testkit"))]
     pub async fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, StreamError> {
         loop {
             if let Some(frame) = self.decoder.next_frame()? {

@@ -10,7 +10,7 @@
 //! 4-byte prefix is seen, before any memory is set aside for the body, so a
 //! peer cannot make us allocate by announcing a huge frame.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,7 +21,8 @@ pub const PREFIX_LEN: usize = 4;
 const ENCODE_LIMIT: usize = 256 * 1024 * 1024;
 
 /// What went wrong turning bytes into a message or back.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// A frame's announced or encoded length exceeds the limit.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -117,6 +118,7 @@ pub fn encode_frame<T: Serialize>(
 }
 
 /// Encodes `msg` as one frame in a new buffer; errors as [`encode_frame`].
+#[cfg(any(test, feature = "testkit"))]
 pub fn frame<T: Serialize>(msg: &T, max_frame: u32) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     encode_frame(msg, max_frame, &mut out)?;
@@ -198,7 +200,8 @@ impl FrameDecoder {
     ///
     /// Errors: [`CodecError::TooLarge`] as soon as a prefix announces a body
     /// above the limit; the stream cannot be resynchronised after that.
-    pub fn next_frame(&mut self) -> Result<Option<Bytes>, CodecError> {
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, CodecError> {
         let Some(len) = self.complete_len()? else {
             return Ok(None);
         };

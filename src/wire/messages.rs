@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{HeartbeatConfig, Limits};
 use crate::id::{ActorId, PortId, ProcId};
+use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
 
 /// Version of this protocol; a Hello with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame a worker sends on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,21 +59,21 @@ pub enum WorkerToAllocator {
         /// The proc.
         proc_id: ProcId,
         /// Why.
-        reason: String,
+        reason: FailureReason,
     },
     /// A proc was stopped in order.
     ProcStopped {
         /// The proc.
         proc_id: ProcId,
         /// Why it stopped.
-        reason: String,
+        reason: StopReason,
     },
     /// An actor failed (its handler returned an error or panicked) and was stopped.
     ActorFailed {
         /// The actor.
         actor_id: ActorId,
         /// What went wrong.
-        reason: String,
+        reason: ActorFailure,
     },
     /// The worker has stopped all its procs and is about to exit with `code`.
     ///
@@ -232,17 +233,17 @@ pub struct Undeliverable {
     /// The envelope as it was sent.
     pub envelope: Envelope,
     /// Why it could not be delivered: proc failed, actor not found, connection lost, too large...
-    pub reason: String,
+    pub reason: ReturnReason,
     /// Whether it certainly did not reach its actor, or may have.
     pub status: DeliveryStatus,
 }
 
 impl Undeliverable {
     /// An envelope that certainly did not reach its actor, returned because of `reason`.
-    pub fn not_delivered(envelope: Envelope, reason: impl Into<String>) -> Undeliverable {
+    pub fn not_delivered(envelope: Envelope, reason: ReturnReason) -> Undeliverable {
         Undeliverable {
             envelope,
-            reason: reason.into(),
+            reason,
             status: DeliveryStatus::NotDelivered,
         }
     }
@@ -272,7 +273,7 @@ pub enum MailboxFrame {
         /// Position of the envelope among the `Envelope` frames of this stream.
         seq: u64,
         /// Why it could not be delivered.
-        reason: String,
+        reason: ReturnReason,
     },
 }
 

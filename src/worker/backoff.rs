@@ -47,6 +47,7 @@ impl Backoff {
     }
 
     /// Failed attempts recorded so far.
+    #[cfg(test)]
     pub fn failures(&self) -> u32 {
         self.failures
     }

@@ -25,6 +25,7 @@ use crate::actor::{Proc, ProcConfig, Registry};
 use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
 use crate::queue::{self, QueueError, QueueReceiver};
+use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
 use crate::transport::{FramedRecv, FramedSend};
 use crate::wire::{close, Dest, Envelope, MailboxFrame, Undeliverable, WorkerToAllocator};
 
@@ -60,15 +61,15 @@ pub struct ProcStopReport {
 
 impl ProcStopReport {
     /// The reason to report with `ProcStopped`: `why`, and which actors were aborted.
-    pub fn reason(&self, why: &str) -> String {
+    pub fn reason(&self, why: &str) -> StopReason {
         if self.aborted.is_empty() {
-            return why.to_string();
+            return StopReason::ReportedByWorker(why.to_string());
         }
         let names: Vec<String> = self.aborted.iter().map(|a| a.to_string()).collect();
-        format!(
+        StopReason::ReportedByWorker(format!(
             "{why}; aborted, as they did not stop in time: {}",
             names.join(", ")
-        )
+        ))
     }
 }
 
@@ -92,7 +93,7 @@ async fn serve_system(proc: Proc, mut requests: QueueReceiver<Envelope>, stop: C
     }
     requests.close();
     while let Some((env, _permit)) = requests.try_recv() {
-        let reason = format!("proc {} is stopping", proc.id());
+        let reason = ReturnReason::ProcClosing(proc.id().clone());
         proc.bounce(Undeliverable::not_delivered(env, reason));
     }
 }
@@ -111,7 +112,7 @@ impl HostedProc {
         events: mpsc::UnboundedSender<WorkerToAllocator>,
         actors: &Handle,
     ) -> HostedProc {
-        let (proc, mut outputs) = Proc::new(proc_id.clone(), registry, config);
+        let (proc, mut outputs) = Proc::new(proc_id.clone(), registry, config, None);
         let acks = Arc::new(AckState::default());
         let stop_system = CancellationToken::new();
         let stop_reader = Stop::new();
@@ -177,13 +178,13 @@ impl HostedProc {
                                     if let Err(QueueError::Closed(_) | QueueError::Full(_)) =
                                         system_tx.send(env, cost).await
                                     {
-                                        let reason = format!("proc {proc_id} is stopping");
-                                        proc.refuse(next_seq + i as u64, &reason);
+                                        let reason = ReturnReason::ProcClosing(proc_id.clone());
+                                        proc.refuse(next_seq + i as u64, reason);
                                     }
                                 }
                             } else {
                                 for (i, u) in proc.deliver_batch(batch).await {
-                                    proc.refuse(next_seq + i as u64, &u.reason);
+                                    proc.refuse(next_seq + i as u64, u.reason);
                                 }
                             }
                             next_seq += n;
@@ -193,8 +194,9 @@ impl HostedProc {
                         Ok(Some(MailboxFrame::Ack { .. })) => {}
                         Ok(Some(MailboxFrame::Refused { .. })) => {
                             recv.stop(close::PROTOCOL);
-                            let reason =
-                                "protocol violation: the allocator sent a refusal".to_string();
+                            let reason = FailureReason::ProtocolViolation(
+                                "the allocator sent a refusal".to_string(),
+                            );
                             let _ = events.send(WorkerToAllocator::ProcFailed { proc_id, reason });
                             break;
                         }
@@ -203,7 +205,7 @@ impl HostedProc {
                             if e.is_protocol_violation() {
                                 recv.stop(close::PROTOCOL);
                             }
-                            let reason = format!("mailbox stream failed: {e}");
+                            let reason = FailureReason::MailboxStream(e.to_string());
                             let _ = events.send(WorkerToAllocator::ProcFailed { proc_id, reason });
                             break;
                         }
@@ -230,7 +232,7 @@ impl HostedProc {
                 )
                 .await;
                 if let Err(e) = result {
-                    let reason = format!("mailbox stream write failed: {e}");
+                    let reason = FailureReason::MailboxStream(format!("write failed: {e}"));
                     let _ = events.send(WorkerToAllocator::ProcFailed {
                         proc_id: proc.id().clone(),
                         reason,
@@ -248,11 +250,8 @@ impl HostedProc {
                 loop {
                     tokio::select! {
                         biased;
-                        Some(f) = outputs.failures.recv() => {
-                            let _ = events.send(WorkerToAllocator::ActorFailed { actor_id: f.actor_id, reason: f.reason });
-                        }
-                        Some(u) = outputs.returned.recv() => {
-                            tracing::debug!("returned to {}: {}", u.envelope.from, u.reason);
+                        Some((actor_id, reason)) = outputs.failures.recv() => {
+                            let _ = events.send(WorkerToAllocator::ActorFailed { actor_id, reason });
                         }
                         // Both channels are empty: everything reported so far is forwarded.
                         _ = forwarder_stop.cancelled() => break,
@@ -274,11 +273,6 @@ impl HostedProc {
             writer,
             forwarder,
         }
-    }
-
-    /// The proc.
-    pub fn proc(&self) -> &Proc {
-        &self.proc
     }
 
     /// Stops the proc in order, within `deadlines`: actors' stop hooks, then
@@ -303,9 +297,7 @@ impl HostedProc {
         if !aborted.is_empty() {
             let allowed = deadlines.actors.saturating_duration_since(started);
             for actor_id in &aborted {
-                let reason = format!(
-                    "did not stop within {allowed:?} of being told to: its task was aborted"
-                );
+                let reason = ActorFailure::Aborted(allowed);
                 let _ = self.events.send(WorkerToAllocator::ActorFailed {
                     actor_id: actor_id.clone(),
                     reason,

@@ -12,22 +12,19 @@
 //! is defined once, flags and `QUICMESH_*` variables alike, in
 //! [`WorkerSettings`].
 
-pub mod attempt;
-pub mod backoff;
+mod attempt;
+mod backoff;
 mod exit;
 mod hosted;
 mod procs;
-pub mod runtimes;
+mod runtimes;
 mod session;
 mod settings;
 mod stop_budget;
-pub mod welcome;
+mod welcome;
 
-pub use exit::{after_welcome, before_welcome, WorkerExit};
-pub use hosted::{HostedProc, ProcStopReport};
-pub use procs::{ProcTable, ProcTableError};
+pub use exit::WorkerExit;
 pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
-pub use stop_budget::{StopBudget, StopDeadlines, MAX_STOP_TIMEOUT};
 
 use std::sync::Arc;
 
@@ -47,10 +44,6 @@ use crate::tls;
 use crate::transport::endpoint::resolve;
 use crate::transport::{self, ConnectError, FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, AllocatorToWorker, Hello, Welcome, WorkerToAllocator, PROTOCOL_VERSION};
-
-/// Priority of the control stream: above every mailbox stream, so bulk
-/// traffic cannot delay commands.
-pub const CONTROL_PRIORITY: i32 = 100;
 
 /// Runs this process as a worker if an allocator started it, else returns.
 ///
@@ -97,7 +90,7 @@ fn config_error(e: &SettingsError) -> WorkerExit {
 }
 
 /// Logs `exit` in one line and ends the process with its code.
-pub fn finish(exit: WorkerExit) -> ! {
+pub(crate) fn finish(exit: WorkerExit) -> ! {
     if !exit_code::is_failure(exit.code) {
         tracing::info!("worker exiting: {exit}");
     } else {
@@ -113,7 +106,7 @@ pub fn finish(exit: WorkerExit) -> ! {
 /// [`runtimes`]), so no actor, stuck or not, can delay a heartbeat or an
 /// exit. Returns as soon as the worker's run ends, without waiting for actor
 /// tasks: the caller is expected to exit the process (as [`finish`] does).
-pub fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
+pub(crate) fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
     let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
     match runtimes::run_on_worker_runtimes(threads, move || run(env, registry)) {
         Ok(exit) => exit,
@@ -135,7 +128,7 @@ pub async fn run(env: WorkerEnv, registry: Registry) -> WorkerExit {
 /// [`backoff`] for when) until `env.join_timeout` has passed since the
 /// start; then the worker exits 69 with the last attempt's reason. Once
 /// welcomed it never reconnects: a lost connection ends the worker.
-pub async fn run_with(
+pub(crate) async fn run_with(
     env: WorkerEnv,
     transport_config: TransportConfig,
     registry: Registry,
@@ -344,7 +337,7 @@ async fn join(
     };
     let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let mut send = FramedSend::new(send, MAX_PRE_ADMISSION_FRAME);
-    send.set_priority(CONTROL_PRIORITY);
+    send.set_priority(crate::transport::priority::CONTROL);
     let mut recv = FramedRecv::new(recv, MAX_PRE_ADMISSION_FRAME);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,

@@ -64,9 +64,4 @@ impl ProcTable {
     pub fn len(&self) -> usize {
         self.procs.len()
     }
-
-    /// Whether no proc is hosted.
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
-    }
 }

@@ -32,15 +32,13 @@ use crate::exit_code;
 use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
 use crate::link::LinkConfig;
+use crate::reason::{FailureReason, StopReason};
 use crate::rtt::RttCell;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
 
 /// How long a worker waits for the allocator to close after it finished the control stream.
 const LEAVE_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Priority of mailbox streams, below the control stream.
-const MAILBOX_PRIORITY: i32 = 0;
 
 /// The state of a worker after Welcome.
 pub(super) struct Session {
@@ -247,7 +245,9 @@ impl Session {
                     return None;
                 }
                 let Some(hosted) = self.procs.remove(&proc_id) else {
-                    let reason = format!("no proc {proc_id} on this worker");
+                    let reason = FailureReason::ReportedByWorker(format!(
+                        "no proc {proc_id} on this worker"
+                    ));
                     return self
                         .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
                         .await
@@ -342,7 +342,7 @@ impl Session {
     /// Creates a proc: opens its mailbox stream, names the proc on it, reports back.
     async fn start_proc(&mut self, proc_id: ProcId) -> Option<WorkerExit> {
         if let Err(e) = self.procs.check_new(&proc_id) {
-            let reason = e.to_string();
+            let reason = FailureReason::ReportedByWorker(e.to_string());
             return self
                 .send(&WorkerToAllocator::ProcFailed { proc_id, reason })
                 .await;
@@ -358,7 +358,7 @@ impl Session {
         let opened = async {
             let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
             let mut send = FramedSend::new(send, max_frame);
-            send.set_priority(MAILBOX_PRIORITY);
+            send.set_priority(crate::transport::priority::MAILBOX);
             send.send(&MailboxOpen {
                 proc_id: proc_id.clone(),
             })
@@ -372,6 +372,7 @@ impl Session {
                 let config = ProcConfig {
                     mailbox_bytes: self.welcome.limits.mailbox_bytes as usize,
                     stop_timeout: self.budget.actor_timeout(),
+                    max_frame,
                     ..ProcConfig::default()
                 };
                 let hosted = HostedProc::start(
@@ -387,7 +388,7 @@ impl Session {
                     return self
                         .send(&WorkerToAllocator::ProcFailed {
                             proc_id,
-                            reason: e.to_string(),
+                            reason: FailureReason::ReportedByWorker(e.to_string()),
                         })
                         .await;
                 }
@@ -397,7 +398,7 @@ impl Session {
                     .await
             }
             Err(reason) => {
-                let reason = format!("cannot open mailbox stream: {reason}");
+                let reason = FailureReason::MailboxStream(format!("cannot open: {reason}"));
                 self.send(&WorkerToAllocator::ProcFailed { proc_id, reason })
                     .await
             }
@@ -435,13 +436,16 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout_at(deadlines.exit, collect).await;
-        let mut reasons: Vec<(ProcId, String)> = stopped
+        let mut reasons: Vec<(ProcId, StopReason)> = stopped
             .iter()
             .map(|(proc_id, report)| (proc_id.clone(), report.reason(&why)))
             .collect();
         for (proc_id, task) in std::mem::take(&mut self.stopping) {
             task.abort();
-            reasons.push((proc_id, format!("{why}; did not finish stopping in time")));
+            reasons.push((
+                proc_id,
+                StopReason::ReportedByWorker(format!("{why}; did not finish stopping in time")),
+            ));
         }
         let aborted: Vec<String> = stopped
             .iter()

@@ -8,13 +8,13 @@ use std::time::Duration;
 use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::PortRef;
 use quicmesh::allocator::{AllocEvent, ProcState};
-use quicmesh::config::{self, Limits, MAX_PRE_ADMISSION_FRAME};
-use quicmesh::tls;
-use quicmesh::transport::{self, FramedRecv};
-use quicmesh::wire::{
+use quicmesh::config::{self, Limits};
+use quicmesh::testkit::transport::{self, FramedRecv};
+use quicmesh::testkit::wire::{
     close, codec, AllocatorToWorker, Dest, Envelope, Heartbeat, Hello, MailboxFrame, MailboxOpen,
     WorkerToAllocator, PROTOCOL_VERSION,
 };
+use quicmesh::testkit::MAX_PRE_ADMISSION_FRAME;
 use quicmesh::{ActorRef, ProcId};
 
 use super::{TestMesh, SOON};
@@ -67,10 +67,12 @@ impl FakeWorker {
         );
         let token = var(&ticket.env, config::ENV_TOKEN);
 
-        let roots = tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
-        let identity = tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
-            .expect("load worker identity");
-        let tls_config = tls::client_config(roots, identity).expect("client TLS config");
+        let roots = quicmesh::testkit::tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
+        let identity =
+            quicmesh::testkit::tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
+                .expect("load worker identity");
+        let tls_config =
+            quicmesh::testkit::tls::client_config(roots, identity).expect("client TLS config");
         let addr = mesh.alloc.local_addr();
         let limits = Limits::default();
         let endpoint = transport::client_endpoint(tls_config, addr, &limits, &Default::default())
@@ -123,9 +125,9 @@ impl FakeWorker {
         };
         match fake.next_control().await {
             AllocatorToWorker::Welcome(welcome) => {
-                transport::endpoint::open_welcomed(
+                transport::endpoint::fit_receive_window(
                     &fake.conn,
-                    &welcome.limits,
+                    welcome.limits.max_procs_per_worker as usize,
                     &Default::default(),
                 );
                 fake.max_frame = welcome.limits.max_frame;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
+    AllocEvent, Allocator, AllocatorConfig, Events, ExitReport, Launcher, ProcState,
 };
 use quicmesh::tls::CertPaths;
 
@@ -107,6 +107,8 @@ pub struct TestMesh {
     pub alloc: Allocator,
     pub certs: CertPaths,
     pub seen: Vec<AllocEvent>,
+    /// Subscribed right after bind, so no event is missed.
+    events: Events,
     launched: Vec<u32>,
     _dir: TempDir,
 }
@@ -122,10 +124,12 @@ impl TestMesh {
         config.alloc_name = tag.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
         adjust(&mut config);
         let alloc = Allocator::bind(config).await.expect("bind allocator");
+        let events = alloc.events();
         TestMesh {
             alloc,
             certs,
             seen: Vec::new(),
+            events,
             launched: Vec::new(),
             _dir: dir,
         }
@@ -172,7 +176,7 @@ impl TestMesh {
     ) -> AllocEvent {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
                 Ok(Some(e)) => {
                     eprintln!("event: {e}");
                     self.seen.push(e.clone());
@@ -214,7 +218,7 @@ impl TestMesh {
             AllocEvent::Proc {
                 state: ProcState::Failed { reason },
                 ..
-            } => reason,
+            } => reason.to_string(),
             _ => unreachable!("ensure returns what matched"),
         }
     }
@@ -223,7 +227,7 @@ impl TestMesh {
     pub async fn collect_for(&mut self, dur: Duration) -> Vec<AllocEvent> {
         let deadline = tokio::time::Instant::now() + dur;
         let mut got = Vec::new();
-        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.alloc.next_event()).await {
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.events.next()).await {
             eprintln!("event: {e}");
             self.seen.push(e.clone());
             got.push(e);
@@ -326,11 +330,11 @@ impl TestMesh {
         &mut self,
         n: u32,
         procs: u32,
-    ) -> (Vec<u32>, Vec<quicmesh::relay::Relay>) {
+    ) -> (Vec<u32>, Vec<quicmesh::testkit::relay::Relay>) {
         let mut workers = Vec::new();
         let mut relays = Vec::new();
         for _ in 0..n {
-            let relay = quicmesh::relay::Relay::start(self.alloc.local_addr())
+            let relay = quicmesh::testkit::relay::Relay::start(self.alloc.local_addr())
                 .await
                 .expect("relay");
             workers.push(self.launch_via(relay.local_addr(), procs));
@@ -472,14 +476,12 @@ pub async fn count_in_order_from(
     assert_eq!(report, want);
 }
 
-/// The next envelope returned to the controller; panics if none comes in time.
-pub async fn next_returned(
-    returned: &mut tokio::sync::mpsc::UnboundedReceiver<quicmesh::wire::Undeliverable>,
-) -> quicmesh::wire::Undeliverable {
-    tokio::time::timeout(SOON, returned.recv())
+/// The next message returned to the controller; panics if none comes in time.
+pub async fn next_returned(returns: &quicmesh::allocator::Returns) -> quicmesh::Returned {
+    tokio::time::timeout(SOON, returns.next())
         .await
-        .expect("an envelope returned in time")
-        .expect("returned stream open")
+        .expect("a message returned in time")
+        .expect("returns stream open")
 }
 
 /// Resident memory of this process, in bytes (from `/proc/self/status`).

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use quicmesh::wire::codec::{self, FrameDecoder};
+use quicmesh::testkit::wire::codec::{self, FrameDecoder};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;

@@ -1,0 +1,245 @@
+//! The state an allocator's handle and its tasks share: who joined, what
+//! was launched, what each proc's state is, and where events go.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::admission::Admission;
+use super::config::AllocatorConfig;
+use super::events::{AllocEvent, Events, ProcState, RefusalStats, Throttle, EVENT_BACKLOG};
+use super::router::Router;
+use super::session::WorkerCommand;
+use crate::id::ProcId;
+use crate::reason::{bounded_text, ExitReport, ProcEnd};
+use crate::rtt::RttCell;
+use crate::sync::lock;
+
+/// Longest reason kept in a refusal event or counter, in bytes.
+const MAX_REFUSAL_REASON: usize = 200;
+
+/// Most refusal events of one kind per second; more are only counted.
+const REFUSAL_EVENTS_PER_SECOND: u32 = 10;
+
+/// A worker process this allocator launched.
+pub(crate) struct ChildSlot {
+    /// Its pid while it runs.
+    pub(crate) pid: Option<u32>,
+    /// Asks its reaper to SIGKILL it after the given grace period.
+    pub(crate) kill: mpsc::UnboundedSender<Duration>,
+}
+
+/// What was refused: a connection from an address, or a stream of a worker.
+#[derive(Clone, Copy)]
+enum Refused {
+    Connection(SocketAddr),
+    Stream(u32),
+}
+
+/// Refusal counters and the throttles of their events.
+struct Refusals {
+    stats: RefusalStats,
+    connections: Throttle,
+    streams: Throttle,
+}
+
+/// State shared by the allocator handle and its tasks.
+pub(crate) struct Shared {
+    pub(crate) config: AllocatorConfig,
+    pub(crate) router: Arc<Router>,
+    /// The next proc rank to hand out.
+    pub(crate) next_rank: AtomicU32,
+    /// Launched worker processes, by index.
+    pub(crate) children: Mutex<HashMap<u32, ChildSlot>>,
+    admission: Mutex<Admission>,
+    workers: Mutex<HashMap<u32, mpsc::UnboundedSender<WorkerCommand>>>,
+    events: broadcast::Sender<AllocEvent>,
+    refusals: Mutex<Refusals>,
+    proc_states: Mutex<HashMap<ProcId, ProcState>>,
+    exits: Mutex<HashMap<u32, ExitReport>>,
+    /// The round trip of each connected worker's path, written by its heartbeat task.
+    rtts: Mutex<HashMap<u32, RttCell>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: AllocatorConfig, router: Arc<Router>) -> Shared {
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        Shared {
+            config,
+            router,
+            next_rank: AtomicU32::new(0),
+            children: Mutex::new(HashMap::new()),
+            admission: Mutex::new(Admission::new()),
+            workers: Mutex::new(HashMap::new()),
+            events,
+            refusals: Mutex::new(Refusals {
+                stats: RefusalStats::default(),
+                connections: Throttle::new(REFUSAL_EVENTS_PER_SECOND, Duration::from_secs(1)),
+                streams: Throttle::new(REFUSAL_EVENTS_PER_SECOND, Duration::from_secs(1)),
+            }),
+            proc_states: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
+            rtts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records what `event` says, logs it (this is the one place events are
+    /// logged) and sends it to every subscriber.
+    pub(crate) fn emit(&self, event: AllocEvent) {
+        match &event {
+            AllocEvent::Proc { proc_id, state, .. } => {
+                lock(&self.proc_states).insert(proc_id.clone(), state.clone());
+            }
+            AllocEvent::WorkerExited { index, status } => {
+                lock(&self.exits).insert(*index, *status);
+            }
+            _ => {}
+        }
+        event.log();
+        let _ = self.events.send(event);
+    }
+
+    /// A new subscription to the events.
+    pub(crate) fn subscribe(&self) -> Events {
+        Events::new(self.events.subscribe())
+    }
+
+    /// Counts a connection refused before admission; reports it at a limited rate.
+    pub(crate) fn connection_refused(&self, addr: SocketAddr, reason: String) {
+        self.refused(Refused::Connection(addr), reason);
+    }
+
+    /// Counts a mailbox stream rejected; reports it at a limited rate.
+    pub(crate) fn stream_rejected(&self, worker: u32, reason: String) {
+        self.refused(Refused::Stream(worker), reason);
+    }
+
+    /// Counts a refusal and keeps its (bounded) reason; emits an event for
+    /// it unless its kind's throttle says enough were reported.
+    fn refused(&self, what: Refused, reason: String) {
+        let reason = bounded_text(&reason, MAX_REFUSAL_REASON);
+        let mut refusals = lock(&self.refusals);
+        let Refusals {
+            stats,
+            connections,
+            streams,
+        } = &mut *refusals;
+        let (count, last, throttle) = match what {
+            Refused::Connection(_) => (
+                &mut stats.connections,
+                &mut stats.last_connection_reason,
+                connections,
+            ),
+            Refused::Stream(_) => (&mut stats.streams, &mut stats.last_stream_reason, streams),
+        };
+        *count += 1;
+        *last = Some(reason.clone());
+        let admitted = throttle.admit(std::time::Instant::now());
+        drop(refusals);
+        let Some(suppressed) = admitted else { return };
+        self.emit(match what {
+            Refused::Connection(addr) => AllocEvent::WorkerRejected {
+                addr,
+                reason,
+                suppressed,
+            },
+            Refused::Stream(worker) => AllocEvent::MailboxRejected {
+                worker,
+                reason,
+                suppressed,
+            },
+        });
+    }
+
+    /// Refusal counters so far.
+    pub(crate) fn refusals(&self) -> RefusalStats {
+        lock(&self.refusals).stats.clone()
+    }
+
+    pub(crate) fn lock_admission(&self) -> MutexGuard<'_, Admission> {
+        lock(&self.admission)
+    }
+
+    pub(crate) fn worker_joined(&self, index: u32, commands: mpsc::UnboundedSender<WorkerCommand>) {
+        lock(&self.workers).insert(index, commands);
+    }
+
+    /// Sends `cmd` to connected worker `index`; false if it is not connected.
+    pub(crate) fn command(&self, index: u32, cmd: WorkerCommand) -> bool {
+        match lock(&self.workers).get(&index) {
+            Some(tx) => tx.send(cmd).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tells every connected worker `cmd()`; returns how many were told.
+    pub(crate) fn command_all(&self, cmd: impl Fn() -> WorkerCommand) -> usize {
+        lock(&self.workers)
+            .values()
+            .filter(|tx| tx.send(cmd()).is_ok())
+            .count()
+    }
+
+    /// Indexes of the workers connected now, in order.
+    pub(crate) fn connected_workers(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.workers).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The cell where worker `index`'s heartbeat task publishes its round trip.
+    pub(crate) fn rtt_cell(&self, index: u32) -> RttCell {
+        lock(&self.rtts).entry(index).or_default().clone()
+    }
+
+    /// The last round trip measured on worker `index`'s connection.
+    pub(crate) fn worker_rtt(&self, index: u32) -> Option<Duration> {
+        lock(&self.rtts).get(&index).and_then(RttCell::get)
+    }
+
+    /// The last reported state of `proc_id`.
+    pub(crate) fn proc_state(&self, proc_id: &ProcId) -> Option<ProcState> {
+        lock(&self.proc_states).get(proc_id).cloned()
+    }
+
+    /// How launched worker `index` exited, once it has.
+    pub(crate) fn exit_status(&self, index: u32) -> Option<ExitReport> {
+        lock(&self.exits).get(&index).copied()
+    }
+
+    /// Records that worker `index`'s connection ended; kills it if it failed.
+    ///
+    /// A failed worker gets one heartbeat timeout (at least 1 s) to exit by
+    /// itself, which it does when it is merely cut off (and then reports
+    /// why in its exit code); a frozen one is SIGKILLed and reaped after that.
+    pub(crate) fn worker_left(&self, index: u32, end: ProcEnd) {
+        lock(&self.workers).remove(&index);
+        lock(&self.rtts).remove(&index);
+        self.lock_admission().finish(index);
+        if end.is_failure() {
+            self.kill_child(
+                index,
+                self.config.heartbeat.timeout.max(Duration::from_secs(1)),
+            );
+        }
+        self.emit(AllocEvent::WorkerLeft { index, end });
+    }
+
+    /// Kills launched worker `index` unless it exits within `grace`
+    /// (false for workers started elsewhere or already reaped).
+    pub(crate) fn kill_child(&self, index: u32, grace: Duration) -> bool {
+        match lock(&self.children).get(&index) {
+            Some(slot) if slot.pid.is_some() => slot.kill.send(grace).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The pid of launched worker `index` while it runs.
+    pub(crate) fn child_pid(&self, index: u32) -> Option<u32> {
+        lock(&self.children).get(&index).and_then(|c| c.pid)
+    }
+}

@@ -1,0 +1,14 @@
+//! Send priorities of the streams on a worker's connection.
+//!
+//! QUIC sends the data of higher-priority streams first when the connection
+//! is congestion- or flow-limited. Both ends use these values for the
+//! streams they write, so a proc pushing bulk data can slow only the other
+//! mailbox streams, never a command or a `StartedProc` on the control stream.
+
+/// The control stream: above every mailbox stream, so bulk traffic cannot
+/// delay commands.
+pub(crate) const CONTROL: i32 = 100;
+
+/// Every mailbox stream: equal, so the connection shares its sending
+/// round-robin between procs.
+pub(crate) const MAILBOX: i32 = 0;
