@@ -187,6 +187,64 @@ impl Default for Limits {
     }
 }
 
+/// Largest frame limit a worker accepts: each frame is one allocation of
+/// that size. Four times the default.
+pub const MAX_FRAME: u32 = 64 * 1024 * 1024;
+
+/// Smallest frame limit: what is already allowed before admission, so every
+/// control frame still fits.
+pub const MIN_FRAME: u32 = MAX_PRE_ADMISSION_FRAME;
+
+/// Largest byte budget of one queue: 1 GiB, 32 times the default.
+pub const MAX_MAILBOX_BYTES: u32 = 1024 * 1024 * 1024;
+
+/// Smallest byte budget of one queue. A zero budget would make every item
+/// free, that is an unbounded queue.
+pub const MIN_MAILBOX_BYTES: u32 = 1024;
+
+/// Most procs a worker agrees to host; this also bounds its number of
+/// mailbox streams and so its connection receive window.
+pub const MAX_PROCS_PER_WORKER: u32 = 4096;
+
+impl Limits {
+    /// Checks each limit against the bounds every worker applies to its
+    /// allocator's Welcome: the frame limit within [`MIN_FRAME`] to
+    /// [`MAX_FRAME`], the queue budget within [`MIN_MAILBOX_BYTES`] to
+    /// [`MAX_MAILBOX_BYTES`], 1 to [`MAX_PROCS_PER_WORKER`] procs.
+    ///
+    /// An allocator checks its own limits when it starts, so a setting every
+    /// worker would refuse (exiting 76 right after joining) is refused once,
+    /// at `Allocator::bind`, naming the limit.
+    ///
+    /// Errors: [`ConfigError::Invalid`] naming the first limit out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |name, value: u32, min: u32, max: u32| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    value: value.to_string(),
+                    problem: format!("must be {min} to {max}"),
+                })
+            }
+        };
+        check("limits.max_frame", self.max_frame, MIN_FRAME, MAX_FRAME)?;
+        check(
+            "limits.mailbox_bytes",
+            self.mailbox_bytes,
+            MIN_MAILBOX_BYTES,
+            MAX_MAILBOX_BYTES,
+        )?;
+        check(
+            "limits.max_procs_per_worker",
+            self.max_procs_per_worker,
+            1,
+            MAX_PROCS_PER_WORKER,
+        )
+    }
+}
+
 /// Largest frame accepted before a peer has been admitted (Hello is small).
 ///
 /// Until the Hello's token is checked the peer is only known to hold a
@@ -342,6 +400,60 @@ pub(crate) fn split_host_port(addr: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_every_worker_would_refuse_are_refused_by_name() {
+        let d = Limits::default();
+        assert!(d.validate().is_ok());
+        let cases = [
+            (
+                Limits {
+                    max_frame: MIN_FRAME - 1,
+                    ..d
+                },
+                "limits.max_frame",
+            ),
+            (
+                Limits {
+                    max_frame: MAX_FRAME + 1,
+                    ..d
+                },
+                "limits.max_frame",
+            ),
+            (
+                Limits {
+                    mailbox_bytes: 0,
+                    ..d
+                },
+                "limits.mailbox_bytes",
+            ),
+            (
+                Limits {
+                    max_procs_per_worker: 0,
+                    ..d
+                },
+                "limits.max_procs_per_worker",
+            ),
+            (
+                Limits {
+                    max_procs_per_worker: MAX_PROCS_PER_WORKER + 1,
+                    ..d
+                },
+                "limits.max_procs_per_worker",
+            ),
+        ];
+        for (limits, name) in cases {
+            let err = limits.validate().expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        // The bounds themselves are accepted.
+        let edge = Limits {
+            max_frame: MAX_FRAME,
+            mailbox_bytes: MIN_MAILBOX_BYTES,
+            max_procs_per_worker: MAX_PROCS_PER_WORKER,
+        };
+        assert!(edge.validate().is_ok());
+    }
 
     #[test]
     fn host_port_forms() {

@@ -1,4 +1,4 @@
-//! Exit codes of a worker process (design §4).
+//! Exit codes of a worker process (docs/design.md §6.3).
 //!
 //! A commanded exit (`StopAndExit`, `Exit`) uses the commanded code; every
 //! other way a worker ends has its own code, so whoever started the worker

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{TestMesh, SOON};
 use quicmesh::actor::builtin::{Counter, Echo, EchoMsg};
-use quicmesh::actor::{AskError, SpawnError};
+use quicmesh::actor::{AskError, SendError, SpawnError};
 use quicmesh::allocator::AllocEvent;
 use quicmesh::testkit::actors::{Faulty, FaultyMsg};
 use quicmesh::ProcMesh;
@@ -88,7 +88,7 @@ async fn remote_spawn_errors_are_clear() {
         .await
         .expect_err("unknown proc");
     assert!(
-        matches!(&err, SpawnError::Ask(AskError::Undeliverable(ReturnReason::UnknownProc(p))) if *p == unknown),
+        matches!(&err, SpawnError::Ask(AskError::Send(SendError::Refused(ReturnReason::UnknownProc(p)))) if *p == unknown),
         "{err}"
     );
     mesh.stop_all_and_check(0).await;

@@ -8,6 +8,9 @@ use common::{assert_gone, signal, ChildGuard, TempDir};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Starts `quicmesh demo --hold 600` with `workers` workers and returns it with the workers' pids.
+///
+/// The pids come from the allocator's log (stderr: "worker 0 joined (pid
+/// 1234 on host, from addr)"); "mesh up" comes on stdout.
 async fn start_demo(dir: &TempDir, workers: usize) -> (ChildGuard, Vec<u32>) {
     let mut child = tokio::process::Command::new(common::bin())
         .args([
@@ -21,36 +24,45 @@ async fn start_demo(dir: &TempDir, workers: usize) -> (ChildGuard, Vec<u32>) {
         .arg(workers.to_string())
         .arg("--certs")
         .arg(dir.path().join("certs"))
+        .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().expect("demo stdout");
+    let stderr = child.stderr.take().expect("demo stderr");
     let guard = ChildGuard(Some(child));
-    let mut lines = BufReader::new(stdout).lines();
-    let mut pids = Vec::new();
-    let found = tokio::time::timeout(common::SOON, async {
+    let (pid_tx, mut pid_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Keeps draining stderr for the demo's whole life, so it never blocks on a full pipe.
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            // "worker 0 joined (pid 1234 on host, from addr)"
             if let Some(rest) = line.split_once("joined (pid ").map(|(_, r)| r) {
-                let pid: u32 = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("pid in join line");
-                pids.push(pid);
-            }
-            if line.starts_with("mesh up") {
-                return;
+                let pid: Option<u32> = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+                let _ = pid_tx.send(pid.expect("pid in join line"));
             }
         }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let up = tokio::time::timeout(common::SOON, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("mesh up") {
+                return true;
+            }
+        }
+        false
     })
     .await;
-    assert!(found.is_ok(), "demo did not bring the mesh up");
-    assert_eq!(pids.len(), workers);
-    // Keep draining stdout so the demo never blocks on a full pipe.
+    assert!(matches!(up, Ok(true)), "demo did not bring the mesh up");
+    let mut pids = Vec::new();
+    while pids.len() < workers {
+        match tokio::time::timeout(common::SOON, pid_rx.recv()).await {
+            Ok(Some(pid)) => pids.push(pid),
+            other => panic!("only {} of {workers} join lines ({other:?})", pids.len()),
+        }
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (guard, pids)
 }

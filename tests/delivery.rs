@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{signal, TestMesh, SOON};
 use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
-use quicmesh::actor::Recipient;
+use quicmesh::actor::{Recipient, SendError};
 use quicmesh::testkit::actors::{Sleeper, SleeperMsg};
 use quicmesh::testkit::relay::Relay;
 use quicmesh::{DeliveryStatus, ReturnReason};
@@ -324,7 +324,7 @@ async fn fast_producer_slow_consumer_stays_within_the_byte_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
+async fn oversized_and_misaddressed_messages_are_refused_or_come_back_with_a_reason() {
     const MAX_FRAME: u32 = 256 * 1024;
     let mut mesh = TestMesh::with_config("returns", |c| c.limits.max_frame = MAX_FRAME).await;
     let returned = mesh.alloc.returns();
@@ -337,7 +337,7 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         .await
         .expect("spawn");
 
-    // Tells a message of `pad` bytes to `to` (the runtime accepts it either way).
+    // Tells a message of `pad` bytes to `to`, which the runtime accepts.
     let tell_pad = |to: quicmesh::ActorRef<Counter>, pad: Vec<u8>| {
         let client = client.clone();
         async move {
@@ -346,15 +346,20 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         }
     };
 
-    // Above the frame limit: returned, not sent; later messages still flow.
-    tell_pad(counter.clone(), vec![0u8; MAX_FRAME as usize + 1]).await;
-    let u = common::next_returned(&returned).await;
+    // Above the frame limit: refused at once, nothing sent; later messages still flow.
+    let refused = counter
+        .tell(
+            &client,
+            CounterMsg::Count {
+                seq: 0,
+                pad: vec![0u8; MAX_FRAME as usize + 1],
+            },
+        )
+        .await;
     assert!(
-        matches!(u.reason(), ReturnReason::TooLarge { max, .. } if *max == MAX_FRAME),
-        "{u}"
+        matches!(&refused, Err(SendError::TooLarge { max, .. }) if *max == MAX_FRAME),
+        "{refused:?}"
     );
-    assert_eq!(u.status(), DeliveryStatus::NotDelivered);
-    assert_eq!(u.recipient(), &Recipient::Actor(counter.id().clone()));
 
     // To an actor that does not exist on a live proc.
     tell_pad(
@@ -367,16 +372,24 @@ async fn oversized_and_misaddressed_messages_come_back_with_a_reason() {
         matches!(u.reason(), ReturnReason::ActorNotFound(a) if a.name == "ghost"),
         "{u}"
     );
-
-    // To a proc that does not exist.
-    let nowhere = quicmesh::ProcId::new("nowhere", 1).actor("x", 0);
-    tell_pad(quicmesh::ActorRef::attest(nowhere), vec![]).await;
-    let u = common::next_returned(&returned).await;
-    assert!(
-        matches!(u.reason(), ReturnReason::UnknownProc(p) if p.alloc == "nowhere"),
-        "{u}"
-    );
+    assert_eq!(u.recipient(), &Recipient::Actor(proc_id.actor("ghost", 0)));
     assert_eq!(u.status(), DeliveryStatus::NotDelivered);
+
+    // To a proc that does not exist: the controller knows at once.
+    let nowhere = quicmesh::ProcId::new("nowhere", 1).actor("x", 0);
+    let refused = quicmesh::ActorRef::<Counter>::attest(nowhere)
+        .tell(
+            &client,
+            CounterMsg::Count {
+                seq: 0,
+                pad: vec![],
+            },
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(SendError::Refused(ReturnReason::UnknownProc(p))) if p.alloc == "nowhere"),
+        "{refused:?}"
+    );
 
     counter
         .tell(

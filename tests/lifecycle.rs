@@ -5,7 +5,21 @@ mod common;
 use std::time::Duration;
 
 use common::{is_state, TestMesh, SOON};
-use quicmesh::allocator::{AllocEvent, ExitReport};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ExitReport};
+
+/// Limits a worker would refuse in its Welcome are refused when the
+/// allocator starts, naming the limit, instead of every worker exiting 76.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_refuses_limits_every_worker_would_refuse() {
+    let (_dir, certs) = common::certs("limits");
+    let mut config = AllocatorConfig::new(&certs);
+    config.limits.max_frame = 1024;
+    let err = Allocator::bind(config)
+        .await
+        .err()
+        .expect("a 1 KiB frame limit must be refused");
+    assert!(err.to_string().contains("limits.max_frame"), "{err}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_run_then_exit_with_commanded_codes() {

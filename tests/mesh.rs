@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use common::{is_state, TestMesh, SOON};
 use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport};
+use quicmesh::actor::SendError;
 use quicmesh::testkit::actors::{Recorder, RecorderMsg, StopProbe};
-use quicmesh::ProcMesh;
+use quicmesh::{ProcEnd, ProcMesh, ReturnReason};
 
 /// Asks the recorder until it holds `n` lines ending in `suffix`.
 async fn wait_lines(
@@ -130,9 +131,18 @@ async fn stopping_meshes_runs_stop_hooks() {
             "{stopped:?}"
         );
     }
-    // A message to a stopped proc comes back.
+    // A message to a stopped proc is refused at once, saying how it ended.
     let err = again.get(0).expect("rank 0").tell(&client, ()).await;
-    assert!(err.is_ok(), "tell is accepted, then returned");
+    assert!(
+        matches!(
+            &err,
+            Err(SendError::Refused(ReturnReason::ProcEnded {
+                end: ProcEnd::Stopped(_),
+                ..
+            }))
+        ),
+        "{err:?}"
+    );
     mesh.assert_no_failures();
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;

@@ -3,7 +3,7 @@
 //! A [`Launcher`] is a program and its arguments. Arguments may contain
 //! placeholders that are filled in per worker: `{index}`, `{addr}`,
 //! `{server_name}`, `{token}`, `{ca}`, `{cert}`, `{key}`, and `{env}`, which
-//! expands to one `NAME=value` argument per variable of design §4 (handy
+//! expands to one `NAME=value` argument per variable of docs/design.md §6.1 (handy
 //! after `ssh host env`). The child always gets the same variables in its
 //! environment, so a local child needs no placeholders at all.
 //!
@@ -103,7 +103,7 @@ impl Launcher {
         out
     }
 
-    /// Starts one worker with the given design §4 variables.
+    /// Starts one worker with the given variables (docs/design.md §6.1).
     pub(crate) fn spawn(
         &self,
         index: u32,

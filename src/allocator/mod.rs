@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use quicmesh::allocator::{Allocator, AllocatorConfig, Launcher};
-//! let certs = quicmesh::tls::ensure_dev_certs("certs".as_ref())?;
+//! let certs = quicmesh::tls::ensure_dev_certs("certs")?;
 //! let alloc = Allocator::bind(AllocatorConfig::new(&certs)).await?;
 //! let mut events = alloc.events();
 //! alloc.launch(&Launcher::current_exe()?, 4, 1)?;
@@ -107,6 +107,7 @@ impl Allocator {
     /// address cannot be bound.
     pub async fn bind(config: AllocatorConfig) -> Result<Allocator, AllocatorError> {
         config.heartbeat.validate()?;
+        config.limits.validate()?;
         config.transport.validate()?;
         config.link.validate()?;
         if !is_valid_name(&config.alloc_name) {

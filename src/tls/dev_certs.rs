@@ -99,7 +99,7 @@ impl CertPaths {
 /// use quicmesh::tls::{generate_dev_certs, DevCertOptions};
 ///
 /// let options = DevCertOptions::new().san("mesh.example").san("10.1.2.3");
-/// let paths = generate_dev_certs("certs".as_ref(), &options)?;
+/// let paths = generate_dev_certs("certs", &options)?;
 /// # Ok::<(), quicmesh::tls::TlsError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The messages of the allocator/worker protocol (design §1).
+//! The messages of the allocator/worker protocol (docs/design.md §2: §2.5 control
+//! stream, §2.6 heartbeats, §2.7 mailbox streams).
 //!
 //! The control stream carries [`WorkerToAllocator`] one way and
 //! [`AllocatorToWorker`] the other; datagrams carry [`Heartbeat`]; the first

@@ -1,6 +1,6 @@
 //! The worker side: join the allocator, host procs, exit when told or when cut off.
 //!
-//! A worker process dials its allocator (design §1), sends `Hello`, waits for
+//! A worker process dials its allocator (docs/design.md §2.2), sends `Hello`, waits for
 //! `Welcome`, then serves commands on the control stream while heartbeats
 //! flow as datagrams. It never outlives its allocator: a lost connection or
 //! lost heartbeats end the process with the codes of [`crate::exit_code`].

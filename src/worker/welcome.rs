@@ -11,30 +11,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::MAX_PRE_ADMISSION_FRAME;
+use crate::config::{
+    MAX_FRAME, MAX_MAILBOX_BYTES, MAX_PROCS_PER_WORKER, MIN_FRAME, MIN_MAILBOX_BYTES,
+};
 pub use crate::config::{
     MAX_HEARTBEAT_TIMEOUT, MAX_STOP_TIMEOUT, MIN_HEARTBEAT_INTERVAL, MIN_STOP_TIMEOUT,
 };
 use crate::wire::Welcome;
-
-/// Largest frame this worker agrees to read or write: each frame is one
-/// allocation of that size. Four times the default.
-pub const MAX_FRAME: u32 = 64 * 1024 * 1024;
-
-/// Smallest frame limit accepted: what was already allowed before admission,
-/// so every control frame still fits.
-pub const MIN_FRAME: u32 = MAX_PRE_ADMISSION_FRAME;
-
-/// Largest byte budget of one queue: 1 GiB, 32 times the default.
-pub const MAX_MAILBOX_BYTES: u32 = 1024 * 1024 * 1024;
-
-/// Smallest byte budget of one queue. A zero budget would make every item
-/// free, that is an unbounded queue.
-pub const MIN_MAILBOX_BYTES: u32 = 1024;
-
-/// Most procs this worker agrees to host; this also bounds its number of
-/// mailbox streams and so its connection receive window.
-pub const MAX_PROCS_PER_WORKER: u32 = 4096;
 
 /// A `Welcome` value outside what this worker accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
