@@ -31,7 +31,7 @@ pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
 /// Environment variable (optional): threads of a worker's tokio runtime.
 pub const ENV_WORKER_THREADS: &str = "QUICMESH_WORKER_THREADS";
 /// Environment variable (optional): the link setting of this worker's
-/// connection, e.g. `wan` (see [`crate::link`]); default `lan`. The
+/// connection, e.g. `wan` (see [`LinkConfig`]); default `lan`. The
 /// allocator sets it for the workers it launches and in its join tickets.
 pub const ENV_LINK: &str = "QUICMESH_LINK";
 /// Environment variable (optional): the heartbeat interval this worker
@@ -57,7 +57,7 @@ pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest join timeout accepted (a year): anything longer is a typo,
 /// and keeping it bounded keeps deadline arithmetic far from overflow.
-pub(crate) const MAX_JOIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const MAX_JOIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A configuration value that is missing or unusable; names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,7 +287,7 @@ pub struct TransportConfig {
     pub stop_timeout: Duration,
     /// Most handshakes (TLS and Hello) the allocator runs at once; more are
     /// refused and the workers retry. One source address may hold at most a
-    /// quarter of them, see [`TransportConfig::max_pending_per_source`].
+    /// quarter of them.
     pub max_pending_handshakes: usize,
 }
 

@@ -17,10 +17,9 @@ use quicmesh::actor::builtin::{Echo, EchoMsg, RingMsg, RingNode};
 use quicmesh::ProcMesh;
 
 use clap::Parser;
-use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, ExitReport, Launcher, ProcState,
-};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
 use quicmesh::config::{self, LinkConfig};
+use quicmesh::ExitReport;
 use quicmesh::ProcId;
 
 /// Flags of `quicmesh demo`.

@@ -88,7 +88,8 @@ pub struct ProcId {
 }
 
 impl ProcId {
-    /// Makes a proc id; `alloc` should satisfy [`is_valid_name`].
+    /// Makes a proc id; `alloc` should be 1-128 characters of `[A-Za-z0-9_-]`
+    /// (a proc id with another name is refused wherever it is decoded).
     pub fn new(alloc: impl Into<CompactString>, rank: u32) -> Self {
         ProcId {
             alloc: alloc.into(),

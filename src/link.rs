@@ -97,8 +97,10 @@ pub const WAN_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Flow-control windows and congestion controller of a connection.
 ///
-/// See the [module documentation](self) for how the windows follow
-/// `window` and which side's setting applies where.
+/// Every window follows `window`: each stream may hold `window` bytes
+/// unread, the connection one window per proc stream plus the control
+/// stream's, and the send window covers the connection. Each side applies
+/// its own setting to the connection it creates (docs/design.md §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LinkConfig {
     /// Bytes one stream may have unacknowledged: the bandwidth-delay
@@ -135,7 +137,7 @@ impl LinkConfig {
         }
     }
 
-    /// Checks that the window is within [`MIN_WINDOW`] and [`MAX_WINDOW`].
+    /// Checks that the window is within 64 KiB and 1 GiB.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&self.window) {
             return Err(ConfigError::Invalid {

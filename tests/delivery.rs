@@ -54,20 +54,31 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    const N: u64 = 10_000;
+    const SENT: u64 = 10_000;
+    // Tells are accepted until the sender learns that the worker died;
+    // from then on each is refused at once (nothing is queued for a proc
+    // known to have ended). The sender stops at the first refusal and
+    // reports how many were accepted: those are the ones to account for.
     let sender = {
         let (client, counter) = (client.clone(), counter.clone());
+        let victim_proc = victim_proc.clone();
         tokio::spawn(async move {
-            for seq in 0..N {
+            for seq in 0..SENT {
                 let pad = vec![0u8; 512];
-                counter
-                    .tell(&client, CounterMsg::Count { seq, pad })
-                    .await
-                    .expect("tell accepted");
+                match counter.tell(&client, CounterMsg::Count { seq, pad }).await {
+                    Ok(()) => {}
+                    Err(SendError::Refused(ReturnReason::ProcEnded { proc_id, end }))
+                        if proc_id == victim_proc && end.is_failure() =>
+                    {
+                        return seq;
+                    }
+                    Err(e) => panic!("tell {seq} neither accepted nor refused as ended: {e:?}"),
+                }
                 if seq % 500 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
+            SENT
         })
     };
     // Kill the worker while the tells are flowing.
@@ -90,10 +101,11 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
         "ask took {:?}",
         started.elapsed()
     );
-    tokio::time::timeout(SOON, sender)
+    let n = tokio::time::timeout(SOON, sender)
         .await
         .expect("sender finished")
         .expect("sender task");
+    assert!(n > 0, "the first tell went out before the kill, so it was accepted");
 
     // Everything sent is either acknowledged as delivered or comes back.
     let mut returned_seqs = BTreeSet::new();
@@ -103,12 +115,12 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
     let deadline = Instant::now() + SOON;
     loop {
         let delivered = mesh.alloc.link_stats(&victim_proc).expect("link").delivered - baseline;
-        if delivered + returned_seqs.len() as u64 >= N {
+        if delivered + returned_seqs.len() as u64 >= n {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {delivered} delivered + {} returned of {N}",
+            "only {delivered} delivered + {} returned of {n}",
             returned_seqs.len()
         );
         if let Ok(Some(u)) = tokio::time::timeout(Duration::from_millis(200), returned.next()).await
@@ -130,15 +142,15 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
     let delivered = mesh.alloc.link_stats(&victim_proc).expect("link").delivered - baseline;
     assert_eq!(
         delivered + returned_seqs.len() as u64,
-        N,
+        n,
         "exactly once: delivered + returned = sent"
     );
     // Delivery is in order, so the returned ones are exactly the tail.
     let first = returned_seqs.first().copied();
     let last = returned_seqs.last().copied();
     assert!(
-        returned_seqs.len() as u64 == N - delivered && (delivered == N || (first == Some(delivered) && last == Some(N - 1))),
-        "returned envelopes must be exactly seqs {delivered}..{N}; got {} from {first:?} to {last:?}",
+        returned_seqs.len() as u64 == n - delivered && (delivered == n || (first == Some(delivered) && last == Some(n - 1))),
+        "returned envelopes must be exactly seqs {delivered}..{n}; got {} from {first:?} to {last:?}",
         returned_seqs.len()
     );
     // What was written goes out before what was queued, so the possibly

@@ -5,7 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{is_state, signal, TestMesh, SOON};
-use quicmesh::allocator::{AllocEvent, ExitReport};
+use quicmesh::allocator::AllocEvent;
+use quicmesh::ExitReport;
 
 /// Heartbeat timeout (default) plus a margin generous enough for a loaded machine.
 const DETECT: Duration = Duration::from_millis(1500 + 8000);

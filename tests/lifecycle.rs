@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{is_state, TestMesh, SOON};
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ExitReport};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig};
+use quicmesh::ExitReport;
 
 /// Limits a worker would refuse in its Welcome are refused when the
 /// allocator starts, naming the limit, instead of every worker exiting 76.

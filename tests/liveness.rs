@@ -11,10 +11,11 @@ use std::time::Duration;
 use common::{ChildGuard, TempDir, TestMesh, SOON};
 use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::{AskError, SpawnError};
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ExitReport, ProcState};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
 use quicmesh::testkit::actors::{
     Fragile, FragileMsg, FragileParams, Spinner, SpinnerMsg, StuckStop, Tripwire,
 };
+use quicmesh::ExitReport;
 use quicmesh::{
     ActorFailure, ActorId, ActorRef, Client, ProcEnd, ProcId, ReturnReason, SpawnRefusal,
     StopReason,

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::{spawn_worker, TestMesh, SOON};
 use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
-use quicmesh::allocator::{AllocEvent, ExitReport};
+use quicmesh::allocator::AllocEvent;
 use quicmesh::config;
 use quicmesh::config::LinkConfig;
 use quicmesh::testkit::actors::{Pump, PumpMsg};
 use quicmesh::testkit::relay::{Conditions, Relay};
+use quicmesh::ExitReport;
 use quicmesh::{ActorRef, Client};
 
 /// 50 ms each way with 10 ms of jitter and 2 % loss, both directions.

@@ -11,7 +11,7 @@ use crate::wire::codec;
 /// Makes an actor of one type from encoded parameters.
 type Constructor = fn(&[u8]) -> Result<Box<dyn Startable>, SpawnRefusal>;
 
-/// Two actor types were registered under the same [`Actor::NAME`].
+/// Two actor types were registered under the same [`Actor::NAME`](crate::Actor::NAME).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("two actor types are registered as {name:?}: actor type names must be unique")]
 pub struct DuplicateActorType {
@@ -19,7 +19,7 @@ pub struct DuplicateActorType {
     pub name: &'static str,
 }
 
-/// The actor types a process can spawn on request, by [`Actor::NAME`].
+/// The actor types a process can spawn on request, by [`Actor::NAME`](crate::Actor::NAME).
 #[derive(Clone, Default)]
 pub struct Registry {
     types: BTreeMap<&'static str, Constructor>,
@@ -68,7 +68,7 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds actor type `A` under [`Actor::NAME`].
+    /// Adds actor type `A` under [`Actor::NAME`](crate::Actor::NAME).
     ///
     /// Errors: [`DuplicateActorType`] if another type is registered under
     /// that name (a remote spawn by name would otherwise get either).

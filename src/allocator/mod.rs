@@ -50,7 +50,6 @@ mod shared;
 mod stall;
 
 pub use crate::actor::Returns;
-pub use crate::reason::ExitReport;
 pub use config::AllocatorConfig;
 pub use error::{AllocatorError, StartError};
 pub use events::{AllocEvent, Events, ProcState, RefusalStats};
@@ -69,6 +68,7 @@ use tokio::task::JoinHandle;
 use crate::actor::{returns, Client, Proc, ProcConfig};
 use crate::config::{self as settings, ConfigError};
 use crate::id::{is_valid_name, ProcId};
+use crate::reason::ExitReport;
 use crate::sync::lock;
 use crate::tls;
 use session::WorkerCommand;

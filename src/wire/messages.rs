@@ -300,7 +300,7 @@ pub enum SystemMsg {
     Stats,
 }
 
-/// A proc's occupancy, answered to [`SystemMsg::Stats`].
+/// A proc's occupancy, as `Client::proc_stats` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcStats {
     /// Actors hosted.

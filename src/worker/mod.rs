@@ -380,7 +380,7 @@ async fn join(
 }
 
 /// This machine's host name, or `"unknown"`.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

@@ -134,7 +134,7 @@ impl fmt::Debug for WorkerSettings {
 ///
 /// [`WorkerSettings::validate`] produces it from flags and variables; a
 /// program that has the values some other way builds it directly and hands
-/// it to [`run`](super::run) or [`run_blocking`](super::run_blocking).
+/// it to [`run`](super::run).
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkerEnv {
     /// `host:port` of the allocator.
@@ -153,7 +153,7 @@ pub struct WorkerEnv {
     pub key: PathBuf,
     /// How long the worker keeps trying to join before it gives up (exit 69).
     pub join_timeout: Duration,
-    /// Threads of the runtime [`run_blocking`](super::run_blocking) starts.
+    /// Threads of the runtime that runs the worker's actors.
     pub worker_threads: usize,
     /// The heartbeat settings this worker expects, if it was given any
     /// (a missing one of the two takes its default).
@@ -168,7 +168,7 @@ pub struct WorkerEnv {
     pub heartbeat: Option<HeartbeatConfig>,
     /// The link setting of this worker's connection (default `lan`): its
     /// receive windows and congestion controller, fixed when the connection
-    /// is created (see [`crate::link`]).
+    /// is created (see [`LinkConfig`]).
     pub link: LinkConfig,
 }
 

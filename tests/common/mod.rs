@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, Events, ExitReport, Launcher, ProcState,
-};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Events, Launcher, ProcState};
 use quicmesh::tls::CertPaths;
+use quicmesh::ExitReport;
 
 /// Deadline for things that normally take milliseconds (generous for a loaded 2-core box).
 pub const SOON: Duration = Duration::from_secs(30);
