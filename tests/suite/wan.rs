@@ -6,7 +6,7 @@
 //! about speed: throughput on long links is measured by `cargo bench --bench
 //! mesh`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

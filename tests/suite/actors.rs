@@ -1,6 +1,6 @@
 //! Actors on worker processes: ask/tell, reply ports, remote spawn, ordering, failures.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

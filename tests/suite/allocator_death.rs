@@ -1,6 +1,6 @@
 //! Workers never outlive their allocator: `quicmesh demo` killed or frozen.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

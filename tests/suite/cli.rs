@@ -1,6 +1,6 @@
 //! The `quicmesh certs` command, as a user runs it.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

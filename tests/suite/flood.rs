@@ -3,7 +3,7 @@
 //! bursts of real workers larger than the handshake cap. Real workers must
 //! get in in every case, and the allocator must keep serving the mesh.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;

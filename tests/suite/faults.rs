@@ -1,6 +1,6 @@
 //! Workers under faults: lost packets, partitions, signals.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! mesh's valid worker certificate and a genuine ticket, speaking the
 //! protocol by hand so that it can also speak it wrongly.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

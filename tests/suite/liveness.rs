@@ -4,7 +4,7 @@
 //! to, when signalled or when its allocator dies, and it says which actors
 //! had to be aborted. Panics in constructors and decoding are contained.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -360,12 +360,17 @@ async fn allocator_sigkilled_while_every_actor_thread_is_stuck() {
     let dir = TempDir::new("host-kill");
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["allocator_host", "--exact", "--ignored", "--nocapture"])
-        .env(HOST_DIR, dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true);
+    cmd.args([
+        common::test_name(module_path!(), "allocator_host").as_str(),
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(HOST_DIR, dir.path())
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().expect("start allocator host");
     let stdout = child.stdout.take().expect("host stdout");
     let mut host = ChildGuard(Some(child));

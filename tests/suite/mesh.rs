@@ -1,6 +1,6 @@
 //! Meshes: spawn on every proc, cast, get(rank), stop with hooks; and the demo end to end.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -493,3 +493,13 @@ pub fn rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmRSS in /proc/self/status")
 }
+
+/// The name the test harness knows a test by, for re-running this test
+/// binary with `--exact`: `module` is the caller's `module_path!()`
+/// (`suite::liveness`), whose first part, the crate, is not in test names.
+pub fn test_name(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
+}

@@ -1,6 +1,6 @@
 //! Workers join, run procs, and exit when and how they are told.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! the join deadline (then exit 69 with the last reason); a rejection is not
 //! retried; a worker refused a few times still joins.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};

@@ -2,7 +2,7 @@
 //! the control stream, silence. Each must be refused with a clear reason,
 //! and the healthy worker of the same allocation must not notice.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -367,7 +367,7 @@ async fn missing_and_malformed_environment() {
     let (mesh, healthy) = healthy_mesh("hostile-env").await;
     let ticket = mesh.alloc.reserve(1);
     // Every required variable (QUICMESH_SERVER_NAME is not: it defaults to
-    // localhost, see tests/worker_settings.rs).
+    // localhost, see tests/suite/worker_settings.rs).
     let all = [
         config::ENV_ALLOCATOR_ADDR,
         config::ENV_INDEX,

@@ -8,7 +8,7 @@
 //! in order, during and after the attack, and the allocator's resident
 //! memory stays under a generous bound.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

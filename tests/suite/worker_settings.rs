@@ -3,7 +3,7 @@
 //! invalid values (exit 78, naming the variable and the flag), and the
 //! default server name joining a real allocator.
 
-mod common;
+use crate::common;
 
 use common::{spawn_worker, ChildGuard, TestMesh, SOON};
 use quicmesh::allocator::{AllocEvent, ProcState};
@@ -87,7 +87,7 @@ fn spawn_bootstrap_child(env: &[(&'static str, String)]) -> ChildGuard {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args([
         "--exact",
-        "bootstrap_child",
+        common::test_name(module_path!(), "bootstrap_child").as_str(),
         "--nocapture",
         "--test-threads=1",
     ])
