@@ -79,6 +79,7 @@ type Pending = (Envelope, Permit);
 
 /// Counters of one proc link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct LinkStats {
     /// Envelopes the worker acknowledged as delivered (not refused).
     pub delivered: u64,

@@ -302,6 +302,7 @@ pub enum SystemMsg {
 
 /// A proc's occupancy, as `Client::proc_stats` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ProcStats {
     /// Actors hosted.
     pub actors: u32,
