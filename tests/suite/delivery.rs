@@ -425,3 +425,89 @@ async fn oversized_and_misaddressed_messages_are_refused_or_come_back_with_a_rea
     mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }
+
+/// Returns nobody reads are held up to the configured byte budget; the rest
+/// are dropped and counted, so a controller that never reads them keeps
+/// bounded memory and still learns how many it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_returns_stay_within_their_budget_and_are_counted() {
+    const BUDGET: usize = 4 * 1024 * 1024;
+    const PAD: usize = 16 * 1024;
+    const SENT: u64 = 1_000;
+    let mut mesh = TestMesh::with_config("unread-returns", |c| c.returns_bytes = BUDGET).await;
+    mesh.launch(1, 1);
+    mesh.wait_running(1).await;
+    let client = mesh.alloc.client().clone();
+    let proc_id = mesh.alloc.procs()[0].clone();
+    let returns = mesh.alloc.returns();
+    // Every tell goes to an actor that does not exist: the worker refuses
+    // each one and it comes back, 16 MB in all against a 4 MiB budget.
+    let ghost: quicmesh::ActorRef<Counter> = quicmesh::ActorRef::attest(proc_id.actor("ghost", 0));
+    for seq in 0..SENT {
+        ghost
+            .tell(
+                &client,
+                CounterMsg::Count {
+                    seq,
+                    pad: vec![7; PAD],
+                },
+            )
+            .await
+            .expect("accepted: only the worker knows the actor is missing");
+    }
+    // Nobody reads until every return has either been kept or counted.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let link = mesh.alloc.link_stats(&proc_id).expect("link");
+        if link.returned >= SENT {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {SENT} came back",
+            link.returned
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The link counts a return just before handing it on, so the last one
+    // may still be on its way: drain until each is kept or counted.
+    let mut kept = 0u64;
+    let mut last_seq = None;
+    loop {
+        while let Some(r) = returns.try_next() {
+            let r = r
+                .decode::<CounterMsg>()
+                .expect("decodes to the sender's type");
+            assert!(
+                matches!(r.reason(), ReturnReason::ActorNotFound(a) if a.name == "ghost"),
+                "{r}"
+            );
+            let CounterMsg::Count { seq, .. } = r.into_message() else {
+                panic!("a returned tell is the tell that was sent");
+            };
+            assert!(last_seq < Some(seq), "kept returns come back in order");
+            last_seq = Some(seq);
+            kept += 1;
+        }
+        if kept + returns.dropped() >= SENT {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kept} kept + {} dropped of {SENT}",
+            returns.dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = returns.dropped();
+    assert!(dropped > 0, "16 MB of returns cannot fit a 4 MiB budget");
+    // At most the budget's worth, plus the one that may have arrived after
+    // draining made room.
+    assert!(
+        kept <= (BUDGET / PAD) as u64 + 1,
+        "{kept} returns of {PAD} bytes kept, over the {BUDGET}-byte budget"
+    );
+    assert_eq!(kept + dropped, SENT, "each return is kept or counted, once");
+    mesh.stop_all_and_check(0).await;
+    mesh.finish().await;
+}
