@@ -48,10 +48,14 @@ fn reason_text(bytes: &[u8]) -> String {
 
 /// The exit for a connection that ended before the allocator welcomed us.
 ///
-/// An application close with code REJECTED is a rejection (77); anything
-/// else, a TLS alert included, means the handshake failed (69).
+/// An application close with code REJECTED or REVOKED is a rejection (77);
+/// anything else, a TLS alert included, means the handshake failed (69).
 pub fn before_welcome(err: &ConnectionError) -> WorkerExit {
     match err {
+        ConnectionError::ApplicationClosed(c) if c.error_code == close::REVOKED => WorkerExit::new(
+            exit_code::REJECTED,
+            format!("certificate revoked: {}", reason_text(&c.reason)),
+        ),
         ConnectionError::ApplicationClosed(c) if c.error_code == close::REJECTED => {
             WorkerExit::new(
                 exit_code::REJECTED,
@@ -93,6 +97,11 @@ pub fn after_welcome(err: &ConnectionError) -> WorkerExit {
                 WorkerExit::new(
                     exit_code::PROTOCOL,
                     format!("allocator reports a protocol violation: {reason}"),
+                )
+            } else if code == close::REVOKED {
+                WorkerExit::new(
+                    exit_code::REJECTED,
+                    format!("certificate revoked: {reason}"),
                 )
             } else if code == close::REJECTED {
                 WorkerExit::new(
