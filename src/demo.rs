@@ -224,7 +224,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let _reloader = AbortOnDropHandle::new(tokio::spawn(reload_on_sighup(alloc.clone())));
     let mut events = alloc.events();
 
-    let external = write_external_workers(&alloc, &args)?;
+    let (external, _settings) = write_external_workers(&alloc, &args)?;
     let launcher = Launcher::current_exe()?.arg("worker");
     alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
     let total_workers = args.workers + args.external;
@@ -349,9 +349,12 @@ async fn reload_on_sighup(alloc: Arc<Allocator>) {
 /// Reserves the `--external` workers and writes each one's settings, secret
 /// token included, to a file only its owner may read; prints the command
 /// that starts it. Returns their indexes.
-fn write_external_workers(alloc: &Allocator, args: &DemoArgs) -> anyhow::Result<Vec<u32>> {
+fn write_external_workers(
+    alloc: &Allocator,
+    args: &DemoArgs,
+) -> anyhow::Result<(Vec<u32>, Option<RemovedOnDrop>)> {
     if args.external == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let dir = std::env::temp_dir().join(format!("quicmesh-demo-{}", std::process::id()));
     let mut builder = std::fs::DirBuilder::new();
@@ -359,6 +362,7 @@ fn write_external_workers(alloc: &Allocator, args: &DemoArgs) -> anyhow::Result<
     builder
         .create(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let guard = RemovedOnDrop(dir.clone());
     println!(
         "external workers: settings in {} (each file holds a secret token)",
         dir.display()
@@ -392,7 +396,16 @@ fn write_external_workers(alloc: &Allocator, args: &DemoArgs) -> anyhow::Result<
         "waiting up to {} s for {} external workers to join",
         args.start_timeout, args.external
     );
-    Ok(indexes)
+    Ok((indexes, Some(guard)))
+}
+
+/// A folder of secrets, removed when the demo ends (however it ends).
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `value` quoted for a POSIX shell: inside double quotes, with `"`, `\`,

@@ -721,6 +721,48 @@ mod tests {
     }
 
     #[test]
+    fn ensure_moves_an_old_ca_key_out_of_the_handed_out_folder() {
+        let dir = TempDir::new("migrate");
+        let paths = ensure_dev_certs(dir.path()).expect("first");
+        // The layout before the CA key had a folder of its own.
+        let old = dir.path().join("ca.key");
+        fs::rename(&paths.ca_key, &old).expect("move back");
+        fs::remove_dir(paths.ca_key.parent().expect("ca dir")).expect("rmdir");
+        let key = fs::read(&old).expect("read");
+        let ca = fs::read(&paths.ca_cert).expect("read");
+
+        let again = ensure_dev_certs(dir.path()).expect("migrate");
+        assert_eq!(again, paths);
+        assert!(!old.exists(), "old CA key left among the handed-out files");
+        assert_eq!(
+            fs::read(&paths.ca_key).expect("read"),
+            key,
+            "not the same key"
+        );
+        assert_eq!(
+            fs::read(&paths.ca_cert).expect("read"),
+            ca,
+            "CA regenerated"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ca_dir = paths.ca_key.parent().expect("ca dir");
+            let mode = fs::metadata(ca_dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        // The migrated CA still issues.
+        super::super::issue::issue_worker_cert(
+            &paths.ca_cert,
+            &paths.ca_key,
+            "after-move",
+            &dir.path().join("workers"),
+            false,
+        )
+        .expect("issue after the move");
+    }
+
+    #[test]
     fn ensure_generates_once_and_reports_incomplete_sets() {
         let dir = TempDir::new("ensure");
         let paths = ensure_dev_certs(dir.path()).expect("first");
