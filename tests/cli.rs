@@ -335,3 +335,89 @@ fn demo_external_workers_join_by_the_printed_commands() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn demo_reloads_on_sighup_and_disconnects_revoked_workers() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = common::TempDir::new("cli-sighup");
+    let certs = dir.path().join("certs");
+    let paths = quicmesh::tls::generate_dev_certs(&certs, &quicmesh::tls::DevCertOptions::new())
+        .expect("certs");
+    let crl = dir.path().join("revoked.crl");
+    quicmesh::tls::revoke_certs(&paths.ca_cert, &paths.ca_key, &[], &crl).expect("empty CRL");
+    let mut demo = Reaped(
+        Command::new(common::bin())
+            .args([
+                "demo",
+                "--workers",
+                "1",
+                "--procs-per-worker",
+                "1",
+                "--hold",
+                "120",
+            ])
+            .args(["--rounds", "1", "--pings", "1"])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--crl")
+            .arg(&crl)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo"),
+    );
+    let pid = demo.0.id();
+    let stdout = demo.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut wait_line = |prefix: &str| -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line {prefix:?} in time; got {seen:#?}"),
+            }
+        }
+    };
+    wait_line("actors:");
+
+    // A broken list: the reload fails, names the file, and nothing changes.
+    std::fs::write(&crl, "not a CRL\n").expect("write");
+    common::signal(pid, libc::SIGHUP);
+    let line = wait_line("SIGHUP:");
+    assert!(
+        line.contains("reload failed") && line.contains(&crl.display().to_string()),
+        "{line}"
+    );
+
+    // The shared worker certificate revoked: the worker is disconnected.
+    std::fs::remove_file(&crl).expect("rm");
+    quicmesh::tls::revoke_certs(&paths.ca_cert, &paths.ca_key, &[&paths.worker_cert], &crl)
+        .expect("CRL");
+    common::signal(pid, libc::SIGHUP);
+    let line = wait_line("SIGHUP:");
+    assert!(line.contains("revoked workers disconnected: [0]"), "{line}");
+
+    // The demo then reports the failure and exits non-zero.
+    common::signal(pid, libc::SIGINT);
+    let summary = wait_line("summary:");
+    assert!(summary.contains("1 failed"), "{summary}");
+    let status = demo.0.wait().expect("wait demo");
+    assert!(!status.success());
+}
