@@ -8,13 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use quicmesh::actor::builtin::{Echo, EchoMsg, RingMsg, RingNode};
 use quicmesh::ProcMesh;
+use tokio_util::task::AbortOnDropHandle;
 
 use clap::Parser;
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
@@ -61,6 +64,15 @@ pub struct DemoArgs {
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
     link: LinkConfig,
+    /// Certificate revocation list (PEM) the allocator enforces; re-read
+    /// with the certificates on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Worker processes started by hand, besides the launched ones: each
+    /// gets a mode-0600 file of its settings and a command to run, printed
+    /// here; the ring waits until they have joined (within --start-timeout).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    external: u32,
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -90,6 +102,10 @@ struct Tally {
     procs: BTreeMap<ProcId, ProcState>,
     exits: BTreeMap<u32, ExitReport>,
     ever_failed: BTreeSet<ProcId>,
+    /// Workers whose connection ended in order (what is known of workers
+    /// this process did not start), and how many others left.
+    left_in_order: BTreeSet<u32>,
+    left_failed: usize,
 }
 
 impl Tally {
@@ -104,6 +120,13 @@ impl Tally {
             }
             AllocEvent::WorkerExited { index, status } => {
                 self.exits.insert(*index, *status);
+            }
+            AllocEvent::WorkerLeft { index, end } => {
+                if end.is_failure() {
+                    self.left_failed += 1;
+                } else {
+                    self.left_in_order.insert(*index);
+                }
             }
             _ => {}
         }
@@ -194,19 +217,36 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if let Some(timeout) = args.heartbeat_timeout {
         config.heartbeat.timeout = timeout;
     }
-    let alloc = Allocator::bind(config).await?;
+    config.crl = args.crl.clone();
+    let alloc = Arc::new(Allocator::bind(config).await?);
     println!("listening on {}", alloc.local_addr());
+    // Dropped (and so stopped) before `alloc`, whose drop kills the workers.
+    let _reloader = AbortOnDropHandle::new(tokio::spawn(reload_on_sighup(alloc.clone())));
     let mut events = alloc.events();
 
+    let (external, _settings) = write_external_workers(&alloc, &args)?;
     let launcher = Launcher::current_exe()?.arg("worker");
     alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
-    let expected = (args.workers * args.procs_per_worker) as usize;
+    let total_workers = args.workers + args.external;
+    let expected = (total_workers * args.procs_per_worker) as usize;
     let mut tally = Tally::default();
 
     let started = tokio::time::timeout(Duration::from_secs(args.start_timeout), async {
+        let mut joined = 0;
         while tally.running() < expected && tally.ever_failed.is_empty() && tally.exits.is_empty() {
             match events.next().await {
-                Some(e) => tally.record(&e),
+                Some(e) => {
+                    if let AllocEvent::WorkerJoined { index, .. } = &e {
+                        if external.contains(index) {
+                            joined += 1;
+                            println!(
+                                "external worker {index} joined ({joined} of {})",
+                                external.len()
+                            );
+                        }
+                    }
+                    tally.record(&e)
+                }
                 None => break,
             }
         }
@@ -248,7 +288,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let told = alloc.stop_all(0);
     println!("stopping: StopAndExit(0) sent to {told} workers");
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {
-        while tally.exits.len() < args.workers as usize {
+        while tally.exits.len() < args.workers as usize
+            || tally.left_in_order.len() + tally.left_failed < external.len()
+        {
             match events.next().await {
                 Some(e) => tally.record(&e),
                 None => break,
@@ -259,7 +301,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if stopped.is_err() {
         println!("not every worker exited within 30 s");
     }
-    let clean_exits = tally.exits.values().filter(|s| s.is_success()).count();
+    let clean_exits = tally.exits.values().filter(|s| s.is_success()).count()
+        + external
+            .iter()
+            .filter(|i| tally.left_in_order.contains(i))
+            .count();
     let stopped_procs = tally
         .procs
         .values()
@@ -269,11 +315,110 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         "summary: {expected} procs, {} running at peak, {stopped_procs} stopped in order, {} failed; {clean_exits}/{} workers exited 0",
         if all_running { expected } else { tally.running() },
         tally.ever_failed.len(),
-        args.workers
+        total_workers
     );
     Ok(all_running
         && actors_ok
         && tally.ever_failed.is_empty()
         && stopped_procs == expected
-        && clean_exits == args.workers as usize)
+        && clean_exits == total_workers as usize)
+}
+
+/// Reloads the allocator's certificates, CA bundle and revocation list on
+/// every SIGHUP, saying what happened.
+async fn reload_on_sighup(alloc: Arc<Allocator>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("quicmesh demo: cannot watch SIGHUP, reloading disabled: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match alloc.reload_tls() {
+            Ok(revoked) if revoked.is_empty() => println!("SIGHUP: TLS material reloaded"),
+            Ok(revoked) => {
+                println!("SIGHUP: TLS material reloaded; revoked workers disconnected: {revoked:?}")
+            }
+            Err(e) => println!("SIGHUP: reload failed, the old material stays in force: {e}"),
+        }
+    }
+}
+
+/// Reserves the `--external` workers and writes each one's settings, secret
+/// token included, to a file only its owner may read; prints the command
+/// that starts it. Returns their indexes.
+fn write_external_workers(
+    alloc: &Allocator,
+    args: &DemoArgs,
+) -> anyhow::Result<(Vec<u32>, Option<RemovedOnDrop>)> {
+    if args.external == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let dir = std::env::temp_dir().join(format!("quicmesh-demo-{}", std::process::id()));
+    let mut builder = std::fs::DirBuilder::new();
+    builder.mode(0o700);
+    builder
+        .create(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let guard = RemovedOnDrop(dir.clone());
+    println!(
+        "external workers: settings in {} (each file holds a secret token)",
+        dir.display()
+    );
+    let exe = std::env::current_exe()?;
+    let mut indexes = Vec::new();
+    for _ in 0..args.external {
+        let ticket = alloc.reserve(args.procs_per_worker);
+        let path = dir.join(format!("worker-{}.env", ticket.index));
+        let mut body = String::new();
+        for (name, value) in &ticket.env {
+            body.push_str(&format!("{name}={}\n", shell_quote(value)));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        std::io::Write::write_all(&mut file, body.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        println!(
+            "external worker {}: run: sh -c 'set -a; . {}; set +a; exec {} worker'",
+            ticket.index,
+            shell_quote(&path.display().to_string()),
+            shell_quote(&exe.display().to_string())
+        );
+        indexes.push(ticket.index);
+    }
+    println!(
+        "waiting up to {} s for {} external workers to join",
+        args.start_timeout, args.external
+    );
+    Ok((indexes, Some(guard)))
+}
+
+/// A folder of secrets, removed when the demo ends (however it ends).
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `value` quoted for a POSIX shell: inside double quotes, with `"`, `\`,
+/// `$` and backquote escaped (so that it can also sit inside the printed
+/// single-quoted `sh -c` command).
+fn shell_quote(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }

@@ -15,7 +15,8 @@ pub const UNREACHABLE: i32 = 69;
 pub const CONNECTION_LOST: i32 = 75;
 /// The allocator broke the protocol (garbage, oversized frame...).
 pub const PROTOCOL: i32 = 76;
-/// The allocator rejected this worker (bad token, unknown or duplicate index).
+/// The allocator rejected this worker (bad token, unknown or duplicate index,
+/// or a revoked certificate).
 pub const REJECTED: i32 = 77;
 /// The worker's configuration (environment, flags, certificate files) is unusable.
 pub const CONFIG: i32 = 78;

@@ -134,6 +134,10 @@ pub enum FailureReason {
     MailboxNotOpened(Duration),
     /// Its worker reported it failed, for this reason.
     ReportedByWorker(String),
+    /// Its worker's certificate was revoked while it was connected (the
+    /// allocator loaded a revocation list naming it); the text identifies
+    /// the certificate.
+    CertificateRevoked(String),
 }
 
 impl fmt::Display for FailureReason {
@@ -164,6 +168,9 @@ impl fmt::Display for FailureReason {
                 write!(f, "mailbox stream not opened within {within:?}")
             }
             FailureReason::ReportedByWorker(why) => write!(f, "{why}"),
+            FailureReason::CertificateRevoked(cert) => {
+                write!(f, "certificate revoked: {cert}")
+            }
         }
     }
 }
@@ -177,6 +184,7 @@ impl Bounded for FailureReason {
             FailureReason::SendFailed(e) => FailureReason::SendFailed(cut(e)),
             FailureReason::MailboxStream(e) => FailureReason::MailboxStream(cut(e)),
             FailureReason::ReportedByWorker(e) => FailureReason::ReportedByWorker(cut(e)),
+            FailureReason::CertificateRevoked(e) => FailureReason::CertificateRevoked(cut(e)),
             other => other,
         }
     }

@@ -27,6 +27,11 @@ pub struct AllocatorConfig {
     pub cert: PathBuf,
     /// PEM path of the allocator's key.
     pub key: PathBuf,
+    /// PEM path of certificate revocation lists (`X509 CRL` blocks, e.g.
+    /// from `quicmesh certs revoke`): worker certificates they list are
+    /// refused, and disconnected if connected. Read at bind and at every
+    /// [`Allocator::reload_tls`](super::Allocator::reload_tls); default none.
+    pub crl: Option<PathBuf>,
     /// PEM path of the certificate handed to launched workers.
     pub worker_cert: PathBuf,
     /// PEM path of the key handed to launched workers.
@@ -70,6 +75,7 @@ impl AllocatorConfig {
             ca: certs.ca_cert.clone(),
             cert: certs.server_cert.clone(),
             key: certs.server_key.clone(),
+            crl: None,
             worker_cert: certs.worker_cert.clone(),
             worker_key: certs.worker_key.clone(),
             heartbeat: HeartbeatConfig::default(),

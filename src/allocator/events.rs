@@ -7,6 +7,7 @@
 //! since the previous one; reasons a peer can influence are cut to a fixed
 //! length. A flood therefore costs a counter, not a queue.
 
+use crate::tls::CertIdentity;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,6 +97,9 @@ pub enum AllocEvent {
         host: String,
         /// The address it connects from.
         addr: SocketAddr,
+        /// The certificate it presented (verified by the TLS handshake;
+        /// unlike `pid` and `host`, not chosen by the worker).
+        identity: CertIdentity,
     },
     /// A connection was refused before admission (bad certificate, token, index, Hello...).
     WorkerRejected {
@@ -159,10 +163,11 @@ impl fmt::Display for AllocEvent {
                 pid,
                 host,
                 addr,
+                identity,
             } => {
                 write!(
                     f,
-                    "worker {index} joined (pid {pid} on {host}, from {addr})"
+                    "worker {index} joined (pid {pid} on {host}, from {addr}, certificate {identity})"
                 )
             }
             AllocEvent::WorkerRejected {

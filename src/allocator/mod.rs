@@ -91,6 +91,8 @@ pub struct JoinTicket {
 pub struct Allocator {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    /// The endpoint's configuration; a reload swaps its TLS part.
+    quic_config: std::sync::Mutex<quinn::ServerConfig>,
     local_addr: SocketAddr,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     client: Client,
@@ -120,16 +122,19 @@ impl Allocator {
         }
         // Workers get these paths: check them now rather than in every worker.
         tls::load::load_identity(&config.worker_cert, &config.worker_key)?;
-        let roots = tls::load::load_roots(&config.ca)?;
-        let identity = tls::load::load_identity(&config.cert, &config.key)?;
-        let server_tls = tls::rustls_config::server_config(roots, identity)?;
-        let endpoint = crate::transport::server_endpoint(
-            config.listen,
+        let (server_tls, revocations) = load_server_tls(&config)?;
+        let quic_config = crate::transport::endpoint::server_quic_config(
             server_tls,
             &config.heartbeat,
-            &config.limits,
             &config.link,
         )?;
+        let endpoint =
+            quinn::Endpoint::server(quic_config.clone(), config.listen).map_err(|source| {
+                crate::transport::TransportError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
         let local_addr =
             endpoint
                 .local_addr()
@@ -160,7 +165,7 @@ impl Allocator {
             router::Router::new(controller)
         });
         let controller = router.controller().clone();
-        let shared = Arc::new(Shared::new(config, router));
+        let shared = Arc::new(Shared::new(config, router, revocations));
         let mut tasks = vec![tokio::spawn(server::accept_loop(
             shared.clone(),
             endpoint.clone(),
@@ -186,10 +191,55 @@ impl Allocator {
             controller,
             shared,
             endpoint,
+            quic_config: std::sync::Mutex::new(quic_config),
             local_addr,
             tasks: std::sync::Mutex::new(tasks),
             returns,
         })
+    }
+
+    /// Reads the allocator's certificate and key, its CA bundle and its
+    /// revocation list again from the configured paths and puts them in
+    /// force, without a restart: what `quicmesh` does on SIGHUP.
+    ///
+    /// Connected workers keep their connections (TLS authenticated them
+    /// once, in their handshake), except those whose certificate the new
+    /// revocation list names: they are disconnected with close code
+    /// `REVOKED` and their procs reported failed,
+    /// [`FailureReason::CertificateRevoked`](crate::reason::FailureReason::CertificateRevoked).
+    /// Every handshake that begins after the call uses the new certificate
+    /// and trusts the new bundle; one already under way finishes with the
+    /// material it began with, but is checked against the new revocation
+    /// list before admission. To move workers to a new CA, reload with a
+    /// bundle holding the old and the new CA, move the workers over, then
+    /// reload with the new CA alone.
+    ///
+    /// Returns the indexes of the workers disconnected as revoked. Errors,
+    /// as at [`bind`](Allocator::bind): [`AllocatorError::Tls`] naming the
+    /// file that is missing, malformed, expired, mismatched or readable by
+    /// others, [`AllocatorError::Transport`] if the result cannot be used
+    /// for QUIC. On error nothing changes: the old material stays in force.
+    pub fn reload_tls(&self) -> Result<Vec<u32>, AllocatorError> {
+        let (server_tls, revocations) = load_server_tls(&self.shared.config)?;
+        let crypto = crate::transport::endpoint::quic_server_crypto(server_tls)?;
+        let mut quic_config = lock(&self.quic_config);
+        // The rest of the configuration, the Retry token key included, stays:
+        // a worker holding a Retry token from before the reload still gets in.
+        quic_config.crypto = crypto;
+        self.endpoint.set_server_config(Some(quic_config.clone()));
+        drop(quic_config);
+        let revoked = self.shared.set_revocations(revocations);
+        tracing::info!(
+            "reloaded TLS material (certificate {}, CA bundle {}{}); {} connected workers revoked",
+            self.shared.config.cert.display(),
+            self.shared.config.ca.display(),
+            match &self.shared.config.crl {
+                Some(crl) => format!(", revocation list {}", crl.display()),
+                None => String::new(),
+            },
+            revoked.len()
+        );
+        Ok(revoked)
     }
 
     /// The address the listener is bound to.
@@ -495,6 +545,22 @@ impl Allocator {
         exits.sort_unstable_by_key(|(i, _)| *i);
         exits
     }
+}
+
+/// Loads the allocator's TLS material from the paths in `config` and builds
+/// its rustls configuration, with the revocation list if one is configured.
+fn load_server_tls(
+    config: &AllocatorConfig,
+) -> Result<(rustls::ServerConfig, tls::revocation::Revocations), AllocatorError> {
+    let roots = tls::load::load_roots(&config.ca)?;
+    let identity = tls::load::load_identity(&config.cert, &config.key)?;
+    let revocations = match &config.crl {
+        Some(path) => tls::revocation::load_crls(path)?,
+        None => tls::revocation::Revocations::none(),
+    };
+    let server_tls =
+        tls::rustls_config::server_config_with_crls(roots, identity, revocations.crls.clone())?;
+    Ok((server_tls, revocations))
 }
 
 impl Drop for Allocator {

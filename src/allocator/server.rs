@@ -47,9 +47,11 @@ use super::handshakes::{Busy, HandshakeSlots, Source};
 use super::Shared;
 use crate::config::MAX_PRE_ADMISSION_FRAME;
 use crate::sync::lock;
+use crate::tls::CertIdentity;
 use crate::transport::endpoint::open_admitted;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, WorkerToAllocator};
+use rustls_pki_types::CertificateDer;
 
 /// Accepts connections until the endpoint is closed.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
@@ -135,6 +137,16 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         conn.close(code, &close::reason_bytes(&reason));
         Err(reason)
     };
+    // TLS required a client certificate, so there is one; say so if not.
+    let Some(peer_cert) = peer_certificate(&conn) else {
+        return refuse(close::PROTOCOL, "no client certificate".into());
+    };
+    let identity = CertIdentity::of(&peer_cert);
+    // A handshake that began before a reload ran with the old revocation
+    // list (quinn keeps an attempt's configuration): check the current one.
+    if shared.revocations().is_revoked(&peer_cert) {
+        return refuse(close::REVOKED, format!("certificate revoked: {identity}"));
+    }
     if conn.max_datagram_size().is_none() {
         return refuse(
             close::PROTOCOL,
@@ -188,9 +200,10 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         &shared.config.link,
     );
     let (tx, rx) = mpsc::unbounded_channel();
-    shared.worker_joined(hello.index, tx);
+    shared.worker_joined(hello.index, tx.clone());
+    shared.set_peer_cert(hello.index, peer_cert.clone());
     tracing::info!(
-        "worker {} admitted (pid {} on {}, from {addr})",
+        "worker {} admitted (pid {} on {}, from {addr}, certificate {identity})",
         hello.index,
         hello.pid,
         hello.host
@@ -200,7 +213,13 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         pid: hello.pid,
         host: hello.host.clone(),
         addr,
+        identity: identity.clone(),
     });
+    // A list loaded between the check above and the registration just now
+    // did not see this worker: check again (see `Shared::set_revocations`).
+    if shared.revocations().is_revoked(&peer_cert) {
+        let _ = tx.send(super::session::WorkerCommand::Revoked(identity.to_string()));
+    }
     Ok(WorkerSession {
         shared: shared.clone(),
         index: hello.index,
@@ -210,6 +229,15 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         commands: rx,
         initial_procs: procs,
     })
+}
+
+/// The leaf certificate the peer presented in the handshake.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.into_iter().next()
 }
 
 /// The variant name of a frame, for error messages (never its contents: tokens are secret).

@@ -33,6 +33,9 @@ pub(crate) enum WorkerCommand {
     Exit(i32),
     /// The launched worker process has ended (reaped by the launcher).
     ProcessExited(ExitReport),
+    /// The worker's certificate (described by the text) has been revoked:
+    /// disconnect it and fail its procs.
+    Revoked(String),
 }
 
 /// Something that happened to the session.
@@ -313,6 +316,10 @@ impl Session {
                 self.plan = Plan::Exiting { code };
                 vec![Action::Send(AllocatorToWorker::Exit { code })]
             }
+            WorkerCommand::Revoked(cert) => self.end(End {
+                close: Some((close::REVOKED, format!("certificate revoked: {cert}"))),
+                end: ProcEnd::Failed(FailureReason::CertificateRevoked(cert)),
+            }),
             WorkerCommand::ProcessExited(status) => {
                 let end = match self.plan {
                     Plan::Exiting { code } => End {

@@ -18,6 +18,9 @@ use crate::id::ProcId;
 use crate::reason::{bounded_text, ExitReport, ProcEnd};
 use crate::rtt::RttCell;
 use crate::sync::lock;
+use crate::tls::revocation::Revocations;
+use crate::tls::CertIdentity;
+use rustls_pki_types::CertificateDer;
 
 /// Longest reason kept in a refusal event or counter, in bytes.
 const MAX_REFUSAL_REASON: usize = 200;
@@ -63,10 +66,19 @@ pub(crate) struct Shared {
     exits: Mutex<HashMap<u32, ExitReport>>,
     /// The round trip of each connected worker's path, written by its heartbeat task.
     rtts: Mutex<HashMap<u32, RttCell>>,
+    /// The certificate each connected worker presented, checked again
+    /// whenever a new revocation list is loaded.
+    peer_certs: Mutex<HashMap<u32, CertificateDer<'static>>>,
+    /// The revocation list in force (replaced whole by a reload).
+    revocations: Mutex<Arc<Revocations>>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: AllocatorConfig, router: Arc<Router>) -> Shared {
+    pub(crate) fn new(
+        config: AllocatorConfig,
+        router: Arc<Router>,
+        revocations: Revocations,
+    ) -> Shared {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Shared {
             config,
@@ -84,7 +96,44 @@ impl Shared {
             proc_states: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             rtts: Mutex::new(HashMap::new()),
+            peer_certs: Mutex::new(HashMap::new()),
+            revocations: Mutex::new(Arc::new(revocations)),
         }
+    }
+
+    /// The revocation list in force.
+    pub(crate) fn revocations(&self) -> Arc<Revocations> {
+        lock(&self.revocations).clone()
+    }
+
+    /// Puts `revocations` in force and tells every connected worker whose
+    /// certificate it revokes to go; returns the indexes of those workers.
+    ///
+    /// The list is swapped in before the connected workers are looked at,
+    /// and `admit` checks the list after registering a worker's certificate,
+    /// so a worker admitted at the same moment is caught by one or the other.
+    pub(crate) fn set_revocations(&self, revocations: Revocations) -> Vec<u32> {
+        let revocations = Arc::new(revocations);
+        *lock(&self.revocations) = revocations.clone();
+        let revoked: Vec<(u32, String)> = lock(&self.peer_certs)
+            .iter()
+            .filter(|(_, cert)| revocations.is_revoked(cert))
+            .map(|(index, cert)| (*index, CertIdentity::of(cert).to_string()))
+            .collect();
+        let mut indexes = Vec::new();
+        for (index, identity) in revoked {
+            tracing::warn!("worker {index}: certificate {identity} revoked, disconnecting it");
+            if self.command(index, WorkerCommand::Revoked(identity)) {
+                indexes.push(index);
+            }
+        }
+        indexes.sort_unstable();
+        indexes
+    }
+
+    /// Records the certificate connected worker `index` presented.
+    pub(crate) fn set_peer_cert(&self, index: u32, cert: CertificateDer<'static>) {
+        lock(&self.peer_certs).insert(index, cert);
     }
 
     /// Records what `event` says, logs it (this is the one place events are
@@ -219,6 +268,7 @@ impl Shared {
     pub(crate) fn worker_left(&self, index: u32, end: ProcEnd) {
         lock(&self.workers).remove(&index);
         lock(&self.rtts).remove(&index);
+        lock(&self.peer_certs).remove(&index);
         self.lock_admission().finish(index);
         if end.is_failure() {
             self.kill_child(

@@ -24,7 +24,7 @@ use super::provider::short_fingerprint;
 /// 825 days is the longest lifetime that Apple platforms accept for a TLS
 /// server certificate; staying under it avoids surprises if a dev certificate
 /// ends up inspected by such a client.
-const DEV_VALIDITY_DAYS: i64 = 825;
+pub(super) const DEV_VALIDITY_DAYS: i64 = 825;
 
 /// Common name of the generated worker (client) certificate.
 const WORKER_CN: &str = "quicmesh-worker";
@@ -33,17 +33,33 @@ const ALLOCATOR_CN: &str = "quicmesh-allocator";
 /// Common name of the generated development CA.
 const CA_CN: &str = "quicmesh development CA";
 
-/// The PEM files of a development mesh in one directory.
+/// The folder, inside the certificate folder, that holds the CA's private
+/// key by default (created with mode 0700).
+pub const CA_KEY_DIR: &str = "ca-private";
+/// The file name of the CA's private key.
+const CA_KEY_FILE: &str = "ca.key";
+/// Where the CA key was kept before it got a folder of its own; found there,
+/// [`ensure_dev_certs`] moves it.
+const OLD_CA_KEY_FILE: &str = "ca.key";
+/// The folder, inside the certificate folder, where `quicmesh certs issue`
+/// writes per-host worker credentials by default.
+pub const ISSUED_DIR: &str = "workers";
+
+/// The PEM files of a development mesh: one directory of files handed out,
+/// and the CA's private key in a folder of its own.
 ///
 /// The allocator needs `ca_cert`, `server_cert` and `server_key`; a worker
 /// needs `ca_cert`, `worker_cert` and `worker_key`. `ca_key` is only needed to
-/// issue more certificates and should not be copied to any machine that runs
-/// the mesh.
+/// issue more certificates (`quicmesh certs issue`), so it lives apart, in
+/// [`CA_KEY_DIR`] (mode 0700) or a folder given with
+/// [`CertPaths::with_ca_key_dir`]: copying the certificate folder to a
+/// worker machine, or mounting it into a container, never carries the key
+/// that can mint new members of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPaths {
     /// The CA certificate both sides trust (`ca.pem`).
     pub ca_cert: PathBuf,
-    /// The CA's private key (`ca.key`).
+    /// The CA's private key (`ca-private/ca.key`).
     pub ca_key: PathBuf,
     /// The allocator's server certificate (`allocator.pem`).
     pub server_cert: PathBuf,
@@ -56,19 +72,28 @@ pub struct CertPaths {
 }
 
 impl CertPaths {
-    /// The standard file names inside `dir`: `ca.pem`, `ca.key`,
-    /// `allocator.pem`, `allocator.key`, `worker.pem`, `worker.key`.
+    /// The standard file names inside `dir`: `ca.pem`, `allocator.pem`,
+    /// `allocator.key`, `worker.pem`, `worker.key`, and the CA key
+    /// `ca-private/ca.key`.
     ///
     /// Only builds paths; nothing is read or checked.
     pub fn in_dir(dir: &Path) -> CertPaths {
         CertPaths {
             ca_cert: dir.join("ca.pem"),
-            ca_key: dir.join("ca.key"),
+            ca_key: dir.join(CA_KEY_DIR).join(CA_KEY_FILE),
             server_cert: dir.join("allocator.pem"),
             server_key: dir.join("allocator.key"),
             worker_cert: dir.join("worker.pem"),
             worker_key: dir.join("worker.key"),
         }
+    }
+
+    /// The same paths with the CA key as `ca.key` in `ca_key_dir` instead.
+    ///
+    /// Only builds paths; nothing is read or checked.
+    pub fn with_ca_key_dir(mut self, ca_key_dir: &Path) -> CertPaths {
+        self.ca_key = ca_key_dir.join(CA_KEY_FILE);
+        self
     }
 
     /// All six paths, CA first, in a fixed order (the order in which
@@ -106,6 +131,7 @@ impl CertPaths {
 pub struct DevCertOptions {
     extra_sans: Vec<String>,
     force: bool,
+    ca_key_dir: Option<PathBuf>,
 }
 
 impl DevCertOptions {
@@ -138,10 +164,27 @@ impl DevCertOptions {
         self.force = force;
         self
     }
+
+    /// Keeps the CA private key in `dir` instead of [`CA_KEY_DIR`] inside the
+    /// certificate folder (created with mode 0700 if missing).
+    pub fn ca_key_dir(mut self, dir: impl Into<PathBuf>) -> DevCertOptions {
+        self.ca_key_dir = Some(dir.into());
+        self
+    }
+
+    /// The paths these options generate into `dir`.
+    fn paths(&self, dir: &Path) -> CertPaths {
+        let paths = CertPaths::in_dir(dir);
+        match &self.ca_key_dir {
+            Some(ca) => paths.with_ca_key_dir(ca),
+            None => paths,
+        }
+    }
 }
 
 /// Generates a development CA and the allocator and worker certificates it
-/// signs, writing the six PEM files of [`CertPaths::in_dir`] into `dir`.
+/// signs, writing the five PEM files handed out into `dir` and the CA key
+/// into its own folder (see [`CertPaths`]).
 ///
 /// This exists so that a mesh can be tried out (and tested) without any PKI:
 /// the allocator certificate is valid for `localhost`, `127.0.0.1` and `::1`
@@ -150,8 +193,8 @@ impl DevCertOptions {
 /// ClientAuth. All keys are ECDSA P-256. Certificates are valid from one day
 /// ago (tolerating clock skew) to 825 days from now.
 ///
-/// `dir` is created if missing. Private keys are created with mode 0600 on
-/// Unix. Each file is written to a temporary name and renamed into place, so
+/// `dir` is created if missing, the CA key's folder with mode 0700. Private
+/// keys are created with mode 0600 on Unix. Each file is written to a temporary name and renamed into place, so
 /// a reader never sees a half-written file.
 ///
 /// Errors: [`TlsError::Exists`] (naming the first existing file) when any of
@@ -186,7 +229,7 @@ pub fn generate_dev_certs_with_validity(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertPaths, TlsError> {
-    let paths = CertPaths::in_dir(dir);
+    let paths = options.paths(dir);
     if !options.force {
         if let Some(existing) = paths.all().into_iter().find(|p| p.exists()) {
             return Err(TlsError::Exists {
@@ -282,6 +325,9 @@ pub fn generate_dev_certs_with_validity(
         path: dir.to_path_buf(),
         source,
     })?;
+    if let Some(ca_dir) = paths.ca_key.parent() {
+        create_private_dir(ca_dir)?;
+    }
     // Keys first, certificates last: a crash part-way leaves an incomplete set
     // that `ensure_dev_certs` reports instead of using.
     write_file(&paths.ca_key, ca_key_pem.as_bytes(), true)?;
@@ -312,11 +358,18 @@ pub fn generate_dev_certs_with_validity(
 /// regenerating would replace a CA that other processes may already trust.
 /// Existing files are not validated here; loading them does that.
 ///
-/// Errors: [`TlsError::Incomplete`] naming the first missing file, or those of
+/// A folder made before the CA key got a folder of its own holds
+/// `ca.key` next to the files handed out; it is moved into [`CA_KEY_DIR`]
+/// (with a warning in the log that says from where to where), so that the
+/// folder can be handed out as it is.
+///
+/// Errors: [`TlsError::Incomplete`] naming the first missing file,
+/// [`TlsError::Write`] if the old CA key cannot be moved, or those of
 /// [`generate_dev_certs`] when generating.
 pub fn ensure_dev_certs(dir: impl AsRef<Path>) -> Result<CertPaths, TlsError> {
     let dir = dir.as_ref();
     let paths = CertPaths::in_dir(dir);
+    migrate_old_ca_key(dir, &paths.ca_key)?;
     let missing: Vec<&Path> = paths.all().into_iter().filter(|p| !p.exists()).collect();
     match missing.first() {
         None => {
@@ -331,9 +384,48 @@ pub fn ensure_dev_certs(dir: impl AsRef<Path>) -> Result<CertPaths, TlsError> {
     }
 }
 
+/// Moves `dir/ca.key` (the layout before the CA key had its own folder) to
+/// `ca_key`, unless a key is there already.
+fn migrate_old_ca_key(dir: &Path, ca_key: &Path) -> Result<(), TlsError> {
+    let old = dir.join(OLD_CA_KEY_FILE);
+    if old == ca_key || !old.is_file() || ca_key.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = ca_key.parent() {
+        create_private_dir(parent)?;
+    }
+    fs::rename(&old, ca_key).map_err(|source| TlsError::Write {
+        path: ca_key.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(
+        "moved the CA private key from {} to {}: it is only needed to issue certificates, \
+         and {} can now be handed to workers without it",
+        old.display(),
+        ca_key.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing, `dir` itself with mode 0700.
+pub(super) fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// A subject alternative name: an IP address if `name` parses as one (also
 /// in brackets, `[::1]`), else a DNS name.
-fn parse_san(name: &str) -> Result<SanType, TlsError> {
+pub(super) fn parse_san(name: &str) -> Result<SanType, TlsError> {
     let trimmed = name.trim();
     let unbracketed = trimmed
         .strip_prefix('[')
@@ -365,7 +457,7 @@ fn parse_san(name: &str) -> Result<SanType, TlsError> {
 }
 
 /// A distinguished name with an organization and the given common name.
-fn name(common_name: &str) -> DistinguishedName {
+pub(super) fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "quicmesh");
     dn.push(DnType::CommonName, common_name);
@@ -373,7 +465,7 @@ fn name(common_name: &str) -> DistinguishedName {
 }
 
 /// Parameters for an end-entity certificate with one extended key usage.
-fn leaf_params(
+pub(super) fn leaf_params(
     common_name: &str,
     usage: ExtendedKeyUsagePurpose,
     not_before: OffsetDateTime,
@@ -394,7 +486,7 @@ fn leaf_params(
 /// same directory (mode 0600 for secrets, 0644 otherwise, set at creation so
 /// a secret is never readable by others, not even briefly), then renamed over
 /// `path`.
-fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
+pub(super) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
     let write_err = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
@@ -626,6 +718,48 @@ mod tests {
         // Brackets around IPv6 addresses and wildcards are accepted.
         let options = DevCertOptions::new().sans(["[fe80::1]", "*.mesh.test"]);
         generate_dev_certs(dir.path(), &options).expect("generate");
+    }
+
+    #[test]
+    fn ensure_moves_an_old_ca_key_out_of_the_handed_out_folder() {
+        let dir = TempDir::new("migrate");
+        let paths = ensure_dev_certs(dir.path()).expect("first");
+        // The layout before the CA key had a folder of its own.
+        let old = dir.path().join("ca.key");
+        fs::rename(&paths.ca_key, &old).expect("move back");
+        fs::remove_dir(paths.ca_key.parent().expect("ca dir")).expect("rmdir");
+        let key = fs::read(&old).expect("read");
+        let ca = fs::read(&paths.ca_cert).expect("read");
+
+        let again = ensure_dev_certs(dir.path()).expect("migrate");
+        assert_eq!(again, paths);
+        assert!(!old.exists(), "old CA key left among the handed-out files");
+        assert_eq!(
+            fs::read(&paths.ca_key).expect("read"),
+            key,
+            "not the same key"
+        );
+        assert_eq!(
+            fs::read(&paths.ca_cert).expect("read"),
+            ca,
+            "CA regenerated"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ca_dir = paths.ca_key.parent().expect("ca dir");
+            let mode = fs::metadata(ca_dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        // The migrated CA still issues.
+        super::super::issue::issue_worker_cert(
+            &paths.ca_cert,
+            &paths.ca_key,
+            "after-move",
+            &dir.path().join("workers"),
+            false,
+        )
+        .expect("issue after the move");
     }
 
     #[test]

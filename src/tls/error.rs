@@ -47,6 +47,29 @@ pub enum TlsError {
         path: PathBuf,
     },
 
+    /// A private key file can be read by its group or by others. Like ssh,
+    /// quicmesh refuses to use it: a key anyone on the machine can copy
+    /// proves nothing about who holds it.
+    #[error(
+        "private key {} is readable by group or others (mode {mode:03o}); fix it with `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// A file that should hold certificate revocation lists holds no
+    /// `X509 CRL` PEM block.
+    #[error("{} contains no PEM certificate revocation list (X509 CRL)", path.display())]
+    NoCrl {
+        /// The file without a CRL.
+        path: PathBuf,
+    },
+
     /// A certificate's validity period has ended.
     #[error("certificate {} expired on {not_after}", path.display())]
     Expired {

@@ -48,8 +48,11 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 ///
 /// The key is also loaded once with the *ring* provider, so that a key that
 /// is corrupt or of a type rustls cannot sign with is reported here, naming
-/// the file.
+/// the file. On Unix a key file that its group or others may read is refused
+/// ([`TlsError::KeyPermissions`]) before it is read, as ssh refuses such
+/// keys: whoever else can read it can act as this side of the mesh.
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    check_key_permissions(path)?;
     let bytes = read_file(path)?;
     let key = match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => key,
@@ -189,6 +192,29 @@ pub(crate) fn describe_cert(cert: &CertificateDer<'_>) -> String {
 // ---------------------------------------------------------------------------
 // Internals.
 
+/// Refuses a key file that its group or others may read (Unix only; the
+/// permission bits of the file a symlink points to are what count).
+fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o077 != 0 {
+            return Err(TlsError::KeyPermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Reads a whole file, naming it on error.
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|source| TlsError::Read {
@@ -323,7 +349,8 @@ mod tests {
         truncated.push(lines[lines.len() - 1]);
         let truncated = truncated.join("\n");
 
-        let garbage_text = dir.write("garbage.pem", "this is not a certificate\n");
+        // Also read as a key, so owner-only.
+        let garbage_text = dir.write_key("garbage.pem", "this is not a certificate\n");
         let bad_base64 = dir.write(
             "bad-base64.pem",
             "-----BEGIN CERTIFICATE-----\n!!!! not base64 !!!!\n-----END CERTIFICATE-----\n",
@@ -337,7 +364,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n",
         );
         let truncated = dir.write("truncated.pem", &truncated);
-        let bad_key = dir.write(
+        let bad_key = dir.write_key(
             "bad.key",
             "-----BEGIN PRIVATE KEY-----\naGVsbG8gd29ybGQ=\n-----END PRIVATE KEY-----\n",
         );
@@ -380,7 +407,14 @@ mod tests {
             .expect_err("identity");
         assert!(err.to_string().contains("bad.key"), "{err}");
 
-        // A key where a certificate belongs and vice versa.
+        // A key where a certificate belongs and vice versa (the certificate
+        // made owner-only, else its mode is what is refused).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&paths.worker_cert, fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
         assert!(matches!(
             load_certs(&paths.worker_key),
             Err(TlsError::NoCertificate { .. })
@@ -389,6 +423,36 @@ mod tests {
             load_key(&paths.worker_cert),
             Err(TlsError::NoKey { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_readable_by_others_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, paths) = mesh("perms");
+        for mode in [0o640, 0o604, 0o644, 0o666] {
+            fs::set_permissions(&paths.worker_key, fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            let err = load_identity(&paths.worker_cert, &paths.worker_key)
+                .map(|_| ())
+                .expect_err("readable key accepted");
+            match &err {
+                TlsError::KeyPermissions { path, mode: seen } => {
+                    assert_eq!(path, &paths.worker_key);
+                    assert_eq!(*seen, mode);
+                }
+                other => panic!("expected KeyPermissions, got {other:?}"),
+            }
+            let msg = err.to_string();
+            let fix = format!("chmod 600 {}", paths.worker_key.display());
+            assert!(msg.contains(&fix), "{msg}");
+        }
+        // Owner-only modes are fine, read-only included.
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&paths.worker_key, fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            load_identity(&paths.worker_cert, &paths.worker_key).expect("private key refused");
+        }
     }
 
     #[test]

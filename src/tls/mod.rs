@@ -23,6 +23,12 @@
 //! * `load`: **loading and checking** PEM files, with errors that name the
 //!   file and with the checks rustls would only make later and less
 //!   helpfully (validity period, key matching its certificate).
+//! * `issue`: **issuing** one host's worker credential from an existing CA
+//!   (`quicmesh certs issue`).
+//! * `revocation`: the **revocation list** (CRLs) the allocator checks
+//!   new handshakes and connected workers against.
+//! * `identity` ([`CertIdentity`]): who a peer's certificate names, for
+//!   events and logs.
 //! * `provider` (the *ring* crypto provider and its digest) and `error`
 //!   ([`TlsError`]), used by all three.
 //!
@@ -31,11 +37,19 @@
 
 pub(crate) mod dev_certs;
 mod error;
+pub(crate) mod identity;
+mod issue;
 pub(crate) mod load;
 mod provider;
+pub(crate) mod revocation;
 pub(crate) mod rustls_config;
 #[cfg(test)]
 mod test_support;
 
-pub use dev_certs::{ensure_dev_certs, generate_dev_certs, CertPaths, DevCertOptions};
+pub use dev_certs::{
+    ensure_dev_certs, generate_dev_certs, CertPaths, DevCertOptions, CA_KEY_DIR, ISSUED_DIR,
+};
 pub use error::TlsError;
+pub use identity::CertIdentity;
+pub use issue::{issue_worker_cert, revoke_certs, IssuedPaths};
+pub use revocation::{load_crls, Revocations};

@@ -27,9 +27,31 @@ pub(crate) const ALPN: &[u8] = b"quicmesh/1";
 /// certificate from the mesh CA can connect), ALPN = `quicmesh/1`, and
 /// `max_early_data_size = 0`: 0-RTT data can be replayed by an attacker, and
 /// nothing quicmesh sends is worth that.
+#[cfg(any(test, feature = "testkit"))]
 pub fn server_config(roots: RootCertStore, identity: Identity) -> Result<ServerConfig, TlsError> {
+    server_config_with_crls(roots, identity, Vec::new())
+}
+
+/// [`server_config`] that also refuses client certificates revoked by one
+/// of `crls`.
+///
+/// Only the worker's own certificate is checked (quicmesh CAs issue
+/// workers directly), and a certificate whose issuer has no CRL in `crls`
+/// is accepted: with a bundle of an old and a new CA, a CRL for one of them
+/// must not lock out the workers of the other. The CRLs' `nextUpdate` is not
+/// enforced: an old list still revokes what it lists. rustls checks each
+/// CRL's signature against its CA, so a handshake with a certificate from
+/// a CA whose CRL is forged fails.
+pub(crate) fn server_config_with_crls(
+    roots: RootCertStore,
+    identity: Identity,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, TlsError> {
     let provider = crypto_provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(|e| {
             TlsError::Config(format!("cannot build the client certificate verifier: {e}"))

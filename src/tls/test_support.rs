@@ -34,6 +34,17 @@ impl TempDir {
         fs::write(&path, contents).expect("write test file");
         path
     }
+
+    /// Writes a private key file, readable by its owner only.
+    pub(super) fn write_key(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.write(name, contents);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        path
+    }
 }
 
 impl Drop for TempDir {
@@ -48,4 +59,10 @@ pub(super) fn mesh(tag: &str) -> (TempDir, CertPaths) {
     let options = DevCertOptions::new().san("mesh.test").san("10.9.8.7");
     let paths = generate_dev_certs(dir.path(), &options).expect("generate dev certs");
     (dir, paths)
+}
+
+/// Writes a CRL at `out`, signed by the mesh's CA, revoking the given
+/// certificates; returns `out`.
+pub(super) fn revoke(paths: &CertPaths, certs: &[&Path], out: &Path) -> PathBuf {
+    super::issue::revoke_certs(&paths.ca_cert, &paths.ca_key, certs, out).expect("write CRL")
 }

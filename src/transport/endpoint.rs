@@ -215,6 +215,7 @@ pub fn fit_receive_window(conn: &Connection, procs: usize, link: &LinkConfig) {
 /// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,
 /// [`TransportError::Setting`] if `link` is out of bounds,
 /// [`TransportError::Bind`] if the address is taken or not local.
+#[cfg(any(test, feature = "testkit"))]
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
@@ -222,8 +223,32 @@ pub fn server_endpoint(
     _limits: &Limits,
     link: &LinkConfig,
 ) -> Result<Endpoint, TransportError> {
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let config = server_quic_config(tls, heartbeat, link)?;
+    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// The QUIC TLS part of a server configuration: what a reload replaces.
+///
+/// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC.
+pub(crate) fn quic_server_crypto(
+    tls: rustls::ServerConfig,
+) -> Result<Arc<QuicServerConfig>, TransportError> {
+    QuicServerConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|e| TransportError::Tls(e.to_string()))
+}
+
+/// The server configuration of [`server_endpoint`].
+///
+/// Errors: [`TransportError::Tls`] if `tls` cannot be used for QUIC,
+/// [`TransportError::Setting`] if `link` is out of bounds.
+pub(crate) fn server_quic_config(
+    tls: rustls::ServerConfig,
+    heartbeat: &HeartbeatConfig,
+    link: &LinkConfig,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto = quic_server_crypto(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(crypto);
     config.transport_config(Arc::new(transport_config(
         Side::Allocator,
         idle_timeout_for(heartbeat),
@@ -238,7 +263,7 @@ pub fn server_endpoint(
     config.max_incoming(MAX_INCOMING);
     config.incoming_buffer_size(INCOMING_BUFFER);
     config.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
-    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    Ok(config)
 }
 
 /// Creates a client endpoint able to reach `peer` (binds the matching address family).

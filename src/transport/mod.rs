@@ -4,5 +4,7 @@ pub mod endpoint;
 pub mod framed;
 pub(crate) mod priority;
 
-pub use endpoint::{client_endpoint, connect, server_endpoint, ConnectError, TransportError};
+#[cfg(any(test, feature = "testkit"))]
+pub use endpoint::server_endpoint;
+pub use endpoint::{client_endpoint, connect, ConnectError, TransportError};
 pub use framed::{FramedRecv, FramedSend, StreamError};

@@ -30,6 +30,11 @@ pub const BUSY: VarInt = VarInt::from_u32(6);
 /// order (its task was cut off, or its side is going away).
 pub const ABANDONED: VarInt = VarInt::from_u32(7);
 
+/// The worker's certificate was revoked (the allocator loaded a revocation
+/// list that names it); the reason names the certificate. The worker exits
+/// as rejected: joining again with the same certificate cannot work.
+pub const REVOKED: VarInt = VarInt::from_u32(8);
+
 /// Reason text as sent in a close frame: bounded so it fits in one packet.
 pub fn reason_bytes(reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(200);

@@ -48,11 +48,13 @@ fn reason_text(bytes: &[u8]) -> String {
 
 /// The exit for a connection that ended before the allocator welcomed us.
 ///
-/// An application close with code REJECTED is a rejection (77); anything
-/// else, a TLS alert included, means the handshake failed (69).
+/// An application close with code REJECTED or REVOKED is a rejection (77);
+/// anything else, a TLS alert included, means the handshake failed (69).
 pub fn before_welcome(err: &ConnectionError) -> WorkerExit {
     match err {
-        ConnectionError::ApplicationClosed(c) if c.error_code == close::REJECTED => {
+        ConnectionError::ApplicationClosed(c)
+            if c.error_code == close::REJECTED || c.error_code == close::REVOKED =>
+        {
             WorkerExit::new(
                 exit_code::REJECTED,
                 format!("rejected by the allocator: {}", reason_text(&c.reason)),
@@ -94,7 +96,8 @@ pub fn after_welcome(err: &ConnectionError) -> WorkerExit {
                     exit_code::PROTOCOL,
                     format!("allocator reports a protocol violation: {reason}"),
                 )
-            } else if code == close::REJECTED {
+            } else if code == close::REJECTED || code == close::REVOKED {
+                // REVOKED's reason says "certificate revoked: <which>".
                 WorkerExit::new(
                     exit_code::REJECTED,
                     format!("rejected by the allocator: {reason}"),
@@ -143,6 +146,18 @@ mod tests {
             before_welcome(&ConnectionError::Reset).code,
             exit_code::UNREACHABLE
         );
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_a_rejection_with_the_reason() {
+        let why = "certificate revoked: CN=node-a sha256:00";
+        for exit in [
+            before_welcome(&app(close::REVOKED, why)),
+            after_welcome(&app(close::REVOKED, why)),
+        ] {
+            assert_eq!(exit.code, exit_code::REJECTED);
+            assert!(exit.to_string().contains(why), "{exit}");
+        }
     }
 
     #[test]
