@@ -12,6 +12,7 @@ mod actors;
 mod allocator_death;
 mod cli;
 mod containment;
+mod credentials;
 mod delivery;
 mod faults;
 mod flood;

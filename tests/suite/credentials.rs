@@ -4,7 +4,7 @@
 //! reload without dropping connected workers, and revocation (refused at
 //! handshake, connected workers disconnected with their procs failed).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
