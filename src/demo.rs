@@ -37,9 +37,15 @@ pub struct DemoArgs {
     /// Seconds to keep the mesh up once every proc runs.
     #[arg(long, default_value_t = 0)]
     hold: u64,
-    /// Address to listen on.
+    /// Address to listen on (0.0.0.0:PORT or [::]:PORT for every interface).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Address workers on other hosts dial, HOST or HOST:PORT (port 0 or
+    /// none: the bound port); the allocator's certificate must name HOST.
+    /// Default: the listen address, or for an unspecified one loopback for
+    /// the local workers.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Seconds allowed for every proc to be running.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
@@ -186,6 +192,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     );
     let mut config = AllocatorConfig::new(&certs);
     config.listen = args.listen;
+    config.advertise = args.advertise;
     config.alloc_name = "demo".into();
     config.link = args.link;
     if let Some(interval) = args.heartbeat_interval {
@@ -195,7 +202,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         config.heartbeat.timeout = timeout;
     }
     let alloc = Allocator::bind(config).await?;
-    println!("listening on {}", alloc.local_addr());
+    println!(
+        "listening on {} (advertised to other hosts as {})",
+        alloc.local_addr(),
+        alloc.advertised_addr()
+    );
     let mut events = alloc.events();
 
     let launcher = Launcher::current_exe()?.arg("worker");
