@@ -63,6 +63,20 @@ pub struct DemoArgs {
     /// least twice the interval.
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     heartbeat_timeout: Option<Duration>,
+    /// Start each worker with this command followed by this executable's
+    /// path and `worker --secrets-stdin`, e.g. `ssh node7` (split at blanks,
+    /// no shell quoting); the settings go on its standard input. Workers are
+    /// told the advertised address.
+    #[arg(long, value_name = "CMD", conflicts_with = "group_launch")]
+    launch: Option<String>,
+    /// Start all workers with one command followed by this executable's
+    /// path and `worker`, e.g. `srun -n {n} --overcommit` ({n}: the number
+    /// of workers; split at blanks); the settings go in its environment.
+    #[arg(long, value_name = "CMD")]
+    group_launch: Option<String>,
+    /// With --group-launch: the variable that gives each copy its index.
+    #[arg(long, value_name = "VAR", default_value = "SLURM_PROCID")]
+    index_from: String,
     /// Link setting of every connection: lan, wan, or changes such as
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
@@ -209,8 +223,33 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     );
     let mut events = alloc.events();
 
-    let launcher = Launcher::current_exe()?.arg("worker");
-    alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    let exe = std::env::current_exe()?.display().to_string();
+    let split = |cmd: &str| -> anyhow::Result<(String, Vec<String>)> {
+        let mut words = cmd.split_whitespace().map(str::to_owned);
+        let program = words
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the launch command {cmd:?} is empty"))?;
+        Ok((program, words.collect()))
+    };
+    if let Some(cmd) = &args.group_launch {
+        let (program, words) = split(cmd)?;
+        let launcher = Launcher::group(program)
+            .args(words)
+            .args([exe, "worker".into()])
+            .index_from(&args.index_from);
+        alloc.launch_group(&launcher, args.workers, args.procs_per_worker)?;
+    } else if let Some(cmd) = &args.launch {
+        let (program, words) = split(cmd)?;
+        let launcher = Launcher::program(program)
+            .args(words)
+            .args([exe, "worker".into(), "--secrets-stdin".into()])
+            .secrets_stdin()
+            .remote();
+        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    } else {
+        let launcher = Launcher::current_exe()?.arg("worker");
+        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    }
     let expected = (args.workers * args.procs_per_worker) as usize;
     let mut tally = Tally::default();
 
