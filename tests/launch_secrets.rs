@@ -266,3 +266,24 @@ fn a_bad_line_on_stdin_is_named_by_number_without_its_value() {
     assert!(stderr.contains("line 2"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn settings_that_never_come_on_stdin_end_the_worker_after_the_join_timeout() {
+    let started = std::time::Instant::now();
+    // stdin is a pipe this test keeps open and never writes to.
+    let mut child = std::process::Command::new(bin())
+        .args(["worker", "--secrets-stdin", "--join-timeout", "1s"])
+        .env_remove("QUICMESH_ALLOCATOR_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start worker");
+    let stdin = child.stdin.take();
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("within 1s"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -90,7 +90,8 @@ pub fn bootstrap_or_die(registry: &Registry) {
 ///
 /// With `--secrets-stdin` (or `QUICMESH_SECRETS_STDIN=1`) the settings are
 /// first read from standard input as `NAME=value` lines up to an empty line
-/// or the end of input ([`SecretsError`] for a bad line, exit 78); they win
+/// or the end of input, within the join timeout given by flag or variable
+/// (default 60 s) ([`SecretsError`] for a bad line or a timeout, exit 78); they win
 /// over flags and variables. Once the settings are read, every `QUICMESH_*`
 /// variable is removed from the process environment, so that programs the
 /// actors start do not inherit the token: call this before the program
@@ -110,7 +111,8 @@ pub fn run_and_exit(settings: &WorkerSettings, registry: &Registry) -> ! {
 /// Reads standard input if the settings ask for it, then checks them.
 fn prepare(mut settings: WorkerSettings) -> Result<WorkerEnv, SettingsError> {
     if settings.wants_stdin()? {
-        settings.apply_pairs(secrets::read_stdin_secrets()?)?;
+        let timeout = settings.join_timeout_given()?;
+        settings.apply_pairs(secrets::read_stdin_secrets(timeout)?)?;
     }
     settings.validate()
 }

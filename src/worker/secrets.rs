@@ -42,6 +42,9 @@ pub enum SecretsError {
     /// Standard input could not be read.
     #[error("settings on standard input: cannot read: {0}")]
     Read(String),
+    /// The settings did not end (empty line or end of input) in time.
+    #[error("settings on standard input: not ended by an empty line or the end of input within {0:?} (the join timeout)")]
+    Timeout(std::time::Duration),
 }
 
 /// Reads `NAME=value` lines until an empty line or the end of input.
@@ -110,8 +113,73 @@ pub(crate) fn parse_secrets(
     Err(SecretsError::TooLong)
 }
 
-/// Reads the settings from this process's standard input ([`parse_secrets`]).
-pub(crate) fn read_stdin_secrets() -> Result<Vec<(String, String)>, SecretsError> {
+/// Reads the settings from this process's standard input ([`parse_secrets`]),
+/// giving up after `timeout`: a launcher that never writes them, or never
+/// ends them, must not leave the worker waiting for ever.
+///
+/// Reads one byte at a time straight from descriptor 0 (at most
+/// [`MAX_SECRETS_BYTES`] of them), after `poll` says one is there, so
+/// nothing past the empty line is taken from the program and no thread is
+/// needed for the deadline.
+#[cfg(unix)]
+pub(crate) fn read_stdin_secrets(
+    timeout: std::time::Duration,
+) -> Result<Vec<(String, String)>, SecretsError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut raw = Vec::new();
+    let mut line_start = 0;
+    while raw.len() <= MAX_SECRETS_BYTES {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(SecretsError::Timeout(timeout));
+        }
+        let mut fd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, its count, a timeout.
+        let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SecretsError::Read(e.to_string()));
+        }
+        if ready == 0 {
+            continue;
+        }
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a valid one-byte buffer.
+        let n = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SecretsError::Read(e.to_string()));
+        }
+        if n == 0 {
+            break;
+        }
+        raw.push(byte);
+        if byte == b'\n' {
+            let line = &raw[line_start..raw.len() - 1];
+            if line.is_empty() || line == b"\r" {
+                break;
+            }
+            line_start = raw.len();
+        }
+    }
+    parse_secrets(&raw[..])
+}
+
+#[cfg(not(unix))]
+pub(crate) fn read_stdin_secrets(
+    _timeout: std::time::Duration,
+) -> Result<Vec<(String, String)>, SecretsError> {
     parse_secrets(std::io::stdin().lock())
 }
 

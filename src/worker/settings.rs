@@ -435,6 +435,18 @@ impl WorkerSettings {
         }
     }
 
+    /// The join timeout as given so far (flag or variable; default
+    /// [`DEFAULT_JOIN_TIMEOUT`]): how long settings on standard input may take.
+    pub(crate) fn join_timeout_given(&self) -> Result<Duration, SettingsError> {
+        match &self.join_timeout {
+            None => Ok(DEFAULT_JOIN_TIMEOUT),
+            Some(value) => {
+                let text = JOIN_TIMEOUT.text(value)?;
+                parse_duration(text).map_err(|problem| JOIN_TIMEOUT.invalid(text, problem))
+            }
+        }
+    }
+
     /// Takes the `NAME=value` settings read from standard input (see the
     /// README, "Secrets delivery"); each wins over the flag or variable of
     /// the same setting.
