@@ -42,6 +42,30 @@ pub const ENV_HEARTBEAT_INTERVAL: &str = "QUICMESH_HEARTBEAT_INTERVAL";
 /// expects, e.g. `1500ms`. The allocator's value, sent in the Welcome, is the
 /// one used (see `WorkerEnv::heartbeat`).
 pub const ENV_HEARTBEAT_TIMEOUT: &str = "QUICMESH_HEARTBEAT_TIMEOUT";
+/// Environment variable (optional): `1` makes a worker read its settings as
+/// `NAME=value` lines from its standard input (see the README, "Secrets
+/// delivery"); what `quicmesh worker --secrets-stdin` does.
+pub const ENV_SECRETS_STDIN: &str = "QUICMESH_SECRETS_STDIN";
+/// Environment variable (optional): the name of the variable that holds this
+/// worker's index within a group launch, e.g. `SLURM_PROCID` (see
+/// [`ENGINE_INDEX_VARS`]). Used when [`ENV_INDEX`] is not set.
+pub const ENV_INDEX_FROM: &str = "QUICMESH_INDEX_FROM";
+/// Environment variable (optional): added to the index read through
+/// [`ENV_INDEX_FROM`]: the allocation index of the group's first worker.
+pub const ENV_INDEX_OFFSET: &str = "QUICMESH_INDEX_OFFSET";
+/// Environment variable: the allocation secret of a group launch; a worker
+/// derives its token from it and its index (used when [`ENV_TOKEN`] is not
+/// set). A secret: deliver it like the token.
+pub const ENV_GROUP_SECRET: &str = "QUICMESH_GROUP_SECRET";
+
+/// The variables in which the engines people run give each copy of a
+/// command its index: Slurm, a Kubernetes Indexed Job, Open MPI, MPICH/PMI.
+pub const ENGINE_INDEX_VARS: [&str; 4] = [
+    "SLURM_PROCID",
+    "JOB_COMPLETION_INDEX",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+];
 
 /// The name the allocator's certificate must carry when nothing says
 /// otherwise: the development certificates are issued for it.

@@ -40,9 +40,15 @@ pub struct DemoArgs {
     /// Seconds to keep the mesh up once every proc runs.
     #[arg(long, default_value_t = 0)]
     hold: u64,
-    /// Address to listen on.
+    /// Address to listen on (0.0.0.0:PORT or [::]:PORT for every interface).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Address workers on other hosts dial, HOST or HOST:PORT (port 0 or
+    /// none: the bound port); the allocator's certificate must name HOST.
+    /// Default: the listen address, or for an unspecified one loopback for
+    /// the local workers.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Seconds allowed for every proc to be running.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
@@ -60,6 +66,20 @@ pub struct DemoArgs {
     /// least twice the interval.
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     heartbeat_timeout: Option<Duration>,
+    /// Start each worker with this command followed by this executable's
+    /// path and `worker --secrets-stdin`, e.g. `ssh node7` (split at blanks,
+    /// no shell quoting); the settings go on its standard input. Workers are
+    /// told the advertised address.
+    #[arg(long, value_name = "CMD", conflicts_with = "group_launch")]
+    launch: Option<String>,
+    /// Start all workers with one command followed by this executable's
+    /// path and `worker`, e.g. `srun -n {n} --overcommit` ({n}: the number
+    /// of workers; split at blanks); the settings go in its environment.
+    #[arg(long, value_name = "CMD")]
+    group_launch: Option<String>,
+    /// With --group-launch: the variable that gives each copy its index.
+    #[arg(long, value_name = "VAR", default_value = "SLURM_PROCID")]
+    index_from: String,
     /// Link setting of every connection: lan, wan, or changes such as
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
@@ -209,6 +229,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     );
     let mut config = AllocatorConfig::new(&certs);
     config.listen = args.listen;
+    config.advertise = args.advertise.clone();
     config.alloc_name = "demo".into();
     config.link = args.link;
     if let Some(interval) = args.heartbeat_interval {
@@ -219,14 +240,43 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     config.crl = args.crl.clone();
     let alloc = Arc::new(Allocator::bind(config).await?);
-    println!("listening on {}", alloc.local_addr());
+    println!(
+        "listening on {} (advertised to other hosts as {})",
+        alloc.local_addr(),
+        alloc.advertised_addr()
+    );
     // Dropped (and so stopped) before `alloc`, whose drop kills the workers.
     let _reloader = AbortOnDropHandle::new(tokio::spawn(reload_on_sighup(alloc.clone())));
     let mut events = alloc.events();
 
     let (external, _settings) = write_external_workers(&alloc, &args)?;
-    let launcher = Launcher::current_exe()?.arg("worker");
-    alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    let exe = std::env::current_exe()?.display().to_string();
+    let split = |cmd: &str| -> anyhow::Result<(String, Vec<String>)> {
+        let mut words = cmd.split_whitespace().map(str::to_owned);
+        let program = words
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the launch command {cmd:?} is empty"))?;
+        Ok((program, words.collect()))
+    };
+    if let Some(cmd) = &args.group_launch {
+        let (program, words) = split(cmd)?;
+        let launcher = Launcher::group(program)
+            .args(words)
+            .args([exe, "worker".into()])
+            .index_from(&args.index_from);
+        alloc.launch_group(&launcher, args.workers, args.procs_per_worker)?;
+    } else if let Some(cmd) = &args.launch {
+        let (program, words) = split(cmd)?;
+        let launcher = Launcher::program(program)
+            .args(words)
+            .args([exe, "worker".into(), "--secrets-stdin".into()])
+            .secrets_stdin()
+            .remote();
+        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    } else {
+        let launcher = Launcher::current_exe()?.arg("worker");
+        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+    }
     let total_workers = args.workers + args.external;
     let expected = (total_workers * args.procs_per_worker) as usize;
     let mut tally = Tally::default();

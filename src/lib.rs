@@ -31,6 +31,7 @@ pub mod config;
 pub mod exit_code;
 mod heartbeat;
 mod id;
+mod join_token;
 mod link;
 mod logging;
 mod mailbox;

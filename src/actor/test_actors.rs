@@ -19,7 +19,47 @@ pub fn register(registry: Registry) -> Result<Registry, DuplicateActorType> {
         .with::<Pump>()?
         .with::<Spinner>()?
         .with::<StuckStop>()?
-        .with::<Fragile>()
+        .with::<Fragile>()?
+        .with::<EnvProbe>()
+}
+
+/// Reports the environment of the process it runs in, and of a program
+/// it starts: how tests see that a worker scrubbed its `QUICMESH_*`
+/// variables (`/proc/PID/environ` shows only the initial environment).
+#[derive(Default)]
+pub struct EnvProbe;
+
+/// Messages of [`EnvProbe`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum EnvProbeMsg {
+    /// Reply with `NAME=value` for every variable of this process
+    /// (`std::env::vars_os`), then the lines `env` prints when started from
+    /// here, after a line `--- child`.
+    Report(PortRef<Vec<String>>),
+}
+
+impl Actor for EnvProbe {
+    const NAME: &'static str = "env_probe";
+    type Message = EnvProbeMsg;
+
+    async fn handle(&mut self, msg: EnvProbeMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            EnvProbeMsg::Report(port) => {
+                let mut lines: Vec<String> = std::env::vars_os()
+                    .map(|(n, v)| format!("{}={}", n.to_string_lossy(), v.to_string_lossy()))
+                    .collect();
+                lines.push("--- child".into());
+                let child = tokio::process::Command::new("env").output().await?;
+                lines.extend(
+                    String::from_utf8_lossy(&child.stdout)
+                        .lines()
+                        .map(str::to_owned),
+                );
+                port.send(ctx.client(), lines).await?
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Tells a [`Counter`] numbered messages in order: proc-to-proc traffic

@@ -110,6 +110,13 @@ impl Admission {
         }
     }
 
+    /// Whether slot `index` is reserved and its worker has not joined yet.
+    pub fn is_waiting(&self, index: u32) -> bool {
+        self.slots
+            .get(&index)
+            .is_some_and(|s| s.state == SlotState::Waiting)
+    }
+
     /// Marks slot `index` as finished: its worker has left.
     pub fn finish(&mut self, index: u32) {
         if let Some(slot) = self.slots.get_mut(&index) {
@@ -207,6 +214,27 @@ mod tests {
         assert_eq!(a.worker_of(&ProcId::new("a", 9)), None);
         let ranks: Vec<u32> = a.procs().iter().map(|p| p.rank).collect();
         assert_eq!(ranks, vec![0, 2, 5]);
+    }
+
+    #[test]
+    fn a_group_slot_admits_the_derived_token_once_and_no_other() {
+        let secret = crate::join_token::random_secret();
+        let mut a = Admission::new();
+        for i in 4..7 {
+            a.reserve(i, crate::join_token::derive_token(&secret, i), vec![]);
+        }
+        let token5 = crate::join_token::derive_token(&secret, 5);
+        // Index 4's slot refuses index 5's token: a worker's token opens only its own slot.
+        assert_eq!(a.admit(&hello(4, &token5)), Err(Rejection::BadToken(4)));
+        assert_eq!(a.admit(&hello(4, &secret)), Err(Rejection::BadToken(4)));
+        assert!(a.is_waiting(5));
+        assert_eq!(a.admit(&hello(5, &token5)), Ok(vec![]));
+        assert!(!a.is_waiting(5));
+        assert_eq!(a.admit(&hello(5, &token5)), Err(Rejection::Duplicate(5)));
+        // A slot finished before its worker joined (its group command ended) stays closed.
+        a.finish(6);
+        let token6 = crate::join_token::derive_token(&secret, 6);
+        assert_eq!(a.admit(&hello(6, &token6)), Err(Rejection::Finished(6)));
     }
 
     #[test]

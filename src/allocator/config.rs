@@ -15,7 +15,14 @@ use crate::tls::CertPaths;
 pub struct AllocatorConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port on loopback).
     pub listen: SocketAddr,
-    /// `host:port` workers dial; defaults to the bound address.
+    /// `host:port` (or `host`) workers dial, a port of 0 or none meaning the
+    /// bound port. Needed when listening on an unspecified address
+    /// (`0.0.0.0`, `[::]`) for workers on other hosts to verify a name
+    /// chosen on purpose: the allocator's certificate must name `host`
+    /// (checked at bind). Default: the bound address; for an unspecified one,
+    /// loopback for children on this host and [`routable_host`] for others.
+    ///
+    /// [`routable_host`]: super::routable_host
     pub advertise: Option<String>,
     /// Name workers verify in the allocator's certificate.
     pub server_name: String,

@@ -31,6 +31,11 @@ pub enum AllocatorError {
         #[source]
         source: std::io::Error,
     },
+    /// A launch was refused before anything started: its command template
+    /// asks for a secret on the command line, or mixes the per-worker and
+    /// group forms. The text says what to use instead.
+    #[error("launch refused: {0}")]
+    Launch(String),
     /// No worker with this index is connected.
     #[error("worker {0} is not connected")]
     NotConnected(u32),

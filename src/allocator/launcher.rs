@@ -1,18 +1,28 @@
 //! Starting worker processes: local children or any command template.
 //!
 //! A [`Launcher`] is a program and its arguments. Arguments may contain
-//! placeholders that are filled in per worker: `{index}`, `{addr}`,
-//! `{server_name}`, `{token}`, `{ca}`, `{cert}`, `{key}`, and `{env}`, which
-//! expands to one `NAME=value` argument per variable of docs/design.md §6.1 (handy
-//! after `ssh host env`). The child always gets the same variables in its
-//! environment, so a local child needs no placeholders at all.
+//! placeholders that are filled in per launch: `{index}` (per-worker form
+//! only), `{n}` (group form only: the number of workers), `{addr}`,
+//! `{server_name}`, `{ca}`, `{cert}` and `{key}`. No placeholder expands to
+//! a secret: a command line is readable by every user of the machine (`ps`)
+//! for the process's whole life, so `{token}` and `{env}` are refused when a
+//! launch starts. The child gets its variables (docs/design.md §6.1) in its
+//! environment, or on its standard input ([`Launcher::secrets_stdin`]),
+//! which is how they cross `ssh`.
+//!
+//! The per-worker form ([`Launcher::program`]) starts one process per
+//! worker. The group form ([`Launcher::group`]) starts one command for N
+//! workers, e.g. `srun -n {n} ...`: every copy it starts reads its index
+//! from the engine's variable ([`Launcher::index_from`]) and derives its
+//! token from the group's allocation secret.
 //!
 //! Children are tied to the allocator: they are killed when the allocator
 //! is dropped, and on Linux they get a parent-death signal so that even a
 //! SIGKILLed allocator leaves no orphan. Every line a child prints on stdout
-//! or stderr is passed through, prefixed with `[worker N]`. Each child has a
-//! supervisor task ([`supervise`]) that reaps it, kills it when its worker
-//! is lost and does not exit by itself, and reports how it ended.
+//! or stderr is passed through, prefixed with `[worker N]` (`[workers A-B]`
+//! for a group). Each child has a supervisor task ([`supervise`]) that reaps
+//! it, kills it when its worker is lost and does not exit by itself, and
+//! reports how it ended.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -21,24 +31,63 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::events::AllocEvent;
 use super::session::WorkerCommand;
-use super::shared::{ChildSlot, Shared};
+use super::shared::{ChildSlot, GroupSlot, Shared};
 use crate::reason::ExitReport;
 use crate::sync::lock;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// How to start a worker process.
+/// How a launched worker gets its variables (docs/design.md §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SecretsDelivery {
+    /// In the child's environment (the default): private to the user, and
+    /// forwarded by `srun` (its default `--export=ALL`).
+    #[default]
+    Environment,
+    /// On the child's standard input, as `NAME=value` lines ended by an
+    /// empty line; the child's environment gets only
+    /// `QUICMESH_SECRETS_STDIN=1`. Crosses `ssh` with no server
+    /// configuration; the remote command must read them (`quicmesh worker
+    /// --secrets-stdin`, or `env QUICMESH_SECRETS_STDIN=1 program` for a
+    /// program calling [`crate::bootstrap_or_die`]).
+    Stdin,
+}
+
+/// How to start a worker process, or a group of them.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     program: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    delivery: SecretsDelivery,
+    group: bool,
+    index_from: Option<String>,
+    remote: bool,
 }
+
+/// Placeholders that would put a secret into a command line, and what to
+/// use instead.
+const SECRET_PLACEHOLDERS: [(&str, &str); 3] = [
+    (
+        "{token}",
+        "the token reaches the worker in its environment, or on its standard input with Launcher::secrets_stdin (quicmesh worker --secrets-stdin)",
+    ),
+    (
+        "{env}",
+        "for ssh, deliver the variables on standard input with Launcher::secrets_stdin and run `quicmesh worker --secrets-stdin` (or `env QUICMESH_SECRETS_STDIN=1 PROGRAM`) on the remote host",
+    ),
+    (
+        "{group_secret}",
+        "the group secret reaches the workers in their environment (srun forwards it) or on standard input",
+    ),
+];
 
 impl Launcher {
     /// Re-runs the current executable as worker (its `main` must call
@@ -49,12 +98,29 @@ impl Launcher {
         Ok(Launcher::program(std::env::current_exe()?))
     }
 
-    /// Runs `program` as worker, with no arguments so far.
+    /// Runs `program` once per worker, with no arguments so far.
     pub fn program(program: impl Into<PathBuf>) -> Launcher {
         Launcher {
             program: program.into(),
             args: Vec::new(),
             envs: Vec::new(),
+            delivery: SecretsDelivery::Environment,
+            group: false,
+            index_from: None,
+            remote: false,
+        }
+    }
+
+    /// Runs `program` once for a whole group of workers (see
+    /// [`Allocator::launch_group`](super::Allocator::launch_group)): e.g.
+    /// `Launcher::group("srun").args(["-n", "{n}", "--overcommit",
+    /// "quicmesh", "worker"]).index_from("SLURM_PROCID")`. Its workers are
+    /// told the address for other hosts, as with [`Launcher::remote`].
+    pub fn group(program: impl Into<PathBuf>) -> Launcher {
+        Launcher {
+            group: true,
+            remote: true,
+            ..Launcher::program(program)
         }
     }
 
@@ -70,63 +136,163 @@ impl Launcher {
         self
     }
 
-    /// Sets an extra environment variable for every worker.
+    /// Sets an extra environment variable for every worker (not a secret's
+    /// place for a command such as `ssh`, which does not forward it).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.envs.push((name.into(), value.into()));
         self
     }
 
-    /// The argument list for one worker, placeholders filled from `vars`.
-    pub(crate) fn expand_args(&self, index: u32, vars: &[(&'static str, String)]) -> Vec<String> {
+    /// Delivers the variables on the child's standard input instead of its
+    /// environment (see [`SecretsDelivery::Stdin`]).
+    pub fn secrets_stdin(mut self) -> Self {
+        self.delivery = SecretsDelivery::Stdin;
+        self
+    }
+
+    /// Chooses how the variables reach the child.
+    pub fn delivery(mut self, delivery: SecretsDelivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Group form: the variable in which the engine gives each copy its
+    /// index, e.g. `SLURM_PROCID`, `JOB_COMPLETION_INDEX`,
+    /// `OMPI_COMM_WORLD_RANK`, `PMI_RANK` ([`crate::config::ENGINE_INDEX_VARS`]).
+    pub fn index_from(mut self, var: impl Into<String>) -> Self {
+        self.index_from = Some(var.into());
+        self
+    }
+
+    /// The workers run on other hosts (e.g. through `ssh`): when the
+    /// allocator listens on an unspecified address they are told its
+    /// address for other hosts rather than loopback (see
+    /// [`AllocatorConfig::advertise`](super::AllocatorConfig::advertise)).
+    pub fn remote(mut self) -> Self {
+        self.remote = true;
+        self
+    }
+
+    pub(crate) fn is_group(&self) -> bool {
+        self.group
+    }
+
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    pub(crate) fn index_var(&self) -> Option<&str> {
+        self.index_from.as_deref()
+    }
+
+    /// Checks the template before anything is started: no placeholder that
+    /// expands to a secret, `{index}` only in the per-worker form, `{n}` only
+    /// in the group form, and a group names its index variable. The error
+    /// says what to use instead.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for arg in &self.args {
+            for (placeholder, instead) in SECRET_PLACEHOLDERS {
+                if arg.contains(placeholder) {
+                    return Err(format!(
+                        "the placeholder {placeholder} in argument {arg:?} would put a secret on a command line, which every user of the machine can read (ps); {instead}"
+                    ));
+                }
+            }
+            if self.group && arg.contains("{index}") {
+                return Err(format!(
+                    "argument {arg:?}: a group launch runs one command for every worker, so there is no {{index}}; each copy reads its index from the engine's variable (Launcher::index_from)"
+                ));
+            }
+            if !self.group && arg.contains("{n}") {
+                return Err(format!(
+                    "argument {arg:?}: {{n}} is the worker count of a group launch (Launcher::group)"
+                ));
+            }
+        }
+        if self.group && self.index_from.is_none() {
+            return Err("a group launch needs the variable that gives each copy its index, e.g. Launcher::index_from(\"SLURM_PROCID\")".into());
+        }
+        Ok(())
+    }
+
+    /// The argument list, placeholders filled from `vars`; `number` is the
+    /// worker's index (per-worker form) or the worker count (group form).
+    pub(crate) fn expand_args(&self, number: u32, vars: &[(&'static str, String)]) -> Vec<String> {
         let get = |name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        let mut out = Vec::new();
-        for arg in &self.args {
-            if arg == "{env}" {
-                out.extend(vars.iter().map(|(n, v)| format!("{n}={v}")));
-                continue;
-            }
-            let expanded = arg
-                .replace("{index}", &index.to_string())
-                .replace("{addr}", &get(crate::config::ENV_ALLOCATOR_ADDR))
-                .replace("{server_name}", &get(crate::config::ENV_SERVER_NAME))
-                .replace("{token}", &get(crate::config::ENV_TOKEN))
-                .replace("{ca}", &get(crate::config::ENV_CA))
-                .replace("{cert}", &get(crate::config::ENV_CERT))
-                .replace("{key}", &get(crate::config::ENV_KEY));
-            out.push(expanded);
-        }
-        out
+        let count_placeholder = if self.group { "{n}" } else { "{index}" };
+        self.args
+            .iter()
+            .map(|arg| {
+                arg.replace(count_placeholder, &number.to_string())
+                    .replace("{addr}", &get(crate::config::ENV_ALLOCATOR_ADDR))
+                    .replace("{server_name}", &get(crate::config::ENV_SERVER_NAME))
+                    .replace("{ca}", &get(crate::config::ENV_CA))
+                    .replace("{cert}", &get(crate::config::ENV_CERT))
+                    .replace("{key}", &get(crate::config::ENV_KEY))
+            })
+            .collect()
     }
 
-    /// Starts one worker with the given variables (docs/design.md §6.1).
+    /// What is written to the child's standard input with
+    /// [`SecretsDelivery::Stdin`]: one `NAME=value` line per variable and an
+    /// empty line.
+    pub(crate) fn stdin_text(vars: &[(&'static str, String)]) -> String {
+        let mut text: String = vars.iter().map(|(n, v)| format!("{n}={v}\n")).collect();
+        text.push('\n');
+        text
+    }
+
+    /// Starts one child with the given variables (docs/design.md §6.1):
+    /// one worker (`number` its index) or a group (`number` its size);
+    /// `label` prefixes its output lines.
     pub(crate) fn spawn(
         &self,
-        index: u32,
+        number: u32,
+        label: String,
         vars: &[(&'static str, String)],
     ) -> std::io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(self.expand_args(index, vars))
-            .envs(
-                vars.iter()
-                    .map(|(n, v)| (OsString::from(n), OsString::from(v))),
-            )
-            .envs(self.envs.iter().map(|(n, v)| (n, v)))
-            .stdin(Stdio::null())
+        cmd.args(self.expand_args(number, vars));
+        match self.delivery {
+            SecretsDelivery::Environment => {
+                cmd.envs(
+                    vars.iter()
+                        .map(|(n, v)| (OsString::from(n), OsString::from(v))),
+                )
+                .stdin(Stdio::null());
+            }
+            SecretsDelivery::Stdin => {
+                cmd.env(crate::config::ENV_SECRETS_STDIN, "1")
+                    .stdin(Stdio::piped());
+            }
+        }
+        cmd.envs(self.envs.iter().map(|(n, v)| (n, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         set_parent_death_signal(&mut cmd);
         let mut child = cmd.spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let text = Self::stdin_text(vars);
+            // Written and closed at once: the worker reads up to the empty
+            // line. A child that never reads makes the write fail or wait;
+            // it then fails to join and is reported as any such worker.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let label: Arc<str> = label.into();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pass_through(out, index, false));
+            tokio::spawn(pass_through(out, label.clone(), false));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pass_through(err, index, true));
+            tokio::spawn(pass_through(err, label, true));
         }
         Ok(child)
     }
@@ -171,6 +337,54 @@ pub(crate) fn supervise(
     })
 }
 
+/// Takes charge of the one command started for the workers `indexes`:
+/// records its pid (killed with the allocator), reaps it, and then reports
+/// every worker of the group exited with its status. A worker still
+/// connected has its procs failed at once (its process is gone with the
+/// command); an index that never joined is closed, so that a late copy
+/// cannot join, and named in the log.
+pub(crate) fn supervise_group(
+    shared: Arc<Shared>,
+    indexes: Vec<u32>,
+    mut child: tokio::process::Child,
+) -> JoinHandle<()> {
+    let slot = {
+        let mut groups = lock(&shared.groups);
+        groups.push(GroupSlot {
+            indexes: indexes.clone(),
+            pid: child.id(),
+        });
+        groups.len() - 1
+    };
+    tokio::spawn(async move {
+        let status = ExitReport::from(child.wait().await);
+        if let Some(group) = lock(&shared.groups).get_mut(slot) {
+            group.pid = None;
+        }
+        let never_joined: Vec<u32> = {
+            let mut admission = shared.lock_admission();
+            let waiting: Vec<u32> = indexes
+                .iter()
+                .copied()
+                .filter(|i| admission.is_waiting(*i))
+                .collect();
+            for index in &waiting {
+                admission.finish(*index);
+            }
+            waiting
+        };
+        if !never_joined.is_empty() {
+            tracing::warn!(
+                "group command of workers {indexes:?} {status}; workers {never_joined:?} never joined"
+            );
+        }
+        for index in indexes {
+            shared.command(index, WorkerCommand::ProcessExited(status));
+            shared.emit(AllocEvent::WorkerExited { index, status });
+        }
+    })
+}
+
 /// Asks Linux to SIGKILL the child when the thread that spawned it dies.
 ///
 /// Also exits at once if the parent died before the signal was armed. The
@@ -198,8 +412,8 @@ fn set_parent_death_signal(cmd: &mut tokio::process::Command) {
 #[cfg(not(target_os = "linux"))]
 fn set_parent_death_signal(_cmd: &mut tokio::process::Command) {}
 
-/// Copies a child's output line by line, prefixed with its worker index.
-async fn pass_through(stream: impl AsyncRead + Unpin, index: u32, is_stderr: bool) {
+/// Copies a child's output line by line, prefixed with `[label]`.
+async fn pass_through(stream: impl AsyncRead + Unpin, label: Arc<str>, is_stderr: bool) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -210,9 +424,9 @@ async fn pass_through(stream: impl AsyncRead + Unpin, index: u32, is_stderr: boo
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 if is_stderr {
-                    let _ = writeln!(std::io::stderr().lock(), "[worker {index}] {text}");
+                    let _ = writeln!(std::io::stderr().lock(), "[{label}] {text}");
                 } else {
-                    let _ = writeln!(std::io::stdout().lock(), "[worker {index}] {text}");
+                    let _ = writeln!(std::io::stdout().lock(), "[{label}] {text}");
                 }
             }
         }
@@ -223,31 +437,74 @@ async fn pass_through(stream: impl AsyncRead + Unpin, index: u32, is_stderr: boo
 mod tests {
     use super::*;
 
-    #[test]
-    fn placeholders_are_filled_per_worker() {
-        let l = Launcher::program("ssh").args([
-            "node{index}",
-            "env",
-            "{env}",
-            "quicmesh",
-            "worker",
-            "--token={token}",
-        ]);
-        let vars = vec![
+    fn vars() -> Vec<(&'static str, String)> {
+        vec![
             (crate::config::ENV_ALLOCATOR_ADDR, "10.0.0.1:9".to_string()),
             (crate::config::ENV_TOKEN, "abc".to_string()),
-        ];
+            (crate::config::ENV_CA, "/c/ca.pem".to_string()),
+        ]
+    }
+
+    #[test]
+    fn placeholders_are_filled_without_secrets() {
+        let l = Launcher::program("ssh").args(["node{index}", "quicmesh", "worker", "--ca={ca}"]);
+        assert_eq!(l.check(), Ok(()));
         assert_eq!(
-            l.expand_args(4, &vars),
-            vec![
-                "node4",
-                "env",
-                "QUICMESH_ALLOCATOR_ADDR=10.0.0.1:9",
-                "QUICMESH_TOKEN=abc",
-                "quicmesh",
-                "worker",
-                "--token=abc"
-            ]
+            l.expand_args(4, &vars()),
+            vec!["node4", "quicmesh", "worker", "--ca=/c/ca.pem"]
+        );
+        let g = Launcher::group("srun")
+            .args(["-n", "{n}", "--overcommit", "w", "{addr}"])
+            .index_from("SLURM_PROCID");
+        assert_eq!(g.check(), Ok(()));
+        assert_eq!(
+            g.expand_args(8, &vars()),
+            vec!["-n", "8", "--overcommit", "w", "10.0.0.1:9"]
+        );
+    }
+
+    #[test]
+    fn secret_placeholders_are_refused_with_what_to_use_instead() {
+        for (arg, says) in [
+            ("--token={token}", "secrets_stdin"),
+            ("{env}", "--secrets-stdin"),
+            ("x{group_secret}", "environment"),
+        ] {
+            for launcher in [
+                Launcher::program("ssh").args(["host", arg]),
+                Launcher::group("srun").index_from("SLURM_PROCID").arg(arg),
+            ] {
+                let err = launcher.check().expect_err(arg);
+                assert!(err.contains(arg) && err.contains("command line"), "{err}");
+                assert!(err.contains(says), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn index_and_count_belong_to_their_form() {
+        let err = Launcher::group("srun")
+            .index_from("SLURM_PROCID")
+            .arg("node{index}")
+            .check()
+            .expect_err("{index} in a group");
+        assert!(err.contains("index_from"), "{err}");
+        let err = Launcher::program("w")
+            .arg("-n{n}")
+            .check()
+            .expect_err("{n}");
+        assert!(err.contains("Launcher::group"), "{err}");
+        let err = Launcher::group("srun")
+            .check()
+            .expect_err("no index variable");
+        assert!(err.contains("SLURM_PROCID"), "{err}");
+    }
+
+    #[test]
+    fn stdin_text_is_lines_then_an_empty_line() {
+        assert_eq!(
+            Launcher::stdin_text(&vars()),
+            "QUICMESH_ALLOCATOR_ADDR=10.0.0.1:9\nQUICMESH_TOKEN=abc\nQUICMESH_CA=/c/ca.pem\n\n"
         );
     }
 }

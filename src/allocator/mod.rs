@@ -34,6 +34,7 @@
 //! time and tasks. See `docs/design.md` for the protocol and why.
 
 mod admission;
+mod advertise;
 mod config;
 mod connection;
 mod error;
@@ -50,10 +51,11 @@ mod shared;
 mod stall;
 
 pub use crate::actor::Returns;
+pub use advertise::routable_host;
 pub use config::AllocatorConfig;
 pub use error::{AllocatorError, StartError};
 pub use events::{AllocEvent, Events, ProcState, RefusalStats};
-pub use launcher::Launcher;
+pub use launcher::{Launcher, SecretsDelivery};
 pub use link::LinkStats;
 
 use std::net::SocketAddr;
@@ -62,12 +64,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use tokio::task::JoinHandle;
 
 use crate::actor::{returns, Client, Proc, ProcConfig};
 use crate::config::{self as settings, ConfigError};
 use crate::id::{is_valid_name, ProcId};
+use crate::join_token;
 use crate::reason::ExitReport;
 use crate::sync::lock;
 use crate::tls;
@@ -84,6 +86,23 @@ pub struct JoinTicket {
     pub env: Vec<(&'static str, String)>,
 }
 
+/// Everything the workers of one group launch need to join: one
+/// environment for all of them (see [`Allocator::reserve_group`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GroupTicket {
+    /// The index of the group's first worker; the others follow it.
+    pub first_index: u32,
+    /// How many workers the group has.
+    pub count: u32,
+    /// The environment to give every worker of the group (its allocation
+    /// secret included: keep it secret). Each worker reads its index from
+    /// the variable named in `QUICMESH_INDEX_FROM`, adds
+    /// `QUICMESH_INDEX_OFFSET`, and derives its token from
+    /// `QUICMESH_GROUP_SECRET`.
+    pub env: Vec<(&'static str, String)>,
+}
+
 /// A running allocation: listener, workers, procs and their events.
 ///
 /// Every method takes `&self`: the handle can be shared (in an `Arc`)
@@ -94,6 +113,7 @@ pub struct Allocator {
     /// The endpoint's configuration; a reload swaps its TLS part.
     quic_config: std::sync::Mutex<quinn::ServerConfig>,
     local_addr: SocketAddr,
+    advertised: advertise::Advertised,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     client: Client,
     controller: Proc,
@@ -142,6 +162,7 @@ impl Allocator {
                     addr: config.listen,
                     source,
                 })?;
+        let advertised = Self::advertise(&config, local_addr)?;
         let controller_id = ProcId::new(format!("{}_ctl", config.alloc_name), 0);
         let proc_config = ProcConfig {
             mailbox_bytes: config.limits.mailbox_bytes as usize,
@@ -193,6 +214,7 @@ impl Allocator {
             endpoint,
             quic_config: std::sync::Mutex::new(quic_config),
             local_addr,
+            advertised,
             tasks: std::sync::Mutex::new(tasks),
             returns,
         })
@@ -247,13 +269,52 @@ impl Allocator {
         self.local_addr
     }
 
-    /// The `host:port` workers are told to dial.
+    /// Decides what workers are told to dial and checks that the
+    /// certificate names it (see `advertise.rs`).
+    fn advertise(
+        config: &AllocatorConfig,
+        bound: SocketAddr,
+    ) -> Result<advertise::Advertised, AllocatorError> {
+        let (mut advertised, source) = advertise::decide(
+            bound,
+            config.advertise.as_deref(),
+            &config.server_name,
+            advertise::routable_host,
+        )?;
+        if source == advertise::Source::Bound {
+            return Ok(advertised);
+        }
+        let host = advertised.remote.server_name.clone();
+        let names = advertise::cert_names(&config.cert)?;
+        if !advertise::names_host(&names, &host) {
+            if source == advertise::Source::Configured {
+                return Err(advertise::missing_name(&host, &config.cert, &names).into());
+            }
+            tracing::warn!(
+                "listening on {bound}: workers on other hosts are told {} but the certificate {} does not name {host}; they will verify {:?} instead (to verify this host: quicmesh certs --san {host} --force, or set an advertise address)",
+                advertised.remote.addr,
+                config.cert.display(),
+                config.server_name,
+            );
+            advertised.remote.server_name = config.server_name.clone();
+        }
+        Ok(advertised)
+    }
+
+    /// The `host:port` workers started elsewhere are told to dial (join
+    /// tickets, group launches, remote launchers): the configured advertise
+    /// address, else, when listening on an unspecified address, this host's
+    /// routable address ([`routable_host`]), else the bound address.
     pub fn advertised_addr(&self) -> String {
-        self.shared
-            .config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| self.local_addr.to_string())
+        self.advertised.remote.addr.clone()
+    }
+
+    /// The name workers started elsewhere verify in the allocator's
+    /// certificate: the advertised host, or [`AllocatorConfig::server_name`]
+    /// when the allocator listens on a specified address (or the
+    /// certificate does not name the routable host).
+    pub fn advertised_server_name(&self) -> String {
+        self.advertised.remote.server_name.clone()
     }
 
     /// The allocation's configuration.
@@ -263,19 +324,22 @@ impl Allocator {
 
     /// Reserves the next worker index with a fresh token and `procs` procs to start on it.
     ///
-    /// Start the worker with the ticket's environment, by any means.
+    /// Start the worker with the ticket's environment, by any means (it
+    /// dials [`Allocator::advertised_addr`]).
     pub fn reserve(&self, procs: u32) -> JoinTicket {
-        let mut token = [0u8; 32];
-        rand::rng().fill_bytes(&mut token);
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        self.reserve_for(procs, &self.advertised.remote)
+    }
+
+    /// The ranks of `procs` new procs.
+    fn new_procs(&self, procs: u32) -> Vec<ProcId> {
         let first = self.shared.next_rank.fetch_add(procs, Ordering::Relaxed);
-        let proc_ids: Vec<ProcId> = (first..first + procs)
+        (first..first + procs)
             .map(|rank| ProcId::new(self.shared.config.alloc_name.clone(), rank))
-            .collect();
-        let mut admission = self.shared.lock_admission();
-        let index = admission.next_index();
-        admission.reserve(index, token.clone(), proc_ids);
-        drop(admission);
+            .collect()
+    }
+
+    /// The variables every worker gets, whatever its index and token.
+    fn common_env(&self, target: &advertise::Target) -> Vec<(&'static str, String)> {
         let abs = |p: &Path| {
             std::path::absolute(p)
                 .unwrap_or_else(|_| p.to_path_buf())
@@ -283,24 +347,106 @@ impl Allocator {
                 .to_string()
         };
         let c = &self.shared.config;
-        JoinTicket {
-            index,
-            env: vec![
-                (settings::ENV_ALLOCATOR_ADDR, self.advertised_addr()),
-                (settings::ENV_SERVER_NAME, c.server_name.clone()),
-                (settings::ENV_INDEX, index.to_string()),
-                (settings::ENV_TOKEN, token),
-                (settings::ENV_CA, abs(&c.ca)),
-                (settings::ENV_CERT, abs(&c.worker_cert)),
-                (settings::ENV_KEY, abs(&c.worker_key)),
-                (settings::ENV_LINK, c.link.to_string()),
-            ],
+        vec![
+            (settings::ENV_ALLOCATOR_ADDR, target.addr.clone()),
+            (settings::ENV_SERVER_NAME, target.server_name.clone()),
+            (settings::ENV_CA, abs(&c.ca)),
+            (settings::ENV_CERT, abs(&c.worker_cert)),
+            (settings::ENV_KEY, abs(&c.worker_key)),
+            (settings::ENV_LINK, c.link.to_string()),
+        ]
+    }
+
+    fn reserve_for(&self, procs: u32, target: &advertise::Target) -> JoinTicket {
+        let token = join_token::random_secret();
+        let proc_ids = self.new_procs(procs);
+        let mut admission = self.shared.lock_admission();
+        let index = admission.next_index();
+        admission.reserve(index, token.clone(), proc_ids);
+        drop(admission);
+        let mut env = self.common_env(target);
+        env.insert(2, (settings::ENV_INDEX, index.to_string()));
+        env.insert(3, (settings::ENV_TOKEN, token));
+        JoinTicket { index, env }
+    }
+
+    /// Reserves `workers` consecutive indexes, each for `procs_per_worker`
+    /// procs, for one command that starts them all (an `srun -n N`, a
+    /// Kubernetes Indexed Job, an `mpirun`), and returns the one environment
+    /// they all get.
+    ///
+    /// One random allocation secret is issued for the group; the token of
+    /// each index is derived from it (HMAC-SHA256, see docs/design.md), so
+    /// the workers share an environment yet each index is admitted once,
+    /// with its own token. Each copy reads its index from the variable
+    /// `index_from` (e.g. `SLURM_PROCID`, `JOB_COMPLETION_INDEX`; see
+    /// [`settings::ENGINE_INDEX_VARS`]), counting from 0, and adds the
+    /// group's first index (`QUICMESH_INDEX_OFFSET`).
+    ///
+    /// Errors: [`AllocatorError::Config`] if `index_from` is not a variable
+    /// name.
+    pub fn reserve_group(
+        &self,
+        workers: u32,
+        procs_per_worker: u32,
+        index_from: &str,
+    ) -> Result<GroupTicket, AllocatorError> {
+        self.reserve_group_for(
+            workers,
+            procs_per_worker,
+            index_from,
+            &self.advertised.remote,
+        )
+    }
+
+    fn reserve_group_for(
+        &self,
+        workers: u32,
+        procs_per_worker: u32,
+        index_from: &str,
+        target: &advertise::Target,
+    ) -> Result<GroupTicket, AllocatorError> {
+        if index_from.is_empty()
+            || !index_from
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ConfigError::Invalid {
+                name: "index variable",
+                value: index_from.to_owned(),
+                problem: "must be a variable name (A-Z, a-z, 0-9, _), e.g. SLURM_PROCID".into(),
+            }
+            .into());
         }
+        let secret = join_token::random_secret();
+        let mut admission = self.shared.lock_admission();
+        let first_index = admission.next_index();
+        for index in first_index..first_index + workers {
+            let procs = self.new_procs(procs_per_worker);
+            admission.reserve(index, join_token::derive_token(&secret, index), procs);
+        }
+        drop(admission);
+        let mut env = self.common_env(target);
+        env.extend([
+            (settings::ENV_INDEX_FROM, index_from.to_owned()),
+            (settings::ENV_INDEX_OFFSET, first_index.to_string()),
+            (settings::ENV_GROUP_SECRET, secret),
+        ]);
+        Ok(GroupTicket {
+            first_index,
+            count: workers,
+            env,
+        })
     }
 
     /// Starts `workers` worker processes with `launcher`, each to host `procs_per_worker` procs.
     ///
-    /// Returns their indexes. Errors: [`AllocatorError::Spawn`] if a process
+    /// Children on this host are told loopback when the allocator listens
+    /// on an unspecified address; a [`Launcher::remote`] one is told
+    /// [`Allocator::advertised_addr`]. Returns their indexes. Errors:
+    /// [`AllocatorError::Launch`] before anything starts if the template
+    /// asks for a secret (`{token}`, `{env}`) or is a group launcher (see
+    /// [`Allocator::launch_group`]); [`AllocatorError::Spawn`] if a process
     /// cannot be started (those already started keep running).
     pub fn launch(
         &self,
@@ -308,22 +454,88 @@ impl Allocator {
         workers: u32,
         procs_per_worker: u32,
     ) -> Result<Vec<u32>, AllocatorError> {
+        launcher.check().map_err(AllocatorError::Launch)?;
+        if launcher.is_group() {
+            return Err(AllocatorError::Launch(
+                "a group launcher (Launcher::group) starts all its workers with one command: use Allocator::launch_group".into(),
+            ));
+        }
+        let target = if launcher.is_remote() {
+            &self.advertised.remote
+        } else {
+            &self.advertised.local
+        };
         let mut indexes = Vec::new();
         for _ in 0..workers {
-            let ticket = self.reserve(procs_per_worker);
+            let ticket = self.reserve_for(procs_per_worker, target);
             let index = ticket.index;
-            let child =
-                launcher
-                    .spawn(index, &ticket.env)
-                    .map_err(|source| AllocatorError::Spawn {
-                        index,
-                        program: format!("{launcher:?}"),
-                        source,
-                    })?;
+            let child = launcher
+                .spawn(index, format!("worker {index}"), &ticket.env)
+                .map_err(|source| AllocatorError::Spawn {
+                    index,
+                    program: format!("{launcher:?}"),
+                    source,
+                })?;
             let task = launcher::supervise(self.shared.clone(), index, child);
             lock(&self.tasks).push(task);
             indexes.push(index);
         }
+        Ok(indexes)
+    }
+
+    /// Starts `workers` workers with one command, `launcher` in its group
+    /// form ([`Launcher::group`], `{n}` standing for `workers`), each to host
+    /// `procs_per_worker` procs: e.g. `srun -n {n} --overcommit quicmesh
+    /// worker` with [`Launcher::index_from`]`("SLURM_PROCID")`.
+    ///
+    /// Reserves the indexes as [`Allocator::reserve_group`] does and
+    /// supervises the one child: it is killed when the allocator is dropped
+    /// (and by the parent-death signal if the allocator dies), a worker
+    /// that fails does not kill it, and when it exits every worker of the
+    /// group is reported exited with its status (a worker still connected
+    /// then has its procs failed; one that never joined has its index
+    /// closed and is named in the log). Returns the indexes.
+    ///
+    /// Errors: [`AllocatorError::Launch`] before anything starts for a
+    /// per-worker launcher, a template asking for a secret, or a bad index
+    /// variable; [`AllocatorError::Spawn`] if the command cannot be started.
+    pub fn launch_group(
+        &self,
+        launcher: &Launcher,
+        workers: u32,
+        procs_per_worker: u32,
+    ) -> Result<Vec<u32>, AllocatorError> {
+        launcher.check().map_err(AllocatorError::Launch)?;
+        let Some(index_from) = launcher.index_var().filter(|_| launcher.is_group()) else {
+            return Err(AllocatorError::Launch(
+                "launch_group needs a group launcher: Launcher::group(PROGRAM).index_from(VAR)"
+                    .into(),
+            ));
+        };
+        let ticket = self
+            .reserve_group_for(
+                workers,
+                procs_per_worker,
+                index_from,
+                &self.advertised.remote,
+            )
+            .map_err(|e| AllocatorError::Launch(e.to_string()))?;
+        let indexes: Vec<u32> = (ticket.first_index..ticket.first_index + workers).collect();
+        let label = match (indexes.first(), indexes.last()) {
+            (Some(a), Some(b)) if a != b => format!("workers {a}-{b}"),
+            (Some(a), _) => format!("worker {a}"),
+            _ => "workers (none)".to_owned(),
+        };
+        let child = launcher
+            .spawn(workers, label, &ticket.env)
+            .map_err(|source| AllocatorError::Spawn {
+                index: ticket.first_index,
+                program: format!("{launcher:?}"),
+                source,
+            })?;
+        // Indexes that never join are closed when the command ends.
+        let task = launcher::supervise_group(self.shared.clone(), indexes.clone(), child);
+        lock(&self.tasks).push(task);
         Ok(indexes)
     }
 
@@ -530,7 +742,7 @@ impl Allocator {
     pub async fn stop_and_wait(&self, code: i32, timeout: Duration) -> Vec<(u32, ExitReport)> {
         let mut events = self.events();
         self.stop_all(code);
-        let launched: Vec<u32> = lock(&self.shared.children).keys().copied().collect();
+        let launched = self.shared.launched_indexes();
         let deadline = tokio::time::Instant::now() + timeout;
         while launched.iter().any(|i| self.exit_status(*i).is_none()) {
             match tokio::time::timeout_at(deadline, events.next()).await {
@@ -572,6 +784,14 @@ impl Drop for Allocator {
             if let Some(pid) = slot.pid {
                 // The supervisor task owns the Child; a direct SIGKILL makes
                 // the kill immediate even if the runtime is going away with it.
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+        for group in lock(&self.shared.groups).iter() {
+            if let Some(pid) = group.pid {
                 // SAFETY: kill(2) has no memory-safety preconditions.
                 unsafe {
                     libc::kill(pid as libc::pid_t, libc::SIGKILL);

@@ -36,6 +36,14 @@ pub(crate) struct ChildSlot {
     pub(crate) kill: mpsc::UnboundedSender<Duration>,
 }
 
+/// One command started for a group of workers (a group launch).
+pub(crate) struct GroupSlot {
+    /// The indexes of its workers.
+    pub(crate) indexes: Vec<u32>,
+    /// Its pid while it runs.
+    pub(crate) pid: Option<u32>,
+}
+
 /// What was refused: a connection from an address, or a stream of a worker.
 #[derive(Clone, Copy)]
 enum Refused {
@@ -58,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) next_rank: AtomicU32,
     /// Launched worker processes, by index.
     pub(crate) children: Mutex<HashMap<u32, ChildSlot>>,
+    /// Commands started for groups of workers.
+    pub(crate) groups: Mutex<Vec<GroupSlot>>,
     admission: Mutex<Admission>,
     workers: Mutex<HashMap<u32, mpsc::UnboundedSender<WorkerCommand>>>,
     events: broadcast::Sender<AllocEvent>,
@@ -85,6 +95,7 @@ impl Shared {
             router,
             next_rank: AtomicU32::new(0),
             children: Mutex::new(HashMap::new()),
+            groups: Mutex::new(Vec::new()),
             admission: Mutex::new(Admission::new()),
             workers: Mutex::new(HashMap::new()),
             events,
@@ -286,6 +297,16 @@ impl Shared {
             Some(slot) if slot.pid.is_some() => slot.kill.send(grace).is_ok(),
             _ => false,
         }
+    }
+
+    /// The indexes of every worker this allocator launched, alone or in a group.
+    pub(crate) fn launched_indexes(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = lock(&self.children).keys().copied().collect();
+        for group in lock(&self.groups).iter() {
+            all.extend(&group.indexes);
+        }
+        all.sort_unstable();
+        all
     }
 
     /// The pid of launched worker `index` while it runs.

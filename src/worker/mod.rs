@@ -18,12 +18,14 @@ mod exit;
 mod hosted;
 mod procs;
 mod runtimes;
+mod secrets;
 mod session;
 mod settings;
 mod stop_budget;
 mod welcome;
 
 pub use exit::WorkerExit;
+pub use secrets::{SecretsError, MAX_SECRETS_BYTES, MAX_SECRETS_LINES};
 pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
 
 use std::sync::Arc;
@@ -47,15 +49,25 @@ use crate::wire::{close, AllocatorToWorker, Hello, Welcome, WorkerToAllocator, P
 
 /// Runs this process as a worker if an allocator started it, else returns.
 ///
-/// "Started by an allocator" means `QUICMESH_ALLOCATOR_ADDR` is set. Then the
-/// rest of the environment is read ([`WorkerSettings::from_env`]), the worker
-/// runs, and the process exits with the worker's exit code; on a
-/// configuration error it exits 78 naming the variable (and the flag of
-/// `quicmesh worker` that would set it). Call it before anything else in
-/// `main`; it starts its own tokio runtime (on a separate thread if one is
-/// running). `registry` holds the actor types the controller may spawn here.
+/// "Started by an allocator" means `QUICMESH_ALLOCATOR_ADDR` is set, or
+/// `QUICMESH_SECRETS_STDIN=1` (the settings then come on standard input,
+/// see [`run_and_exit`]). Then the rest of the environment is read
+/// ([`WorkerSettings::from_env`]), every `QUICMESH_*` variable is removed
+/// from the process environment, the worker runs, and the process exits
+/// with the worker's exit code; on a configuration error it exits 78 naming
+/// the variable (and the flag of `quicmesh worker` that would set it).
+///
+/// Call it first thing in `main`, before the program starts any thread:
+/// removing variables races with threads that read the environment. It
+/// starts its own tokio runtime (on a separate thread if one is running).
+/// `registry` holds the actor types the controller may spawn here.
 pub fn bootstrap_or_die(registry: &Registry) {
-    if std::env::var_os(ENV_ALLOCATOR_ADDR).is_none() {
+    if std::env::var_os(ENV_ALLOCATOR_ADDR).is_none()
+        && !matches!(
+            std::env::var(crate::config::ENV_SECRETS_STDIN).as_deref(),
+            Ok("1" | "true")
+        )
+    {
         return;
     }
     match WorkerSettings::from_env() {
@@ -75,13 +87,34 @@ pub fn bootstrap_or_die(registry: &Registry) {
 /// up logging ([`crate::logging::init`]) unless the program already did.
 /// This is what `quicmesh worker` and [`bootstrap_or_die`] do, for a program
 /// that flattens [`WorkerSettings`] into its own command line.
+///
+/// With `--secrets-stdin` (or `QUICMESH_SECRETS_STDIN=1`) the settings are
+/// first read from standard input as `NAME=value` lines up to an empty line
+/// or the end of input, within the join timeout given by flag or variable
+/// (default 60 s) ([`SecretsError`] for a bad line or a timeout, exit 78); they win
+/// over flags and variables. Once the settings are read, every `QUICMESH_*`
+/// variable is removed from the process environment, so that programs the
+/// actors start do not inherit the token: call this before the program
+/// starts any thread (removing variables races with threads that read the
+/// environment).
 pub fn run_and_exit(settings: &WorkerSettings, registry: &Registry) -> ! {
     crate::logging::init();
-    let exit = match settings.validate() {
+    let prepared = prepare(settings.clone());
+    secrets::scrub_environment();
+    let exit = match prepared {
         Ok(env) => run_blocking(env, registry.clone()),
         Err(e) => config_error(&e),
     };
     finish(exit)
+}
+
+/// Reads standard input if the settings ask for it, then checks them.
+fn prepare(mut settings: WorkerSettings) -> Result<WorkerEnv, SettingsError> {
+    if settings.wants_stdin()? {
+        let timeout = settings.join_timeout_given()?;
+        settings.apply_pairs(secrets::read_stdin_secrets(timeout)?)?;
+    }
+    settings.validate()
 }
 
 /// The exit for settings that cannot be used.

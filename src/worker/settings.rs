@@ -19,9 +19,10 @@ use clap::{Args, FromArgMatches};
 
 use crate::config::{
     parse_duration, split_host_port, ConfigError, HeartbeatConfig, DEFAULT_JOIN_TIMEOUT,
-    DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR, ENV_CA, ENV_CERT, ENV_HEARTBEAT_INTERVAL,
-    ENV_HEARTBEAT_TIMEOUT, ENV_INDEX, ENV_JOIN_TIMEOUT, ENV_KEY, ENV_LINK, ENV_SERVER_NAME,
-    ENV_TOKEN, ENV_WORKER_THREADS,
+    DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR, ENV_CA, ENV_CERT, ENV_GROUP_SECRET,
+    ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_TIMEOUT, ENV_INDEX, ENV_INDEX_FROM, ENV_INDEX_OFFSET,
+    ENV_JOIN_TIMEOUT, ENV_KEY, ENV_LINK, ENV_SECRETS_STDIN, ENV_SERVER_NAME, ENV_TOKEN,
+    ENV_WORKER_THREADS,
 };
 use crate::link::LinkConfig;
 
@@ -67,10 +68,33 @@ pub struct WorkerSettings {
     #[arg(long, env = ENV_INDEX, value_name = "N")]
     index: Option<OsString>,
 
-    /// Secret issued by the allocator for this index (required). Prefer the
-    /// variable: other users of the machine can read command lines (ps).
+    /// Name of the variable holding this worker's index within a group
+    /// launch, e.g. SLURM_PROCID, JOB_COMPLETION_INDEX, OMPI_COMM_WORLD_RANK
+    /// or PMI_RANK (used when no index is given).
+    #[arg(long, env = ENV_INDEX_FROM, value_name = "VAR")]
+    index_from: Option<OsString>,
+
+    /// Added to the index read from --index-from's variable (default 0).
+    #[arg(long, env = ENV_INDEX_OFFSET, value_name = "N")]
+    index_offset: Option<OsString>,
+
+    /// Secret issued by the allocator for this index (required unless a
+    /// group secret is given). Never on a command line: other users of the
+    /// machine can read command lines (ps); give it in the variable or on
+    /// standard input (--secrets-stdin).
     #[arg(long, env = ENV_TOKEN, value_name = "SECRET", hide_env_values = true)]
     token: Option<OsString>,
+
+    /// Allocation secret of a group launch, from which this worker derives
+    /// its token (variable or standard input only; never on a command line).
+    #[arg(long, env = ENV_GROUP_SECRET, value_name = "SECRET", hide_env_values = true, hide = true)]
+    group_secret: Option<OsString>,
+
+    /// Read the settings as NAME=value lines (QUICMESH_* variables) from
+    /// standard input, up to an empty line or the end of input; they win
+    /// over the environment. How secrets cross ssh.
+    #[arg(long, env = ENV_SECRETS_STDIN, value_name = "BOOL", num_args = 0..=1, default_missing_value = "1")]
+    secrets_stdin: Option<OsString>,
 
     /// PEM file of the mesh CA (required).
     #[arg(long, env = ENV_CA, value_name = "PEM")]
@@ -116,7 +140,14 @@ impl fmt::Debug for WorkerSettings {
             .field("allocator_addr", &self.allocator_addr)
             .field("server_name", &self.server_name)
             .field("index", &self.index)
+            .field("index_from", &self.index_from)
+            .field("index_offset", &self.index_offset)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field(
+                "group_secret",
+                &self.group_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("secrets_stdin", &self.secrets_stdin)
             .field("ca", &self.ca)
             .field("cert", &self.cert)
             .field("key", &self.key)
@@ -228,6 +259,9 @@ pub enum SettingsError {
     /// The settings could not be collected at all (clap refused them).
     #[error("cannot read the worker settings: {0}")]
     Unreadable(String),
+    /// The settings on standard input could not be used.
+    #[error(transparent)]
+    Stdin(#[from] super::secrets::SecretsError),
 }
 
 /// One setting: its variable and flag, for errors.
@@ -252,6 +286,22 @@ const INDEX: Setting = Setting {
 const TOKEN: Setting = Setting {
     var: ENV_TOKEN,
     flag: "--token",
+};
+const INDEX_FROM: Setting = Setting {
+    var: ENV_INDEX_FROM,
+    flag: "--index-from",
+};
+const INDEX_OFFSET: Setting = Setting {
+    var: ENV_INDEX_OFFSET,
+    flag: "--index-offset",
+};
+const GROUP_SECRET: Setting = Setting {
+    var: ENV_GROUP_SECRET,
+    flag: "--group-secret",
+};
+const SECRETS_STDIN: Setting = Setting {
+    var: ENV_SECRETS_STDIN,
+    flag: "--secrets-stdin",
 };
 const CA: Setting = Setting {
     var: ENV_CA,
@@ -366,6 +416,130 @@ impl WorkerSettings {
     /// are not read here: loading them names the file that is missing or
     /// wrong.
     pub fn validate(&self) -> Result<WorkerEnv, SettingsError> {
+        self.validate_with(|name| std::env::var_os(name))
+    }
+
+    /// Whether the settings ask for more on standard input
+    /// (`--secrets-stdin` or `QUICMESH_SECRETS_STDIN=1`).
+    ///
+    /// Errors: [`SettingsError::Invalid`] for a value other than `1`, `0`,
+    /// `true` or `false`.
+    pub fn wants_stdin(&self) -> Result<bool, SettingsError> {
+        match &self.secrets_stdin {
+            None => Ok(false),
+            Some(value) => match SECRETS_STDIN.text(value)? {
+                "1" | "true" => Ok(true),
+                "0" | "false" => Ok(false),
+                other => Err(SECRETS_STDIN.invalid(other, "expected 1 or 0")),
+            },
+        }
+    }
+
+    /// The join timeout as given so far (flag or variable; default
+    /// [`DEFAULT_JOIN_TIMEOUT`]): how long settings on standard input may take.
+    pub(crate) fn join_timeout_given(&self) -> Result<Duration, SettingsError> {
+        match &self.join_timeout {
+            None => Ok(DEFAULT_JOIN_TIMEOUT),
+            Some(value) => {
+                let text = JOIN_TIMEOUT.text(value)?;
+                parse_duration(text).map_err(|problem| JOIN_TIMEOUT.invalid(text, problem))
+            }
+        }
+    }
+
+    /// Takes the `NAME=value` settings read from standard input (see the
+    /// README, "Secrets delivery"); each wins over the flag or variable of
+    /// the same setting.
+    ///
+    /// Errors: [`SettingsError::Invalid`] naming a variable that is no worker
+    /// setting (its value is not repeated).
+    pub fn apply_pairs(&mut self, pairs: Vec<(String, String)>) -> Result<(), SettingsError> {
+        for (name, value) in pairs {
+            let value = OsString::from(value);
+            let field = match name.as_str() {
+                ENV_ALLOCATOR_ADDR => &mut self.allocator_addr,
+                ENV_SERVER_NAME => {
+                    self.server_name = value;
+                    continue;
+                }
+                ENV_INDEX => &mut self.index,
+                ENV_INDEX_FROM => &mut self.index_from,
+                ENV_INDEX_OFFSET => &mut self.index_offset,
+                ENV_TOKEN => &mut self.token,
+                ENV_GROUP_SECRET => &mut self.group_secret,
+                ENV_CA => &mut self.ca,
+                ENV_CERT => &mut self.cert,
+                ENV_KEY => &mut self.key,
+                ENV_JOIN_TIMEOUT => &mut self.join_timeout,
+                ENV_WORKER_THREADS => &mut self.worker_threads,
+                ENV_LINK => &mut self.link,
+                ENV_HEARTBEAT_INTERVAL => &mut self.heartbeat_interval,
+                ENV_HEARTBEAT_TIMEOUT => &mut self.heartbeat_timeout,
+                ENV_SECRETS_STDIN => continue,
+                _ => {
+                    return Err(SettingsError::Invalid {
+                        var: ENV_SECRETS_STDIN,
+                        flag: "--secrets-stdin",
+                        value: name,
+                        problem: "is not a worker setting".into(),
+                    })
+                }
+            };
+            *field = Some(value);
+        }
+        Ok(())
+    }
+
+    /// The index: `--index`, else the variable `--index-from` names (read
+    /// through `lookup`) plus `--index-offset`.
+    fn index(&self, lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<u32, SettingsError> {
+        if self.index.is_some() || self.index_from.is_none() {
+            let index_text = INDEX.required(&self.index)?;
+            return index_text.parse::<u32>().map_err(|e| {
+                INDEX.invalid(index_text, format!("not a non-negative integer ({e})"))
+            });
+        }
+        let var = INDEX_FROM.required(&self.index_from)?;
+        let var_ok = !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !var_ok {
+            return Err(INDEX_FROM.invalid(var, "not a variable name (A-Z, a-z, 0-9, _)"));
+        }
+        let Some(raw) = lookup(var) else {
+            return Err(INDEX_FROM.invalid(
+                var,
+                format!("{var} is not set in this process's environment (is it started by the engine that sets {var}?)"),
+            ));
+        };
+        let raw = raw.to_string_lossy();
+        let base = raw.trim().parse::<u32>().map_err(|e| {
+            INDEX_FROM.invalid(
+                var,
+                format!("{var}={raw:?} is not a non-negative integer ({e})"),
+            )
+        })?;
+        let offset = match &self.index_offset {
+            None => 0,
+            Some(value) => {
+                let text = INDEX_OFFSET.text(value)?;
+                text.parse::<u32>().map_err(|e| {
+                    INDEX_OFFSET.invalid(text, format!("not a non-negative integer ({e})"))
+                })?
+            }
+        };
+        base.checked_add(offset).ok_or_else(|| {
+            INDEX_OFFSET.invalid(
+                &offset.to_string(),
+                format!("{var} ({base}) plus the offset is beyond {}", u32::MAX),
+            )
+        })
+    }
+
+    /// [`WorkerSettings::validate`], reading the variable `--index-from`
+    /// names through `lookup`.
+    pub(crate) fn validate_with(
+        &self,
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<WorkerEnv, SettingsError> {
         let allocator_addr = ALLOCATOR_ADDR.required(&self.allocator_addr)?;
         if split_host_port(allocator_addr).is_none() {
             return Err(ALLOCATOR_ADDR.invalid(
@@ -377,11 +551,13 @@ impl WorkerSettings {
         if rustls_pki_types::ServerName::try_from(server_name).is_err() {
             return Err(SERVER_NAME.invalid(server_name, "not a valid DNS name or IP address"));
         }
-        let index_text = INDEX.required(&self.index)?;
-        let index = index_text
-            .parse::<u32>()
-            .map_err(|e| INDEX.invalid(index_text, format!("not a non-negative integer ({e})")))?;
-        let token = TOKEN.required(&self.token)?;
+        let index = self.index(&lookup)?;
+        let token = match (&self.token, &self.group_secret) {
+            (None, Some(secret)) => {
+                crate::join_token::derive_token(GROUP_SECRET.text(secret)?, index)
+            }
+            (token, _) => TOKEN.required(token)?.to_owned(),
+        };
         let ca = CA.path(&self.ca)?;
         let cert = CERT.path(&self.cert)?;
         let key = KEY.path(&self.key)?;
@@ -420,7 +596,7 @@ impl WorkerSettings {
             allocator_addr: allocator_addr.to_owned(),
             server_name: server_name.to_owned(),
             index,
-            token: token.to_owned(),
+            token,
             ca,
             cert,
             key,
@@ -656,6 +832,129 @@ mod tests {
         settings.ca = Some(OsString::from_vec(vec![b'c', 0xff]));
         let env = settings.validate().expect("non-UTF-8 path");
         assert_eq!(env.ca.as_os_str().len(), 2);
+    }
+
+    /// FULL without the index and the token.
+    fn group_args(extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = FULL
+            .chunks(2)
+            .filter(|pair| pair[0] != "--index" && pair[0] != "--token")
+            .flatten()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.chunks(2).map(|pair| pair.join("=")));
+        args
+    }
+
+    fn lookup(var: &'static str, value: &'static str) -> impl Fn(&str) -> Option<OsString> {
+        move |name| (name == var).then(|| OsString::from(value))
+    }
+
+    #[test]
+    fn a_group_worker_takes_its_index_from_the_engine_and_derives_its_token() {
+        let mut settings = parse(&group_args(&[
+            "--index-from",
+            "SLURM_PROCID",
+            "--index-offset",
+            "10",
+        ]));
+        settings.group_secret = Some("example-secret".into());
+        let env = settings
+            .validate_with(lookup("SLURM_PROCID", "3"))
+            .expect("valid");
+        assert_eq!(env.index, 13);
+        assert_eq!(
+            env.token,
+            crate::join_token::derive_token("example-secret", 13)
+        );
+        // No offset: the engine's index as it is.
+        let mut settings = parse(&group_args(&["--index-from", "JOB_COMPLETION_INDEX"]));
+        settings.group_secret = Some("s".into());
+        let env = settings
+            .validate_with(lookup("JOB_COMPLETION_INDEX", " 0 "))
+            .expect("valid");
+        assert_eq!(env.index, 0);
+        // An index given outright wins over the variable; a token over the secret.
+        let mut settings = parse(&full_with(&["--index-from", "PMI_RANK"]));
+        settings.group_secret = Some("s".into());
+        let env = settings
+            .validate_with(lookup("PMI_RANK", "5"))
+            .expect("valid");
+        assert_eq!((env.index, env.token.as_str()), (3, "secret"));
+    }
+
+    #[test]
+    fn a_bad_engine_index_is_named() {
+        let settings = {
+            let mut s = parse(&group_args(&["--index-from", "SLURM_PROCID"]));
+            s.group_secret = Some("s".into());
+            s
+        };
+        for (value, says) in [
+            ("x", "not a non-negative integer"),
+            ("-1", "not a non-negative"),
+        ] {
+            let leaked: &'static str = Box::leak(value.to_string().into_boxed_str());
+            let err = settings
+                .validate_with(lookup("SLURM_PROCID", leaked))
+                .expect_err(value);
+            let text = err.to_string();
+            assert!(
+                text.contains("SLURM_PROCID") && text.contains(says),
+                "{text}"
+            );
+            assert!(text.contains(ENV_INDEX_FROM), "{text}");
+        }
+        let err = settings.validate_with(|_| None).expect_err("unset");
+        assert!(err.to_string().contains("SLURM_PROCID is not set"), "{err}");
+        let mut bad_name = settings.clone();
+        bad_name.index_from = Some("NOT-A-NAME".into());
+        assert!(bad_name.validate_with(|_| None).is_err());
+        let mut overflow = settings.clone();
+        overflow.index_offset = Some("4294967295".into());
+        let err = overflow
+            .validate_with(lookup("SLURM_PROCID", "1"))
+            .expect_err("overflow");
+        assert!(err.to_string().contains(ENV_INDEX_OFFSET), "{err}");
+        // Neither token nor secret: the token is missing.
+        let mut no_secret = settings.clone();
+        no_secret.group_secret = None;
+        let err = no_secret
+            .validate_with(lookup("SLURM_PROCID", "1"))
+            .expect_err("no token");
+        assert_eq!(err, TOKEN.missing());
+    }
+
+    #[test]
+    fn settings_from_stdin_win_and_unknown_names_are_refused() {
+        let mut settings = parse(&full_with(&[]));
+        settings
+            .apply_pairs(vec![
+                (ENV_TOKEN.into(), "from-stdin".into()),
+                (ENV_INDEX.into(), "9".into()),
+                (ENV_SERVER_NAME.into(), "mesh.example".into()),
+                (ENV_SECRETS_STDIN.into(), "1".into()),
+            ])
+            .expect("known names");
+        let env = settings.validate().expect("valid");
+        assert_eq!(env.token, "from-stdin");
+        assert_eq!(env.index, 9);
+        assert_eq!(env.server_name, "mesh.example");
+        let err = settings
+            .apply_pairs(vec![("QUICMESH_NOPE".into(), "hunter2".into())])
+            .expect_err("unknown");
+        let text = err.to_string();
+        assert!(
+            text.contains("QUICMESH_NOPE") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(!parse(&full_with(&[])).wants_stdin().expect("unset"));
+        assert!(parse(&full_with(&["--secrets-stdin", "1"]))
+            .wants_stdin()
+            .expect("1"));
+        assert!(parse(&full_with(&["--secrets-stdin", "maybe"]))
+            .wants_stdin()
+            .is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use quicmesh::config;
 use quicmesh::exit_code;
 
 /// Every variable a worker reads, with the flag that sets the same thing.
-const SETTINGS: [(&str, &str); 12] = [
+const SETTINGS: [(&str, &str); 15] = [
     (config::ENV_ALLOCATOR_ADDR, "--allocator"),
     (config::ENV_SERVER_NAME, "--server-name"),
     (config::ENV_INDEX, "--index"),
@@ -24,6 +24,9 @@ const SETTINGS: [(&str, &str); 12] = [
     (config::ENV_LINK, "--link"),
     (config::ENV_HEARTBEAT_INTERVAL, "--heartbeat-interval"),
     (config::ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout"),
+    (config::ENV_INDEX_FROM, "--index-from"),
+    (config::ENV_INDEX_OFFSET, "--index-offset"),
+    (config::ENV_SECRETS_STDIN, "--secrets-stdin"),
 ];
 
 /// Marks the re-run of this test binary that acts as a user's program
@@ -153,9 +156,11 @@ async fn help_lists_every_variable_and_hides_the_token() {
         "the token's value is shown:\n{help}"
     );
     assert!(
-        help.contains("Prefer the"),
-        "the token's help does not prefer the variable:\n{help}"
+        help.contains("Never on a command line"),
+        "the token's help does not keep it off command lines:\n{help}"
     );
+    // The group secret has no flag worth showing: it is never typed.
+    assert!(!help.contains("--group-secret"), "{help}");
 
     // The README documents every one of them.
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -203,15 +208,33 @@ async fn invalid_value_of_each_variable_names_variable_and_flag() {
         (config::ENV_LINK, "satellite"),
         (config::ENV_HEARTBEAT_INTERVAL, "often"),
         (config::ENV_HEARTBEAT_TIMEOUT, "31s"),
+        (config::ENV_INDEX_FROM, "NOT-A-NAME"),
+        (config::ENV_INDEX_OFFSET, "minus one"),
+        (config::ENV_SECRETS_STDIN, "maybe"),
     ];
     assert_eq!(cases.len(), SETTINGS.len(), "a case for every variable");
+    // The index comes from an engine's variable only when none is given.
+    let group_env = with_var(
+        &with_var(
+            &without_var(&valid_env(), config::ENV_INDEX),
+            config::ENV_INDEX_FROM,
+            "QM_TEST_RANK",
+        ),
+        "QM_TEST_RANK",
+        "1",
+    );
     for (var, value) in cases {
         let flag = SETTINGS
             .iter()
             .find(|(v, _)| *v == var)
             .map(|(_, f)| *f)
             .expect("known variable");
-        let (code, stderr) = quicmesh_worker(&[], &with_var(&valid_env(), var, value)).await;
+        let base = if var == config::ENV_INDEX_FROM || var == config::ENV_INDEX_OFFSET {
+            &group_env
+        } else {
+            &valid_env()
+        };
+        let (code, stderr) = quicmesh_worker(&[], &with_var(base, var, value)).await;
         assert_eq!(code, Some(exit_code::CONFIG), "{var}={value:?}: {stderr}");
         assert!(
             stderr.contains(var) && stderr.contains(flag),

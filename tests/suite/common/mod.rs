@@ -3,6 +3,7 @@
 //! processes, event waiting with generous deadlines, and process checks.
 #![allow(dead_code)]
 
+pub mod engines;
 pub mod fake_worker;
 
 use std::path::{Path, PathBuf};
