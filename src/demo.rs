@@ -1,12 +1,18 @@
 //! `quicmesh demo`: a local mesh with generated certificates, start to stop.
 //!
 //! Generates certificates if absent, listens, launches workers (this same
-//! executable, as `quicmesh worker`), prints every event, holds the mesh up,
-//! stops everything with `StopAndExit(0)` and reports each exit status. It
+//! executable, as `quicmesh worker`), shows the launch's progress, holds the
+//! mesh up, stops everything with `StopAndExit(0)` and prints a summary. It
 //! exits 0 only if every proc ran and stopped in order and every worker
 //! exited 0.
+//!
+//! Every event is logged (one line each on stderr) for a mesh of up to
+//! [`VERBOSE_UP_TO`] workers or with `--verbose`; a larger one logs only
+//! warnings unless `RUST_LOG` says otherwise, and shows progress instead: a
+//! bar on a terminal, else a plain line at most once a second.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +23,9 @@ use quicmesh::actor::builtin::{Echo, EchoMsg, RingMsg, RingNode};
 use quicmesh::ProcMesh;
 
 use clap::Parser;
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::allocator::{
+    AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState, Progress, DEFAULT_LAUNCH_WINDOW,
+};
 use quicmesh::config::{self, LinkConfig};
 use quicmesh::ExitReport;
 use quicmesh::ProcId;
@@ -61,6 +69,34 @@ pub struct DemoArgs {
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
     link: LinkConfig,
+    /// Most workers joining at once (started, not yet welcomed).
+    #[arg(long, default_value_t = DEFAULT_LAUNCH_WINDOW)]
+    launch_window: usize,
+    /// Log every event (proc states, joins, exits) even for a large mesh.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Most procs whose ask round trips are timed (`--pings` each).
+const PINGED_PROCS: usize = 16;
+
+/// Meshes of at most this many workers log every event without `--verbose`.
+pub const VERBOSE_UP_TO: u32 = 16;
+
+impl DemoArgs {
+    /// Whether every event is logged.
+    fn verbose(&self) -> bool {
+        self.verbose || self.workers <= VERBOSE_UP_TO
+    }
+
+    /// The log filter used when `RUST_LOG` is not set.
+    pub fn log_default(&self) -> &'static str {
+        if self.verbose() {
+            "info"
+        } else {
+            "warn"
+        }
+    }
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -146,14 +182,21 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
     let expected: u64 = (0..=u64::from(hops)).map(|k| k % n as u64).sum();
     anyhow::ensure!(sum == expected, "ring sum {sum}, expected {expected}");
 
-    let mut rtts = Vec::with_capacity(n * pings as usize);
-    for actor in echo.actors() {
-        for i in 0..pings {
+    // Every echo actor answers once (so every proc is asked); round trips
+    // are timed on at most PINGED_PROCS of them, spread over the mesh, so
+    // that a mesh of thousands is checked in seconds.
+    let stride = n.div_ceil(PINGED_PROCS).max(1);
+    let mut rtts = Vec::with_capacity(PINGED_PROCS * pings as usize);
+    for (rank, actor) in echo.actors().iter().enumerate() {
+        let timed = rank % stride == 0;
+        for i in 0..if timed { pings.max(1) } else { 1 } {
             let t = Instant::now();
             let back = actor
                 .ask(client, |p| EchoMsg::Echo(i.to_le_bytes().to_vec(), p))
                 .await?;
-            rtts.push(t.elapsed());
+            if timed {
+                rtts.push(t.elapsed());
+            }
             anyhow::ensure!(
                 back == i.to_le_bytes(),
                 "echo from {} returned other bytes",
@@ -166,9 +209,11 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
         rtts.get(((rtts.len().max(1) - 1) as f64 * q) as usize)
             .map_or(0, |d| d.as_micros())
     };
-    let messages = 2 * n as u64 + (u64::from(hops) + 2) + 2 * rtts.len() as u64;
+    let timed_procs = n.div_ceil(stride);
+    let asks = rtts.len() + (n - timed_procs);
+    let messages = 2 * n as u64 + (u64::from(hops) + 2) + 2 * asks as u64;
     Ok(format!(
-        "actors: {n} procs, {} actors, {messages} messages; ring of {n} procs x {rounds} rounds: sum {sum} checked in {:.1} ms; ask round trip p50 {} us, p99 {} us",
+        "actors: {n} procs, {} actors, {messages} messages; ring of {n} procs x {rounds} rounds: sum {sum} checked in {:.1} ms; every echo answered; ask round trip ({timed_procs} procs) p50 {} us, p99 {} us",
         ring.len() + echo.len(),
         ring_time.as_secs_f64() * 1e3,
         pct(0.5),
@@ -188,6 +233,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     config.listen = args.listen;
     config.alloc_name = "demo".into();
     config.link = args.link;
+    config.launch_window = args.launch_window;
     if let Some(interval) = args.heartbeat_interval {
         config.heartbeat.interval = interval;
     }
@@ -198,26 +244,39 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     println!("listening on {}", alloc.local_addr());
     let mut events = alloc.events();
 
-    let launcher = Launcher::current_exe()?.arg("worker");
+    let mut launcher = Launcher::current_exe()?.arg("worker");
+    if !args.verbose() && std::env::var_os("RUST_LOG").is_none() {
+        // Workers log to their stderr, passed through: quiet them too.
+        launcher = launcher.env("RUST_LOG", "warn");
+    }
+    let begun = Instant::now();
     alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
     let expected = (args.workers * args.procs_per_worker) as usize;
     let mut tally = Tally::default();
+    let mut shown = ProgressView::new(args.workers as usize, !args.verbose());
 
     let started = tokio::time::timeout(Duration::from_secs(args.start_timeout), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         while tally.running() < expected && tally.ever_failed.is_empty() && tally.exits.is_empty() {
-            match events.next().await {
-                Some(e) => tally.record(&e),
-                None => break,
+            tokio::select! {
+                e = events.next() => match e {
+                    Some(e) => tally.record(&e),
+                    None => break,
+                },
+                _ = tick.tick() => shown.update(&alloc.progress(), begun.elapsed()),
             }
         }
     })
     .await;
     let all_running = started.is_ok() && tally.running() == expected;
+    shown.finish(&alloc.progress(), begun.elapsed());
+    let up_after = begun.elapsed();
     let mut actors_ok = true;
     if all_running {
         println!(
-            "mesh up: {} workers, {expected} procs running",
-            args.workers
+            "mesh up: {} workers, {expected} procs running after {:.1} s",
+            args.workers,
+            up_after.as_secs_f64()
         );
         match exercise_actors(&alloc, args.rounds, args.pings).await {
             Ok(line) => println!("{line}"),
@@ -265,15 +324,94 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .values()
         .filter(|s| matches!(s, ProcState::Stopped { .. }))
         .count();
+    let failed_exits = tally.exits.len() - clean_exits;
     println!(
-        "summary: {expected} procs, {} running at peak, {stopped_procs} stopped in order, {} failed; {clean_exits}/{} workers exited 0",
+        "summary: {} workers ({clean_exits} exited 0, {failed_exits} exited otherwise, {} not seen exiting); \
+         {expected} procs ({} running at peak, {stopped_procs} stopped in order, {} failed); {:.1} s",
+        args.workers,
+        (args.workers as usize).saturating_sub(tally.exits.len()),
         if all_running { expected } else { tally.running() },
         tally.ever_failed.len(),
-        args.workers
+        begun.elapsed().as_secs_f64()
     );
     Ok(all_running
         && actors_ok
         && tally.ever_failed.is_empty()
         && stopped_procs == expected
         && clean_exits == args.workers as usize)
+}
+
+/// How the launch's progress is shown: a bar on a terminal, plain lines
+/// (at most one a second, and only when something changed) otherwise, or
+/// nothing when every event is logged anyway.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    last_line: Option<(Instant, Progress)>,
+}
+
+impl ProgressView {
+    fn new(workers: usize, show: bool) -> Self {
+        let on_terminal = std::io::stderr().is_terminal();
+        let bar = (show && on_terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(workers as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:30}] {pos}/{len} running  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar
+        });
+        ProgressView {
+            bar,
+            plain: show && !on_terminal,
+            last_line: None,
+        }
+    }
+
+    fn line(p: &Progress, elapsed: Duration) -> String {
+        format!(
+            "launch: {} joined, {} running, {} failed of {} workers; {:.1} s",
+            p.joined,
+            p.procs_running,
+            p.workers_failed() + p.procs_failed,
+            p.workers,
+            elapsed.as_secs_f64()
+        )
+    }
+
+    fn update(&mut self, p: &Progress, elapsed: Duration) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.procs_running as u64);
+            bar.set_length(p.procs as u64);
+            bar.set_message(format!(
+                "{} joined, {} failed of {} workers",
+                p.joined,
+                p.workers_failed() + p.procs_failed,
+                p.workers
+            ));
+        } else if self.plain {
+            let due = self.last_line.map_or(true, |(at, last)| {
+                last != *p && at.elapsed() >= Duration::from_secs(1)
+            });
+            if due {
+                println!("{}", Self::line(p, elapsed));
+                self.last_line = Some((Instant::now(), *p));
+            }
+        }
+    }
+
+    fn finish(&mut self, p: &Progress, elapsed: Duration) {
+        let had_bar = match self.bar.take() {
+            Some(bar) => {
+                bar.finish_and_clear();
+                true
+            }
+            None => false,
+        };
+        if had_bar || self.plain {
+            println!("{}", Self::line(p, elapsed));
+        }
+    }
 }

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    quicmesh::init_logging();
+    match &cli.command {
+        Command::Demo(args) => quicmesh::init_logging_with_default(args.log_default()),
+        _ => quicmesh::init_logging(),
+    }
     match cli.command {
         Command::Certs { dir, force, sans } => {
             let options = DevCertOptions::new().sans(sans).force(force);

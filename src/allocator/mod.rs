@@ -27,10 +27,12 @@
 //!   proc's mailbox stream, with `in_flight.rs` (what is unacknowledged),
 //!   `parking.rs` (lines for full destinations) and `stall.rs` (the judge of
 //!   a proc that takes nothing);
-//! - `launcher.rs`: starting worker processes and supervising them.
+//! - `launcher.rs`: starting worker processes and supervising them;
+//!   `launch_window.rs`: when the next one may start; `progress.rs`: how far
+//!   an allocation has come, as data.
 //!
 //! The decisions (`admission`, `handshakes`, `session`, `in_flight`,
-//! `parking`, `stall`) are plain code with unit tests; the rest moves bytes,
+//! `parking`, `stall`, `launch_window`) are plain code with unit tests; the rest moves bytes,
 //! time and tasks. See `docs/design.md` for the protocol and why.
 
 mod admission;
@@ -40,9 +42,11 @@ mod error;
 mod events;
 mod handshakes;
 mod in_flight;
+mod launch_window;
 mod launcher;
 mod link;
 mod parking;
+mod progress;
 mod router;
 mod server;
 mod session;
@@ -50,12 +54,14 @@ mod shared;
 mod stall;
 
 pub use crate::actor::Returns;
-pub use config::AllocatorConfig;
+pub use config::{AllocatorConfig, DEFAULT_LAUNCH_WINDOW};
 pub use error::{AllocatorError, StartError};
 pub use events::{AllocEvent, Events, ProcState, RefusalStats};
 pub use launcher::Launcher;
 pub use link::LinkStats;
+pub use progress::Progress;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -84,6 +90,9 @@ pub struct JoinTicket {
     pub env: Vec<(&'static str, String)>,
 }
 
+/// The allocator's tasks, aborted when it is dropped; launches add to them.
+type Tasks = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+
 /// A running allocation: listener, workers, procs and their events.
 ///
 /// Every method takes `&self`: the handle can be shared (in an `Arc`)
@@ -92,7 +101,7 @@ pub struct Allocator {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
     client: Client,
     controller: Proc,
     returns: Returns,
@@ -110,6 +119,14 @@ impl Allocator {
         config.limits.validate()?;
         config.transport.validate()?;
         config.link.validate()?;
+        if config.launch_window == 0 {
+            return Err(ConfigError::Invalid {
+                name: "launch window",
+                value: "0".into(),
+                problem: "at least one worker must be allowed to join at a time".into(),
+            }
+            .into());
+        }
         if !is_valid_name(&config.alloc_name) {
             return Err(ConfigError::Invalid {
                 name: "allocation name",
@@ -187,7 +204,7 @@ impl Allocator {
             shared,
             endpoint,
             local_addr,
-            tasks: std::sync::Mutex::new(tasks),
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
             returns,
         })
     }
@@ -226,6 +243,7 @@ impl Allocator {
         let index = admission.next_index();
         admission.reserve(index, token.clone(), proc_ids);
         drop(admission);
+        self.shared.reserved.fetch_add(1, Ordering::Relaxed);
         let abs = |p: &Path| {
             std::path::absolute(p)
                 .unwrap_or_else(|_| p.to_path_buf())
@@ -250,18 +268,36 @@ impl Allocator {
 
     /// Starts `workers` worker processes with `launcher`, each to host `procs_per_worker` procs.
     ///
-    /// Returns their indexes. Errors: [`AllocatorError::Spawn`] if a process
-    /// cannot be started (those already started keep running).
+    /// Returns their indexes, all reserved now. At most
+    /// [`AllocatorConfig::launch_window`] of them are *joining* at once
+    /// (started, not yet welcomed): the first ones start before this
+    /// returns, each of the others when a joining one is welcomed or ends
+    /// (docs/design.md, launch window). Watch it with [`Allocator::progress`]
+    /// or the events; [`Allocator::wait_running`] waits for all of them.
+    ///
+    /// Errors: [`AllocatorError::Spawn`] if one of the first processes
+    /// cannot be started (those already started keep running, the rest are
+    /// not started). A later one that cannot be started is reported as
+    /// [`AllocEvent::LaunchFailed`] and the launch goes on.
     pub fn launch(
         &self,
         launcher: &Launcher,
         workers: u32,
         procs_per_worker: u32,
     ) -> Result<Vec<u32>, AllocatorError> {
-        let mut indexes = Vec::new();
+        let mut tickets: HashMap<u32, JoinTicket> = HashMap::new();
+        let mut indexes = Vec::with_capacity(workers as usize);
         for _ in 0..workers {
             let ticket = self.reserve(procs_per_worker);
-            let index = ticket.index;
+            indexes.push(ticket.index);
+            tickets.insert(ticket.index, ticket);
+        }
+        let mut window =
+            launch_window::LaunchWindow::new(self.shared.config.launch_window, indexes.clone());
+        while let Some(index) = window.next_to_start() {
+            let Some(ticket) = tickets.remove(&index) else {
+                continue;
+            };
             let child =
                 launcher
                     .spawn(index, &ticket.env)
@@ -272,9 +308,23 @@ impl Allocator {
                     })?;
             let task = launcher::supervise(self.shared.clone(), index, child);
             lock(&self.tasks).push(task);
-            indexes.push(index);
+        }
+        if !window.all_started() {
+            let task = tokio::spawn(launch_rest(
+                self.shared.clone(),
+                self.tasks.clone(),
+                launcher.clone(),
+                window,
+                tickets,
+            ));
+            lock(&self.tasks).push(task);
         }
         Ok(indexes)
+    }
+
+    /// Counts of workers and procs now: what a progress bar shows.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
     }
 
     /// Starts one more proc on connected worker `index`; returns its id.
@@ -443,9 +493,16 @@ impl Allocator {
                         }))
                     }
                     _ => {
-                        let exited = self
-                            .worker_of(p)
-                            .and_then(|i| self.exit_status(i).map(|s| (i, s)));
+                        let worker = self.worker_of(p);
+                        if let Some((index, reason)) =
+                            worker.and_then(|i| self.shared.spawn_failure(i).map(|r| (i, r)))
+                        {
+                            return Err(AllocatorError::Start(StartError::WorkerNotStarted {
+                                index,
+                                reason,
+                            }));
+                        }
+                        let exited = worker.and_then(|i| self.exit_status(i).map(|s| (i, s)));
                         if let Some((index, status)) = exited {
                             return Err(AllocatorError::Start(StartError::WorkerExited {
                                 index,
@@ -494,6 +551,53 @@ impl Allocator {
             .collect();
         exits.sort_unstable_by_key(|(i, _)| *i);
         exits
+    }
+}
+
+/// Starts the workers of a launch that did not fit in its window at first,
+/// each as soon as a place is free; ends when all are started.
+///
+/// Woken by every welcome and every end of a launched worker; it also looks
+/// once a second, so nothing it might miss can stall a launch.
+async fn launch_rest(
+    shared: Arc<Shared>,
+    tasks: Tasks,
+    launcher: Launcher,
+    mut window: launch_window::LaunchWindow,
+    mut tickets: HashMap<u32, JoinTicket>,
+) {
+    let mut changes = shared.launch_changes();
+    loop {
+        changes.borrow_and_update();
+        let done: Vec<u32> = window
+            .joining()
+            .filter(|i| shared.done_joining(*i))
+            .collect();
+        for index in done {
+            window.on_done(index);
+        }
+        while let Some(index) = window.next_to_start() {
+            let Some(ticket) = tickets.remove(&index) else {
+                continue;
+            };
+            match launcher.spawn(index, &ticket.env) {
+                Ok(child) => {
+                    let task = launcher::supervise(shared.clone(), index, child);
+                    lock(&tasks).push(task);
+                }
+                Err(e) => {
+                    shared.emit(AllocEvent::LaunchFailed {
+                        index,
+                        reason: format!("{launcher:?}: {e}"),
+                    });
+                    window.on_done(index);
+                }
+            }
+        }
+        if window.all_started() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
     }
 }
 
