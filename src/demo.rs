@@ -1,12 +1,18 @@
 //! `quicmesh demo`: a local mesh with generated certificates, start to stop.
 //!
 //! Generates certificates if absent, listens, launches workers (this same
-//! executable, as `quicmesh worker`), prints every event, holds the mesh up,
-//! stops everything with `StopAndExit(0)` and reports each exit status. It
+//! executable, as `quicmesh worker`), shows the launch's progress, holds the
+//! mesh up, stops everything with `StopAndExit(0)` and prints a summary. It
 //! exits 0 only if every proc ran and stopped in order and every worker
 //! exited 0.
+//!
+//! Every event is logged (one line each on stderr) for a mesh of up to
+//! [`VERBOSE_UP_TO`] workers or with `--verbose`; a larger one logs only
+//! warnings unless `RUST_LOG` says otherwise, and shows progress instead: a
+//! bar on a terminal, else a plain line at most once a second.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -20,7 +26,9 @@ use quicmesh::ProcMesh;
 use tokio_util::task::AbortOnDropHandle;
 
 use clap::Parser;
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::allocator::{
+    AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState, Progress, DEFAULT_LAUNCH_WINDOW,
+};
 use quicmesh::config::{self, LinkConfig};
 use quicmesh::ExitReport;
 use quicmesh::ProcId;
@@ -93,6 +101,34 @@ pub struct DemoArgs {
     /// here; the ring waits until they have joined (within --start-timeout).
     #[arg(long, value_name = "N", default_value_t = 0)]
     external: u32,
+    /// Most workers joining at once (started, not yet welcomed).
+    #[arg(long, default_value_t = DEFAULT_LAUNCH_WINDOW)]
+    launch_window: usize,
+    /// Log every event (proc states, joins, exits) even for a large mesh.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Most procs whose ask round trips are timed (`--pings` each).
+const PINGED_PROCS: usize = 16;
+
+/// Meshes of at most this many workers log every event without `--verbose`.
+pub const VERBOSE_UP_TO: u32 = 16;
+
+impl DemoArgs {
+    /// Whether every event is logged.
+    fn verbose(&self) -> bool {
+        self.verbose || self.workers <= VERBOSE_UP_TO
+    }
+
+    /// The log filter used when `RUST_LOG` is not set.
+    pub fn log_default(&self) -> &'static str {
+        if self.verbose() {
+            "info"
+        } else {
+            "warn"
+        }
+    }
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -123,9 +159,9 @@ struct Tally {
     exits: BTreeMap<u32, ExitReport>,
     ever_failed: BTreeSet<ProcId>,
     /// Workers whose connection ended in order (what is known of workers
-    /// this process did not start), and how many others left.
+    /// this process did not start), and those whose connection failed.
     left_in_order: BTreeSet<u32>,
-    left_failed: usize,
+    left_failed: BTreeSet<u32>,
 }
 
 impl Tally {
@@ -143,7 +179,7 @@ impl Tally {
             }
             AllocEvent::WorkerLeft { index, end } => {
                 if end.is_failure() {
-                    self.left_failed += 1;
+                    self.left_failed.insert(*index);
                 } else {
                     self.left_in_order.insert(*index);
                 }
@@ -189,14 +225,21 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
     let expected: u64 = (0..=u64::from(hops)).map(|k| k % n as u64).sum();
     anyhow::ensure!(sum == expected, "ring sum {sum}, expected {expected}");
 
-    let mut rtts = Vec::with_capacity(n * pings as usize);
-    for actor in echo.actors() {
-        for i in 0..pings {
+    // Every echo actor answers once (so every proc is asked); round trips
+    // are timed on at most PINGED_PROCS of them, spread over the mesh, so
+    // that a mesh of thousands is checked in seconds.
+    let stride = n.div_ceil(PINGED_PROCS).max(1);
+    let mut rtts = Vec::with_capacity(PINGED_PROCS * pings as usize);
+    for (rank, actor) in echo.actors().iter().enumerate() {
+        let timed = rank % stride == 0;
+        for i in 0..if timed { pings.max(1) } else { 1 } {
             let t = Instant::now();
             let back = actor
                 .ask(client, |p| EchoMsg::Echo(i.to_le_bytes().to_vec(), p))
                 .await?;
-            rtts.push(t.elapsed());
+            if timed {
+                rtts.push(t.elapsed());
+            }
             anyhow::ensure!(
                 back == i.to_le_bytes(),
                 "echo from {} returned other bytes",
@@ -209,9 +252,11 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
         rtts.get(((rtts.len().max(1) - 1) as f64 * q) as usize)
             .map_or(0, |d| d.as_micros())
     };
-    let messages = 2 * n as u64 + (u64::from(hops) + 2) + 2 * rtts.len() as u64;
+    let timed_procs = n.div_ceil(stride);
+    let asks = rtts.len() + (n - timed_procs);
+    let messages = 2 * n as u64 + (u64::from(hops) + 2) + 2 * asks as u64;
     Ok(format!(
-        "actors: {n} procs, {} actors, {messages} messages; ring of {n} procs x {rounds} rounds: sum {sum} checked in {:.1} ms; ask round trip p50 {} us, p99 {} us",
+        "actors: {n} procs, {} actors, {messages} messages; ring of {n} procs x {rounds} rounds: sum {sum} checked in {:.1} ms; every echo answered; ask round trip ({timed_procs} procs) p50 {} us, p99 {} us",
         ring.len() + echo.len(),
         ring_time.as_secs_f64() * 1e3,
         pct(0.5),
@@ -232,6 +277,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     config.advertise = args.advertise.clone();
     config.alloc_name = "demo".into();
     config.link = args.link;
+    config.launch_window = args.launch_window;
     if let Some(interval) = args.heartbeat_interval {
         config.heartbeat.interval = interval;
     }
@@ -258,13 +304,23 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             .ok_or_else(|| anyhow::anyhow!("the launch command {cmd:?} is empty"))?;
         Ok((program, words.collect()))
     };
+    // Workers log to their stderr, passed through: a large mesh quiets them too.
+    let quiet = !args.verbose() && std::env::var_os("RUST_LOG").is_none();
+    let quieted = |launcher: Launcher| {
+        if quiet {
+            launcher.env("RUST_LOG", "warn")
+        } else {
+            launcher
+        }
+    };
+    let begun = Instant::now();
     if let Some(cmd) = &args.group_launch {
         let (program, words) = split(cmd)?;
         let launcher = Launcher::group(program)
             .args(words)
             .args([exe, "worker".into()])
             .index_from(&args.index_from);
-        alloc.launch_group(&launcher, args.workers, args.procs_per_worker)?;
+        alloc.launch_group(&quieted(launcher), args.workers, args.procs_per_worker)?;
     } else if let Some(cmd) = &args.launch {
         let (program, words) = split(cmd)?;
         let launcher = Launcher::program(program)
@@ -272,42 +328,50 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             .args([exe, "worker".into(), "--secrets-stdin".into()])
             .secrets_stdin()
             .remote();
-        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+        alloc.launch(&quieted(launcher), args.workers, args.procs_per_worker)?;
     } else {
         let launcher = Launcher::current_exe()?.arg("worker");
-        alloc.launch(&launcher, args.workers, args.procs_per_worker)?;
+        alloc.launch(&quieted(launcher), args.workers, args.procs_per_worker)?;
     }
     let total_workers = args.workers + args.external;
     let expected = (total_workers * args.procs_per_worker) as usize;
     let mut tally = Tally::default();
+    let mut shown = ProgressView::new(total_workers as usize, !args.verbose());
 
     let started = tokio::time::timeout(Duration::from_secs(args.start_timeout), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut joined = 0;
         while tally.running() < expected && tally.ever_failed.is_empty() && tally.exits.is_empty() {
-            match events.next().await {
-                Some(e) => {
-                    if let AllocEvent::WorkerJoined { index, .. } = &e {
-                        if external.contains(index) {
-                            joined += 1;
-                            println!(
-                                "external worker {index} joined ({joined} of {})",
-                                external.len()
-                            );
+            tokio::select! {
+                e = events.next() => match e {
+                    Some(e) => {
+                        if let AllocEvent::WorkerJoined { index, .. } = &e {
+                            if external.contains(index) {
+                                joined += 1;
+                                println!(
+                                    "external worker {index} joined ({joined} of {})",
+                                    external.len()
+                                );
+                            }
                         }
+                        tally.record(&e)
                     }
-                    tally.record(&e)
-                }
-                None => break,
+                    None => break,
+                },
+                _ = tick.tick() => shown.update(&alloc.progress(), begun.elapsed()),
             }
         }
     })
     .await;
     let all_running = started.is_ok() && tally.running() == expected;
+    shown.finish(&alloc.progress(), begun.elapsed());
+    let up_after = begun.elapsed();
     let mut actors_ok = true;
     if all_running {
         println!(
-            "mesh up: {} workers, {expected} procs running",
-            args.workers
+            "mesh up: {} workers, {expected} procs running after {:.1} s",
+            args.workers,
+            up_after.as_secs_f64()
         );
         match exercise_actors(&alloc, args.rounds, args.pings).await {
             Ok(line) => println!("{line}"),
@@ -339,7 +403,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     println!("stopping: StopAndExit(0) sent to {told} workers");
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {
         while tally.exits.len() < args.workers as usize
-            || tally.left_in_order.len() + tally.left_failed < external.len()
+            || external
+                .iter()
+                .any(|i| !tally.left_in_order.contains(i) && !tally.left_failed.contains(i))
         {
             match events.next().await {
                 Some(e) => tally.record(&e),
@@ -351,21 +417,31 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if stopped.is_err() {
         println!("not every worker exited within 30 s");
     }
-    let clean_exits = tally.exits.values().filter(|s| s.is_success()).count()
-        + external
-            .iter()
-            .filter(|i| tally.left_in_order.contains(i))
-            .count();
+    // Launched workers report an exit status; external ones (not our
+    // children) are seen leaving, in order or not.
+    let launched_clean = tally.exits.values().filter(|s| s.is_success()).count();
+    let external_clean = external
+        .iter()
+        .filter(|i| tally.left_in_order.contains(i))
+        .count();
+    let clean_exits = launched_clean + external_clean;
+    let external_failed = external
+        .iter()
+        .filter(|i| tally.left_failed.contains(i))
+        .count();
+    let failed_exits = tally.exits.len() - launched_clean + external_failed;
     let stopped_procs = tally
         .procs
         .values()
         .filter(|s| matches!(s, ProcState::Stopped { .. }))
         .count();
     println!(
-        "summary: {expected} procs, {} running at peak, {stopped_procs} stopped in order, {} failed; {clean_exits}/{} workers exited 0",
+        "summary: {total_workers} workers ({clean_exits} exited 0, {failed_exits} exited otherwise, {} not seen exiting); \
+         {expected} procs ({} running at peak, {stopped_procs} stopped in order, {} failed); {:.1} s",
+        (total_workers as usize).saturating_sub(clean_exits + failed_exits),
         if all_running { expected } else { tally.running() },
         tally.ever_failed.len(),
-        total_workers
+        begun.elapsed().as_secs_f64()
     );
     Ok(all_running
         && actors_ok
@@ -471,4 +547,79 @@ fn shell_quote(value: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// How the launch's progress is shown: a bar on a terminal, plain lines
+/// (at most one a second, and only when something changed) otherwise, or
+/// nothing when every event is logged anyway.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    last_line: Option<(Instant, Progress)>,
+}
+
+impl ProgressView {
+    fn new(workers: usize, show: bool) -> Self {
+        let on_terminal = std::io::stderr().is_terminal();
+        let bar = (show && on_terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(workers as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:30}] {pos}/{len} running  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar
+        });
+        ProgressView {
+            bar,
+            plain: show && !on_terminal,
+            last_line: None,
+        }
+    }
+
+    fn line(p: &Progress, elapsed: Duration) -> String {
+        format!(
+            "launch: {} joined, {} running, {} failed of {} workers; {:.1} s",
+            p.joined,
+            p.procs_running,
+            p.workers_failed() + p.procs_failed,
+            p.workers,
+            elapsed.as_secs_f64()
+        )
+    }
+
+    fn update(&mut self, p: &Progress, elapsed: Duration) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.procs_running as u64);
+            bar.set_length(p.procs as u64);
+            bar.set_message(format!(
+                "{} joined, {} failed of {} workers",
+                p.joined,
+                p.workers_failed() + p.procs_failed,
+                p.workers
+            ));
+        } else if self.plain {
+            let due = self.last_line.map_or(true, |(at, last)| {
+                last != *p && at.elapsed() >= Duration::from_secs(1)
+            });
+            if due {
+                println!("{}", Self::line(p, elapsed));
+                self.last_line = Some((Instant::now(), *p));
+            }
+        }
+    }
+
+    fn finish(&mut self, p: &Progress, elapsed: Duration) {
+        let had_bar = match self.bar.take() {
+            Some(bar) => {
+                bar.finish_and_clear();
+                true
+            }
+            None => false,
+        };
+        if had_bar || self.plain {
+            println!("{}", Self::line(p, elapsed));
+        }
+    }
 }

@@ -14,6 +14,17 @@
 //! timeout of silence needs six intervals in a row where the peer's beat
 //! *and* the acknowledgement of ours were lost, instead of six lost beats.
 //!
+//! Silence is only held against the peer while this side was running. A
+//! process that is not scheduled for a while (two cores shared by a
+//! thousand starting workers and a compiler) wakes with its deadline long
+//! past and the peer's beats still waiting, unread, in its socket; judging
+//! at that instant would declare dead a peer whose beats are already here.
+//! So when this side wakes after a gap of more than [`LOCAL_STALL`] ticks
+//! it gives the peer [`LOCAL_STALL`] more intervals, in which the buffered
+//! packets are read, before it may declare it dead. A peer that really is
+//! dead is then reported that much later, and only after a stall of our
+//! own; without one, detection time is unchanged.
+//!
 //! Every tick also reads the connection's round trip, publishes it and
 //! warns when the timeout is short for it (see [`crate::rtt`]).
 
@@ -28,6 +39,11 @@ use crate::wire::{codec, Heartbeat};
 /// Stands for a timeout too large to represent as an instant: longer than any run.
 pub const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A gap of more than this many heartbeat intervals between two wakeups of
+/// this side is a stall of its own, and the peer gets as many intervals
+/// more once it is over (see the module doc).
+pub const LOCAL_STALL: u32 = 2;
+
 /// Decides whether the peer is alive from when its heartbeats arrived.
 #[derive(Debug, Clone)]
 pub struct HeartbeatJudge {
@@ -35,16 +51,45 @@ pub struct HeartbeatJudge {
     last_heard: Instant,
     beats: u64,
     highest_seq: Option<u64>,
+    /// Longest gap between wakeups that is not a stall of our own; also the
+    /// grace given after one.
+    stall: Duration,
+    last_awake: Instant,
+    /// No verdict before this: we resumed from a stall of our own.
+    no_verdict_before: Instant,
 }
 
 impl HeartbeatJudge {
-    /// A judge that starts counting silence at `now`.
+    /// A judge that starts counting silence at `now`, with no allowance for
+    /// stalls of this side (see [`HeartbeatJudge::with_interval`]).
     pub fn new(timeout: Duration, now: Instant) -> Self {
         HeartbeatJudge {
             timeout,
             last_heard: now,
             beats: 0,
             highest_seq: None,
+            stall: NEVER,
+            last_awake: now,
+            no_verdict_before: now,
+        }
+    }
+
+    /// Counts a gap of more than [`LOCAL_STALL`] `interval`s between two
+    /// [`HeartbeatJudge::on_wake`]s as a stall of this side.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.stall = interval.saturating_mul(LOCAL_STALL);
+        self
+    }
+
+    /// Records that this side is running at `now` (call it on every
+    /// wakeup, before judging). After a stall of its own, the peer gets
+    /// [`LOCAL_STALL`] intervals from `now` before any verdict.
+    pub fn on_wake(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_awake) > self.stall {
+            self.no_verdict_before = now.checked_add(self.stall).unwrap_or(now);
+        }
+        if now > self.last_awake {
+            self.last_awake = now;
         }
     }
 
@@ -77,6 +122,7 @@ impl HeartbeatJudge {
             .checked_add(self.timeout)
             .or_else(|| self.last_heard.checked_add(NEVER))
             .unwrap_or(self.last_heard)
+            .max(self.no_verdict_before)
     }
 
     /// Whether the peer is dead at `now`.
@@ -156,7 +202,7 @@ pub async fn run_measured(
         return HeartbeatOutcome::DatagramsUnsupported;
     }
     let start = Instant::now();
-    let mut judge = HeartbeatJudge::new(config.timeout, start);
+    let mut judge = HeartbeatJudge::new(config.timeout, start).with_interval(config.interval);
     let mut sender = HeartbeatSender::new(start);
     // Acknowledgements are sampled from the connection's counters; new ones
     // are credited at the previous sample, the earliest they can have come,
@@ -175,6 +221,7 @@ pub async fn run_measured(
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        judge.on_wake(Instant::now());
         let deadline = tokio::time::Instant::from_std(judge.deadline());
         tokio::select! {
             biased;
@@ -307,6 +354,44 @@ mod tests {
         assert!(!judge.is_dead(t0 + 2000 * MS));
         assert!(judge.is_dead(t0 + 2500 * MS));
         assert_eq!(judge.beats(), 0);
+    }
+
+    #[test]
+    fn a_stall_of_our_own_gives_the_peer_time_to_be_heard() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0).with_interval(250 * MS);
+        judge.on_wake(t0 + 250 * MS);
+        // Not scheduled for 3 s: the deadline passed while we slept.
+        let resumed = t0 + 3250 * MS;
+        judge.on_wake(resumed);
+        assert!(!judge.is_dead(resumed), "judged at the instant we resumed");
+        assert!(!judge.is_dead(resumed + 499 * MS));
+        // The beats waiting in the socket are read: alive.
+        judge.on_beat(
+            &Heartbeat {
+                seq: 12,
+                sent_at_micros: 0,
+            },
+            resumed + 10 * MS,
+        );
+        assert!(!judge.is_dead(resumed + 1500 * MS));
+        assert!(judge.is_dead(resumed + 1510 * MS));
+    }
+
+    #[test]
+    fn a_dead_peer_is_still_found_after_our_stall_and_on_time_without_one() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0).with_interval(250 * MS);
+        let resumed = t0 + 3000 * MS;
+        judge.on_wake(resumed);
+        assert!(judge.is_dead(resumed + 500 * MS), "no beat after the grace");
+
+        // Waking every interval is no stall: detection time is unchanged.
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0).with_interval(250 * MS);
+        for i in 1..=6u32 {
+            judge.on_wake(t0 + 250 * MS * i);
+        }
+        assert!(judge.is_dead(t0 + 1500 * MS));
     }
 
     #[test]

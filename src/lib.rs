@@ -57,6 +57,7 @@ pub use actor::{
 };
 pub use id::{ActorId, IdParseError, PortId, ProcId};
 pub use logging::init as init_logging;
+pub use logging::init_with_default as init_logging_with_default;
 pub use mesh::{ActorMesh, MeshError, ProcMesh};
 pub use reason::{
     ActorFailure, ExitReport, FailureReason, ProcEnd, ReturnReason, SpawnRefusal, StopReason,

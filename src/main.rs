@@ -51,7 +51,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    quicmesh::init_logging();
+    match &cli.command {
+        Command::Demo(args) => quicmesh::init_logging_with_default(args.log_default()),
+        _ => quicmesh::init_logging(),
+    }
     match cli.command {
         Command::Certs {
             dir,

@@ -6,7 +6,7 @@
 //! in constant time), and no other connection holds that index. A slot is
 //! used once: a worker that left cannot come back under the same index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use subtle::ConstantTimeEq;
 
@@ -56,6 +56,8 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct Admission {
     slots: BTreeMap<u32, Slot>,
+    /// The slot of every proc: a mesh of thousands asks this on every event.
+    by_proc: HashMap<ProcId, u32>,
 }
 
 impl Admission {
@@ -66,6 +68,9 @@ impl Admission {
 
     /// Reserves slot `index` for a worker holding `token`, to host `procs`.
     pub fn reserve(&mut self, index: u32, token: String, procs: Vec<ProcId>) {
+        for p in &procs {
+            self.by_proc.insert(p.clone(), index);
+        }
         self.slots.insert(
             index,
             Slot {
@@ -126,10 +131,12 @@ impl Admission {
 
     /// The index of the slot whose worker hosts `proc_id`.
     pub fn worker_of(&self, proc_id: &ProcId) -> Option<u32> {
-        self.slots
-            .iter()
-            .find(|(_, slot)| slot.procs.contains(proc_id))
-            .map(|(index, _)| *index)
+        self.by_proc.get(proc_id).copied()
+    }
+
+    /// How many procs the slots hold in all.
+    pub fn proc_count(&self) -> usize {
+        self.by_proc.len()
     }
 
     /// Every proc of every slot, by rank.
@@ -146,6 +153,7 @@ impl Admission {
     /// Adds a proc to a slot (for procs started after reservation).
     pub fn add_proc(&mut self, index: u32, proc_id: ProcId) {
         if let Some(slot) = self.slots.get_mut(&index) {
+            self.by_proc.insert(proc_id.clone(), index);
             slot.procs.push(proc_id);
         }
     }

@@ -66,10 +66,23 @@ pub struct AllocatorConfig {
     /// actors or report its stats (default false: only the controller and
     /// actors on the same proc may; others get their request back, refused).
     pub remote_proc_requests: bool,
+    /// Most launched workers joining at once: started but not yet welcomed
+    /// (default 16). [`Allocator::launch`](super::Allocator::launch) starts
+    /// the next worker when one is welcomed or ends; see docs/design.md
+    /// (launch window) for why this is faster than starting all at once.
+    /// Raise it for an allocator with many cores and workers on many hosts;
+    /// it should stay below the handshake cap per source
+    /// (a quarter of [`TransportConfig::max_pending_handshakes`]) when the
+    /// workers share one address, or refused handshakes and retries make up
+    /// the difference.
+    pub launch_window: usize,
     /// Byte budget of the controller's returns stream (see
     /// [`Allocator::returns`](super::Allocator::returns)); default 32 MiB.
     pub returns_bytes: usize,
 }
+
+/// Default of [`AllocatorConfig::launch_window`].
+pub const DEFAULT_LAUNCH_WINDOW: usize = 16;
 
 impl AllocatorConfig {
     /// Defaults for a mesh using the certificates in `certs`, on `127.0.0.1:0`.
@@ -94,6 +107,7 @@ impl AllocatorConfig {
             stall_timeout: Duration::from_secs(30),
             remote_proc_requests: false,
             returns_bytes: 32 * 1024 * 1024,
+            launch_window: DEFAULT_LAUNCH_WINDOW,
         }
     }
 }

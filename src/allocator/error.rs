@@ -73,6 +73,14 @@ pub enum StartError {
         /// How it ended.
         status: ExitReport,
     },
+    /// A launched worker hosting a proc waited for could not be started.
+    #[error("worker {index} could not be started: {reason}")]
+    WorkerNotStarted {
+        /// The worker.
+        index: u32,
+        /// The OS error, with the program.
+        reason: String,
+    },
     /// Time ran out.
     #[error("{running} of {total} procs running after {after:?}")]
     Timeout {

@@ -135,6 +135,14 @@ pub enum AllocEvent {
         /// were counted but not reported one by one.
         suppressed: u64,
     },
+    /// A launched worker process could not be started (the launch goes on
+    /// with the others).
+    LaunchFailed {
+        /// Its index.
+        index: u32,
+        /// The OS error, with the program.
+        reason: String,
+    },
     /// A worker process launched by this allocator ended.
     WorkerExited {
         /// Its index.
@@ -183,6 +191,9 @@ impl fmt::Display for AllocEvent {
                 write!(f, "worker {index} {how}: {end}")
             }
             AllocEvent::WorkerExited { index, status } => write!(f, "worker {index} {status}"),
+            AllocEvent::LaunchFailed { index, reason } => {
+                write!(f, "worker {index} could not be started: {reason}")
+            }
             AllocEvent::ActorFailed { actor_id, reason } => {
                 write!(f, "actor {actor_id} failed: {reason}")
             }
@@ -216,6 +227,7 @@ impl AllocEvent {
             }
             | AllocEvent::ActorFailed { .. }
             | AllocEvent::WorkerRejected { .. }
+            | AllocEvent::LaunchFailed { .. }
             | AllocEvent::MailboxRejected { .. } => tracing::warn!("{self}"),
             AllocEvent::WorkerLeft { end, .. } if end.is_failure() => tracing::warn!("{self}"),
             AllocEvent::WorkerExited { status, .. } if !matches!(status, ExitReport::Code(0)) => {

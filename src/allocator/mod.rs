@@ -27,10 +27,12 @@
 //!   proc's mailbox stream, with `in_flight.rs` (what is unacknowledged),
 //!   `parking.rs` (lines for full destinations) and `stall.rs` (the judge of
 //!   a proc that takes nothing);
-//! - `launcher.rs`: starting worker processes and supervising them.
+//! - `launcher.rs`: starting worker processes and supervising them;
+//!   `launch_window.rs`: when the next one may start; `progress.rs`: how far
+//!   an allocation has come, as data.
 //!
 //! The decisions (`admission`, `handshakes`, `session`, `in_flight`,
-//! `parking`, `stall`) are plain code with unit tests; the rest moves bytes,
+//! `parking`, `stall`, `launch_window`) are plain code with unit tests; the rest moves bytes,
 //! time and tasks. See `docs/design.md` for the protocol and why.
 
 mod admission;
@@ -41,9 +43,11 @@ mod error;
 mod events;
 mod handshakes;
 mod in_flight;
+mod launch_window;
 mod launcher;
 mod link;
 mod parking;
+mod progress;
 mod router;
 mod server;
 mod session;
@@ -52,12 +56,14 @@ mod stall;
 
 pub use crate::actor::Returns;
 pub use advertise::routable_host;
-pub use config::AllocatorConfig;
+pub use config::{AllocatorConfig, DEFAULT_LAUNCH_WINDOW};
 pub use error::{AllocatorError, StartError};
 pub use events::{AllocEvent, Events, ProcState, RefusalStats};
 pub use launcher::{Launcher, SecretsDelivery};
 pub use link::LinkStats;
+pub use progress::Progress;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -103,6 +109,9 @@ pub struct GroupTicket {
     pub env: Vec<(&'static str, String)>,
 }
 
+/// The allocator's tasks, aborted when it is dropped; launches add to them.
+type Tasks = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+
 /// A running allocation: listener, workers, procs and their events.
 ///
 /// Every method takes `&self`: the handle can be shared (in an `Arc`)
@@ -114,7 +123,7 @@ pub struct Allocator {
     quic_config: std::sync::Mutex<quinn::ServerConfig>,
     local_addr: SocketAddr,
     advertised: advertise::Advertised,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
     client: Client,
     controller: Proc,
     returns: Returns,
@@ -132,6 +141,14 @@ impl Allocator {
         config.limits.validate()?;
         config.transport.validate()?;
         config.link.validate()?;
+        if config.launch_window == 0 {
+            return Err(ConfigError::Invalid {
+                name: "launch window",
+                value: "0".into(),
+                problem: "at least one worker must be allowed to join at a time".into(),
+            }
+            .into());
+        }
         if !is_valid_name(&config.alloc_name) {
             return Err(ConfigError::Invalid {
                 name: "allocation name",
@@ -148,13 +165,7 @@ impl Allocator {
             &config.heartbeat,
             &config.link,
         )?;
-        let endpoint =
-            quinn::Endpoint::server(quic_config.clone(), config.listen).map_err(|source| {
-                crate::transport::TransportError::Bind {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
+        let endpoint = crate::transport::endpoint::bind_server(config.listen, quic_config.clone())?;
         let local_addr =
             endpoint
                 .local_addr()
@@ -215,7 +226,7 @@ impl Allocator {
             quic_config: std::sync::Mutex::new(quic_config),
             local_addr,
             advertised,
-            tasks: std::sync::Mutex::new(tasks),
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
             returns,
         })
     }
@@ -364,6 +375,7 @@ impl Allocator {
         let index = admission.next_index();
         admission.reserve(index, token.clone(), proc_ids);
         drop(admission);
+        self.shared.reserved.fetch_add(1, Ordering::Relaxed);
         let mut env = self.common_env(target);
         env.insert(2, (settings::ENV_INDEX, index.to_string()));
         env.insert(3, (settings::ENV_TOKEN, token));
@@ -426,6 +438,7 @@ impl Allocator {
             admission.reserve(index, join_token::derive_token(&secret, index), procs);
         }
         drop(admission);
+        self.shared.reserved.fetch_add(workers, Ordering::Relaxed);
         let mut env = self.common_env(target);
         env.extend([
             (settings::ENV_INDEX_FROM, index_from.to_owned()),
@@ -443,11 +456,21 @@ impl Allocator {
     ///
     /// Children on this host are told loopback when the allocator listens
     /// on an unspecified address; a [`Launcher::remote`] one is told
-    /// [`Allocator::advertised_addr`]. Returns their indexes. Errors:
-    /// [`AllocatorError::Launch`] before anything starts if the template
-    /// asks for a secret (`{token}`, `{env}`) or is a group launcher (see
-    /// [`Allocator::launch_group`]); [`AllocatorError::Spawn`] if a process
-    /// cannot be started (those already started keep running).
+    /// [`Allocator::advertised_addr`]. Returns their indexes, all reserved
+    /// now. At most [`AllocatorConfig::launch_window`] of them are
+    /// *joining* at once (started, not yet welcomed): the first ones start
+    /// before this returns, each of the others when a joining one is
+    /// welcomed or ends (docs/design.md, launch window). Watch it with
+    /// [`Allocator::progress`] or the events; [`Allocator::wait_running`]
+    /// waits for all of them.
+    ///
+    /// Errors: [`AllocatorError::Launch`] before anything starts if the
+    /// template asks for a secret (`{token}`, `{env}`) or is a group
+    /// launcher (see [`Allocator::launch_group`]); [`AllocatorError::Spawn`]
+    /// if one of the first processes cannot be started (those already
+    /// started keep running, the rest are not started). A later one that
+    /// cannot be started is reported as [`AllocEvent::LaunchFailed`] and
+    /// the launch goes on.
     pub fn launch(
         &self,
         launcher: &Launcher,
@@ -465,10 +488,19 @@ impl Allocator {
         } else {
             &self.advertised.local
         };
-        let mut indexes = Vec::new();
+        let mut tickets: HashMap<u32, JoinTicket> = HashMap::new();
+        let mut indexes = Vec::with_capacity(workers as usize);
         for _ in 0..workers {
             let ticket = self.reserve_for(procs_per_worker, target);
-            let index = ticket.index;
+            indexes.push(ticket.index);
+            tickets.insert(ticket.index, ticket);
+        }
+        let mut window =
+            launch_window::LaunchWindow::new(self.shared.config.launch_window, indexes.clone());
+        while let Some(index) = window.next_to_start() {
+            let Some(ticket) = tickets.remove(&index) else {
+                continue;
+            };
             let child = launcher
                 .spawn(index, format!("worker {index}"), &ticket.env)
                 .map_err(|source| AllocatorError::Spawn {
@@ -478,7 +510,16 @@ impl Allocator {
                 })?;
             let task = launcher::supervise(self.shared.clone(), index, child);
             lock(&self.tasks).push(task);
-            indexes.push(index);
+        }
+        if !window.all_started() {
+            let task = tokio::spawn(launch_rest(
+                self.shared.clone(),
+                self.tasks.clone(),
+                launcher.clone(),
+                window,
+                tickets,
+            ));
+            lock(&self.tasks).push(task);
         }
         Ok(indexes)
     }
@@ -537,6 +578,11 @@ impl Allocator {
         let task = launcher::supervise_group(self.shared.clone(), indexes.clone(), child);
         lock(&self.tasks).push(task);
         Ok(indexes)
+    }
+
+    /// Counts of workers and procs now: what a progress bar shows.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
     }
 
     /// Starts one more proc on connected worker `index`; returns its id.
@@ -705,9 +751,16 @@ impl Allocator {
                         }))
                     }
                     _ => {
-                        let exited = self
-                            .worker_of(p)
-                            .and_then(|i| self.exit_status(i).map(|s| (i, s)));
+                        let worker = self.worker_of(p);
+                        if let Some((index, reason)) =
+                            worker.and_then(|i| self.shared.spawn_failure(i).map(|r| (i, r)))
+                        {
+                            return Err(AllocatorError::Start(StartError::WorkerNotStarted {
+                                index,
+                                reason,
+                            }));
+                        }
+                        let exited = worker.and_then(|i| self.exit_status(i).map(|s| (i, s)));
                         if let Some((index, status)) = exited {
                             return Err(AllocatorError::Start(StartError::WorkerExited {
                                 index,
@@ -773,6 +826,53 @@ fn load_server_tls(
     let server_tls =
         tls::rustls_config::server_config_with_crls(roots, identity, revocations.crls.clone())?;
     Ok((server_tls, revocations))
+}
+
+/// Starts the workers of a launch that did not fit in its window at first,
+/// each as soon as a place is free; ends when all are started.
+///
+/// Woken by every welcome and every end of a launched worker; it also looks
+/// once a second, so nothing it might miss can stall a launch.
+async fn launch_rest(
+    shared: Arc<Shared>,
+    tasks: Tasks,
+    launcher: Launcher,
+    mut window: launch_window::LaunchWindow,
+    mut tickets: HashMap<u32, JoinTicket>,
+) {
+    let mut changes = shared.launch_changes();
+    loop {
+        changes.borrow_and_update();
+        let done: Vec<u32> = window
+            .joining()
+            .filter(|i| shared.done_joining(*i))
+            .collect();
+        for index in done {
+            window.on_done(index);
+        }
+        while let Some(index) = window.next_to_start() {
+            let Some(ticket) = tickets.remove(&index) else {
+                continue;
+            };
+            match launcher.spawn(index, format!("worker {index}"), &ticket.env) {
+                Ok(child) => {
+                    let task = launcher::supervise(shared.clone(), index, child);
+                    lock(&tasks).push(task);
+                }
+                Err(e) => {
+                    shared.emit(AllocEvent::LaunchFailed {
+                        index,
+                        reason: format!("{launcher:?}: {e}"),
+                    });
+                    window.on_done(index);
+                }
+            }
+        }
+        if window.all_started() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+    }
 }
 
 impl Drop for Allocator {

@@ -1,17 +1,18 @@
 //! The state an allocator's handle and its tasks share: who joined, what
 //! was launched, what each proc's state is, and where events go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::admission::Admission;
 use super::config::AllocatorConfig;
 use super::events::{AllocEvent, Events, ProcState, RefusalStats, Throttle, EVENT_BACKLOG};
+use super::progress::Progress;
 use super::router::Router;
 use super::session::WorkerCommand;
 use crate::id::ProcId;
@@ -81,6 +82,15 @@ pub(crate) struct Shared {
     peer_certs: Mutex<HashMap<u32, CertificateDer<'static>>>,
     /// The revocation list in force (replaced whole by a reload).
     revocations: Mutex<Arc<Revocations>>,
+    /// Worker indexes reserved so far (launched or not).
+    pub(crate) reserved: AtomicU32,
+    /// Every worker index ever welcomed.
+    joined: Mutex<HashSet<u32>>,
+    /// Launched workers that could not be started, with why.
+    spawn_failures: Mutex<HashMap<u32, String>>,
+    /// Bumped whenever a worker is welcomed or a launched one ends: what a
+    /// launch waits on to start the next workers.
+    launch_changes: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -109,6 +119,10 @@ impl Shared {
             rtts: Mutex::new(HashMap::new()),
             peer_certs: Mutex::new(HashMap::new()),
             revocations: Mutex::new(Arc::new(revocations)),
+            reserved: AtomicU32::new(0),
+            joined: Mutex::new(HashSet::new()),
+            spawn_failures: Mutex::new(HashMap::new()),
+            launch_changes: watch::channel(0).0,
         }
     }
 
@@ -156,6 +170,15 @@ impl Shared {
             }
             AllocEvent::WorkerExited { index, status } => {
                 lock(&self.exits).insert(*index, *status);
+                self.launch_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            AllocEvent::WorkerJoined { index, .. } => {
+                lock(&self.joined).insert(*index);
+                self.launch_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            AllocEvent::LaunchFailed { index, reason } => {
+                lock(&self.spawn_failures).insert(*index, reason.clone());
+                self.launch_changes.send_modify(|n| *n = n.wrapping_add(1));
             }
             _ => {}
         }
@@ -312,5 +335,56 @@ impl Shared {
     /// The pid of launched worker `index` while it runs.
     pub(crate) fn child_pid(&self, index: u32) -> Option<u32> {
         lock(&self.children).get(&index).and_then(|c| c.pid)
+    }
+
+    /// Whether worker `index` was ever welcomed.
+    pub(crate) fn has_joined(&self, index: u32) -> bool {
+        lock(&self.joined).contains(&index)
+    }
+
+    /// Why launched worker `index` could not be started, if it could not.
+    pub(crate) fn spawn_failure(&self, index: u32) -> Option<String> {
+        lock(&self.spawn_failures).get(&index).cloned()
+    }
+
+    /// Whether launched worker `index` will never be welcomed now (it was
+    /// and left, exited, or could not be started), or already was.
+    pub(crate) fn done_joining(&self, index: u32) -> bool {
+        self.has_joined(index)
+            || self.exit_status(index).is_some()
+            || lock(&self.spawn_failures).contains_key(&index)
+    }
+
+    /// A receiver told of every welcome and every end of a launched worker.
+    pub(crate) fn launch_changes(&self) -> watch::Receiver<u64> {
+        self.launch_changes.subscribe()
+    }
+
+    /// Counts of workers and procs now (see [`Progress`]).
+    pub(crate) fn progress(&self) -> Progress {
+        let mut p = Progress {
+            workers: self.reserved.load(Ordering::Relaxed) as usize,
+            started: lock(&self.children).len(),
+            joined: lock(&self.joined).len(),
+            connected: lock(&self.workers).len(),
+            spawn_failed: lock(&self.spawn_failures).len(),
+            ..Progress::default()
+        };
+        for status in lock(&self.exits).values() {
+            p.exited += 1;
+            if !status.is_success() {
+                p.exited_failed += 1;
+            }
+        }
+        p.procs = self.lock_admission().proc_count();
+        for state in lock(&self.proc_states).values() {
+            match state {
+                ProcState::Running => p.procs_running += 1,
+                ProcState::Failed { .. } => p.procs_failed += 1,
+                ProcState::Stopped { .. } => p.procs_stopped += 1,
+                ProcState::Created => {}
+            }
+        }
+        p
     }
 }

@@ -24,6 +24,12 @@
 //! keeps any state for it (see `allocator::server`); the endpoint here only
 //! sets how long a Retry token lives and how much quinn may buffer for
 //! connection attempts the listener has not yet looked at.
+//!
+//! The allocator's one UDP socket carries every worker's packets, so its
+//! kernel receive buffer is raised ([`ALLOCATOR_RECV_BUFFER`]): at the
+//! default (about 200 KiB on Linux) a few hundred milliseconds in which the
+//! allocator does not read, common while a thousand workers start on the
+//! same cores, overflow it, and the kernel drops heartbeats by the thousand.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,6 +55,12 @@ const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 /// refuses new attempts itself. 4096 first packets of at most ~1.5 KB each:
 /// about 6 MiB.
 const MAX_INCOMING: usize = 4096;
+
+/// Receive buffer asked for the allocator's socket: room for about a second
+/// of 1,000 workers' heartbeats, acknowledgements and handshakes (a small
+/// datagram takes about 1 KiB of buffer). The kernel caps it at
+/// `net.core.rmem_max`; the allocator warns when it gets less than half.
+pub const ALLOCATOR_RECV_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Bytes quinn buffers for one attempt after its first packet, before the
 /// listener has decided on it (0-RTT is off, so legitimate peers send
@@ -224,7 +236,7 @@ pub fn server_endpoint(
     link: &LinkConfig,
 ) -> Result<Endpoint, TransportError> {
     let config = server_quic_config(tls, heartbeat, link)?;
-    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    bind_server(addr, config)
 }
 
 /// The QUIC TLS part of a server configuration: what a reload replaces.
@@ -264,6 +276,51 @@ pub(crate) fn server_quic_config(
     config.incoming_buffer_size(INCOMING_BUFFER);
     config.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(config)
+}
+
+/// Binds the allocator's endpoint on `addr` with `config`, its socket's
+/// receive buffer raised to [`ALLOCATOR_RECV_BUFFER`].
+///
+/// Errors: [`TransportError::Bind`] if the address is taken or not local,
+/// or no async runtime is running.
+pub(crate) fn bind_server(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+) -> Result<Endpoint, TransportError> {
+    let bind_err = |source| TransportError::Bind { addr, source };
+    let socket = bind_with_recv_buffer(addr, ALLOCATOR_RECV_BUFFER).map_err(bind_err)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        bind_err(std::io::Error::other(
+            "no async runtime found (call from within tokio)",
+        ))
+    })?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)
+}
+
+/// Binds a UDP socket on `addr` with a receive buffer of `wanted` bytes, or
+/// as much as the kernel allows (warning when that is less than half).
+fn bind_with_recv_buffer(addr: SocketAddr, wanted: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(wanted) {
+        tracing::warn!("cannot raise the UDP receive buffer to {wanted} bytes: {e}");
+    }
+    // Linux reports twice what it grants (the rest is its bookkeeping).
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < wanted / 2 {
+        tracing::warn!(
+            "UDP receive buffer is {got} bytes, not the {wanted} asked for: with many \
+             workers, heartbeats may be dropped; raise net.core.rmem_max"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Creates a client endpoint able to reach `peer` (binds the matching address family).

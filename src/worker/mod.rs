@@ -274,7 +274,8 @@ async fn join_with_retry(
     }
 }
 
-/// One attempt: resolve, handshake, Hello, Welcome, all within `limit`.
+/// One attempt: resolve and handshake within `limit`, then Hello and
+/// Welcome within a fresh `limit`.
 async fn join_once(
     env: &WorkerEnv,
     client_tls: rustls::ClientConfig,
@@ -323,6 +324,12 @@ async fn join_once(
         }
     };
     tracing::debug!("connected to allocator at {addr}");
+    // The allocator completed the handshake: it is there, if loaded (a
+    // thousand workers starting on its cores). The Hello and its Welcome
+    // get a fresh `limit` of their own rather than what the handshake left:
+    // giving up on a Welcome already on its way burns the slot (the next
+    // attempt is told "already left").
+    let deadline = deadline.max(tokio::time::Instant::now() + limit);
     match tokio::time::timeout_at(deadline, join(&conn, env)).await {
         Ok(Ok((control_send, control_recv, welcome))) => Ok(Joined {
             endpoint,

@@ -331,7 +331,8 @@ fn demo_external_workers_join_by_the_printed_commands() {
     assert_eq!(joined, 2, "{lines:#?}");
     assert!(status.success(), "demo failed: {lines:#?}");
     assert!(
-        lines.iter().any(|l| l.contains("3/3 workers exited 0")),
+        lines.iter().any(|l| l
+            .contains("summary: 3 workers (3 exited 0, 0 exited otherwise, 0 not seen exiting)")),
         "{lines:#?}"
     );
 }

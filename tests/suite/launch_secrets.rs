@@ -207,7 +207,10 @@ fn demo_listening_on_every_interface_works() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("2/2 workers exited 0"), "{stdout}");
+    assert!(
+        stdout.contains("summary: 2 workers (2 exited 0, 0 exited otherwise, 0 not seen exiting)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("listening on 0.0.0.0:"), "{stdout}");
 }
 

@@ -25,5 +25,6 @@ mod launch_secrets;
 mod lifecycle;
 mod liveness;
 mod mesh;
+mod scale;
 mod wan;
 mod worker_settings;

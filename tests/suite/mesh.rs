@@ -183,7 +183,64 @@ async fn demo_runs_the_ring_and_exits_zero() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("4 stopped in order, 0 failed; 2/2 workers exited 0"),
+        stdout.contains("summary: 2 workers (2 exited 0, 0 exited otherwise, 0 not seen exiting)")
+            && stdout.contains("4 stopped in order, 0 failed)"),
         "{stdout}"
+    );
+    // A small mesh logs every event.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proc demo[3] running"), "{stderr}");
+}
+
+/// Above 16 workers the demo logs no per-proc lines (without `--verbose`),
+/// shows progress as plain lines when its output is not a terminal, and
+/// always ends with a summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_of_many_workers_shows_progress_not_every_event() {
+    let dir = common::TempDir::new("demo-many");
+    let out = tokio::process::Command::new(common::bin())
+        .args([
+            "demo",
+            "--workers",
+            "20",
+            "--procs-per-worker",
+            "1",
+            "--rounds",
+            "1",
+            "--pings",
+            "2",
+            "--certs",
+        ])
+        .arg(dir.path().join("certs"))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("demo finished")
+        .expect("demo ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("launch: "))
+        .collect();
+    assert!(
+        progress
+            .last()
+            .is_some_and(|l| l.starts_with("launch: 20 joined, 20 running, 0 failed of 20 workers")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("summary: 20 workers (20 exited 0, 0 exited otherwise, 0 not seen exiting)")
+            && stdout.contains("20 stopped in order, 0 failed)"),
+        "{stdout}"
+    );
+    assert!(
+        !stderr.contains("proc demo[") && !stderr.contains(" joined (pid "),
+        "per-proc lines without --verbose:\n{stderr}"
     );
 }

@@ -1,0 +1,317 @@
+//! Scale benchmark: one allocator and 1, 100 and 1,000 real worker processes.
+//!
+//! ```sh
+//! cargo bench --bench scale               # full run (about 3-4 minutes)
+//! cargo bench --bench scale -- --quick    # shorter idle hold (under a minute on an idle machine)
+//! ```
+//!
+//! For each N it prints the time until every proc runs, the allocator's RSS
+//! per worker, the allocator's CPU time per second with every worker idle
+//! (heartbeats only, default settings) and the ask round trip to random
+//! workers; at N = 1,000 also the false failures during an idle hold (2
+//! minutes; 15 s with `--quick`, which says so), and the time to report a
+//! SIGKILLed and a SIGSTOPped worker. Every figure with a limit is printed
+//! with its ratio to the limit; the round trip at N = 1,000 with its ratio
+//! to N = 1. Every figure comes from real worker processes (this
+//! executable, which becomes a worker when an allocator launches it), each
+//! with its own QUIC connection and UDP socket, on this machine's loopback.
+//!
+//! The figures from /proc and getrusage are Linux's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use quicmesh::actor::builtin::{self, Echo, EchoMsg};
+use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::tls::CertPaths;
+use quicmesh::{ExitReport, ProcMesh};
+use rand::Rng;
+
+/// Limits the figures are compared with.
+const LIMIT_ALL_RUNNING_1000: Duration = Duration::from_secs(60);
+/// 10 % of one core, in ms of CPU per second.
+const LIMIT_IDLE_CPU_MS_PER_S: f64 = 100.0;
+
+fn main() -> anyhow::Result<()> {
+    quicmesh::bootstrap_or_die(&builtin::registry());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let quick = std::env::args().skip(1).any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(quick))
+}
+
+/// This process's CPU time (user + system) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Resident set size of process `pid` ("self" for this one), in bytes.
+fn rss_bytes(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+struct Case {
+    n: u32,
+    all_running: Duration,
+    alloc_rss_per_worker: f64,
+    worker_rss: f64,
+    idle_cpu_ms_per_s: f64,
+    ask_p50: Duration,
+}
+
+async fn run(quick: bool) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("quicmesh-bench-scale-{}", std::process::id()));
+    let certs = quicmesh::tls::ensure_dev_certs(&dir)?;
+    let result = cases(&certs, quick).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn cases(certs: &CertPaths, quick: bool) -> anyhow::Result<()> {
+    let idle = Duration::from_secs(if quick { 3 } else { 5 });
+    let hold = Duration::from_secs(if quick { 15 } else { 120 });
+    println!(
+        "scale benchmark ({}), load average at start {}",
+        if quick { "quick" } else { "full" },
+        load_average()
+    );
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for n in [1u32, 100, 1000] {
+        match one_case(certs, n, idle, hold, quick).await {
+            Ok(case) => results.push(case),
+            Err(e) => {
+                // Say so and go on: the other sizes' figures still count.
+                println!("N = {n}: FAILED: {e:#} (load {})", load_average());
+                failed.push(n);
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:>6} {:>14} {:>16} {:>12} {:>16} {:>12}",
+        "N", "all running", "alloc RSS/wkr", "worker RSS", "idle CPU", "ask p50"
+    );
+    for c in &results {
+        println!(
+            "{:>6} {:>12.2} s {:>13.1} KiB {:>8.1} MiB {:>11.1} ms/s {:>9.0} us",
+            c.n,
+            c.all_running.as_secs_f64(),
+            c.alloc_rss_per_worker / 1024.0,
+            c.worker_rss / (1024.0 * 1024.0),
+            c.idle_cpu_ms_per_s,
+            c.ask_p50.as_secs_f64() * 1e6
+        );
+    }
+    let one = results.iter().find(|c| c.n == 1);
+    let big = results.iter().find(|c| c.n == 1000);
+    if let (Some(one), Some(big)) = (one, big) {
+        println!(
+            "all_running_1000_s: {:.2} (ratio to the 60 s limit: {:.2})",
+            big.all_running.as_secs_f64(),
+            big.all_running.as_secs_f64() / LIMIT_ALL_RUNNING_1000.as_secs_f64()
+        );
+        println!(
+            "idle_cpu_1000_ms_per_s: {:.1} (ratio to the limit of 10 % of a core: {:.2})",
+            big.idle_cpu_ms_per_s,
+            big.idle_cpu_ms_per_s / LIMIT_IDLE_CPU_MS_PER_S
+        );
+        println!(
+            "ask_p50_1000_us: {:.0} (ratio to N = 1: {:.2})",
+            big.ask_p50.as_secs_f64() * 1e6,
+            big.ask_p50.as_secs_f64() / one.ask_p50.as_secs_f64().max(1e-9)
+        );
+    }
+    println!("load average at end: {}", load_average());
+    if !failed.is_empty() {
+        bail!("failed at N = {failed:?}");
+    }
+    Ok(())
+}
+
+async fn one_case(
+    certs: &CertPaths,
+    n: u32,
+    idle: Duration,
+    hold: Duration,
+    quick: bool,
+) -> anyhow::Result<Case> {
+    let mut config = AllocatorConfig::new(certs);
+    config.alloc_name = format!("scale{n}");
+    let timeout = config.heartbeat.timeout;
+    let alloc = Allocator::bind(config).await?;
+    let mut launcher = Launcher::program(std::env::current_exe()?);
+    if std::env::var_os("RUST_LOG").is_none() {
+        launcher = launcher.env("RUST_LOG", "warn");
+    }
+    let rss_before = rss_bytes("self");
+    let started = Instant::now();
+    let workers = alloc.launch(&launcher, n, 1)?;
+    loop {
+        let p = alloc.progress();
+        if p.workers_failed() + p.procs_failed > 0 {
+            bail!("failures while starting: {p}");
+        }
+        if p.procs_running == n as usize {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            bail!("not all running after 180 s: {p}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_running = started.elapsed();
+    println!(
+        "N = {n}: all running after {:.2} s (load {})",
+        all_running.as_secs_f64(),
+        load_average()
+    );
+    // Let the start-up's last handshakes and windows settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alloc_rss_per_worker = rss_bytes("self").saturating_sub(rss_before) as f64 / f64::from(n);
+    let sample: Vec<u64> = workers
+        .iter()
+        .step_by((n as usize / 10).max(1))
+        .filter_map(|i| alloc.worker_pid(*i))
+        .map(|pid| rss_bytes(&pid.to_string()))
+        .collect();
+    let worker_rss = sample.iter().sum::<u64>() as f64 / sample.len().max(1) as f64;
+
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_cpu_ms_per_s = (cpu_time() - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64();
+    println!("N = {n}: idle allocator CPU {idle_cpu_ms_per_s:.1} ms/s over {idle:?}");
+
+    let client = alloc.client().clone();
+    let echo = ProcMesh::of(&alloc)
+        .spawn::<Echo>(&client, "echo", |_| ())
+        .await?;
+    let asks = if quick { 200 } else { 1000 };
+    let mut rtts = Vec::with_capacity(asks);
+    let mut rng = rand::rng();
+    for i in 0..asks {
+        let actor = &echo.actors()[rng.random_range(0..echo.len())];
+        let t = Instant::now();
+        let back = actor
+            .ask(&client, |p| EchoMsg::Echo(vec![i as u8; 8], p))
+            .await?;
+        rtts.push(t.elapsed());
+        anyhow::ensure!(back == vec![i as u8; 8], "echo returned other bytes");
+    }
+    rtts.sort();
+    let ask_p50 = rtts[rtts.len() / 2];
+    println!(
+        "N = {n}: ask round trip to a random worker p50 {:.0} us, p99 {:.0} us",
+        ask_p50.as_secs_f64() * 1e6,
+        rtts[rtts.len() * 99 / 100].as_secs_f64() * 1e6
+    );
+
+    if n == 1000 {
+        let failed_before = alloc.progress().procs_failed;
+        let t = Instant::now();
+        tokio::time::sleep(hold).await;
+        let false_failures = alloc.progress().procs_failed - failed_before;
+        println!(
+            "false_failures_1000: {false_failures} during an idle hold of {:.0} s{} (limit 0)",
+            t.elapsed().as_secs_f64(),
+            if quick {
+                " (quick run: shortened from 120 s)"
+            } else {
+                ""
+            }
+        );
+        for (name, index, sig) in [
+            ("sigkill", workers[10], libc::SIGKILL),
+            ("sigstop", workers[20], libc::SIGSTOP),
+        ] {
+            let ms = detect(&alloc, index, sig).await?;
+            println!(
+                "detect_{name}_1000_ms: {ms:.0} (ratio to the heartbeat timeout of {timeout:?}: {:.2})",
+                ms / (timeout.as_secs_f64() * 1e3)
+            );
+        }
+    }
+
+    let exits = alloc.stop_and_wait(0, Duration::from_secs(90)).await;
+    let clean = exits
+        .iter()
+        .filter(|(_, s)| *s == ExitReport::Code(0))
+        .count();
+    let expected_clean = if n == 1000 {
+        n as usize - 2
+    } else {
+        n as usize
+    };
+    if clean < expected_clean || exits.len() < n as usize {
+        bail!("{clean} of {n} workers exited 0, {} exited", exits.len());
+    }
+    drop(alloc);
+    Ok(Case {
+        n,
+        all_running,
+        alloc_rss_per_worker,
+        worker_rss,
+        idle_cpu_ms_per_s,
+        ask_p50,
+    })
+}
+
+/// Milliseconds from sending `sig` to launched worker `index` until its
+/// proc is reported failed.
+async fn detect(alloc: &Allocator, index: u32, sig: libc::c_int) -> anyhow::Result<f64> {
+    let pid = alloc.worker_pid(index).context("worker pid")?;
+    let mut events = alloc.events();
+    let t = Instant::now();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        bail!("kill {pid}: {}", std::io::Error::last_os_error());
+    }
+    let failed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = events.next().await {
+            if let AllocEvent::Proc {
+                worker,
+                state: ProcState::Failed { .. },
+                ..
+            } = e
+            {
+                if worker == index {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    match failed {
+        Ok(true) => Ok(t.elapsed().as_secs_f64() * 1e3),
+        _ => bail!("worker {index} not reported failed within 30 s of signal {sig}"),
+    }
+}
