@@ -7,6 +7,7 @@
 //! exited 0.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,9 @@ use quicmesh::actor::builtin::{Echo, EchoMsg, RingMsg, RingNode};
 use quicmesh::ProcMesh;
 
 use clap::Parser;
-use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::allocator::{
+    AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState, WorkerStatus,
+};
 use quicmesh::config::{self, LinkConfig};
 use quicmesh::ExitReport;
 use quicmesh::ProcId;
@@ -61,6 +64,10 @@ pub struct DemoArgs {
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
     link: LinkConfig,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)
+    /// and show a status table of the workers while the mesh is held.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -176,6 +183,16 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
     ))
 }
 
+/// Prints the status table (header and one row per worker) in one write.
+fn print_status(alloc: &Allocator) {
+    use std::io::Write;
+    let mut table = format!("status: {}\n", WorkerStatus::header());
+    for row in alloc.status() {
+        table.push_str(&format!("status: {row}\n"));
+    }
+    let _ = std::io::stdout().lock().write_all(table.as_bytes());
+}
+
 async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let had_certs = quicmesh::tls::CertPaths::in_dir(&args.certs).all_exist();
     let certs = quicmesh::tls::ensure_dev_certs(&args.certs)?;
@@ -196,6 +213,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
     let alloc = Allocator::bind(config).await?;
     println!("listening on {}", alloc.local_addr());
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let server = alloc.serve_metrics(addr).await?;
+            println!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let on_terminal = std::io::stdout().is_terminal();
     let mut events = alloc.events();
 
     let launcher = Launcher::current_exe()?.arg("worker");
@@ -228,9 +254,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         }
         let hold = tokio::time::sleep(Duration::from_secs(args.hold));
         tokio::pin!(hold);
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        let show_live = metrics.is_some() && on_terminal && args.hold > 0;
         loop {
             tokio::select! {
                 _ = &mut hold => break,
+                _ = status_tick.tick(), if show_live => print_status(&alloc),
                 _ = tokio::signal::ctrl_c() => { println!("interrupted, stopping"); break }
                 e = events.next() => match e {
                     Some(e) => tally.record(&e),
@@ -245,6 +274,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         );
     }
 
+    if metrics.is_some() && !on_terminal && all_running {
+        print_status(&alloc);
+    }
     let told = alloc.stop_all(0);
     println!("stopping: StopAndExit(0) sent to {told} workers");
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {

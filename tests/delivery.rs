@@ -105,7 +105,10 @@ async fn sigkill_with_tells_in_flight_accounts_for_every_envelope() {
         .await
         .expect("sender finished")
         .expect("sender task");
-    assert!(n > 0, "the first tell went out before the kill, so it was accepted");
+    assert!(
+        n > 0,
+        "the first tell went out before the kill, so it was accepted"
+    );
 
     // Everything sent is either acknowledged as delivered or comes back.
     let mut returned_seqs = BTreeSet::new();

@@ -19,7 +19,7 @@ use quicmesh::actor::Client;
 use quicmesh::allocator::AllocEvent;
 use quicmesh::config::Limits;
 use quicmesh::testkit::wire::{
-    close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen,
+    close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen, StreamOpen,
 };
 use quicmesh::{ActorRef, ProcId};
 
@@ -252,7 +252,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
     let open = MailboxOpen {
         proc_id: s.real_proc.clone(),
     };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "does not host").await;
     assert!(
@@ -266,7 +267,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
     let open = MailboxOpen {
         proc_id: nowhere.clone(),
     };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "does not host").await;
     assert!(
@@ -277,7 +279,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
 
     // A second stream for the worker's own, already attached proc.
     let open = MailboxOpen { proc_id: a.clone() };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "second mailbox stream").await;
     assert!(reason.contains(&a.to_string()), "reason: {reason}");

@@ -19,7 +19,8 @@ pub fn register(registry: Registry) -> Result<Registry, DuplicateActorType> {
         .with::<Pump>()?
         .with::<Spinner>()?
         .with::<StuckStop>()?
-        .with::<Fragile>()
+        .with::<Fragile>()?
+        .with::<Chatter>()
 }
 
 /// Tells a [`Counter`] numbered messages in order: proc-to-proc traffic
@@ -351,5 +352,64 @@ impl Actor for Fragile {
                 Ok(port.send(ctx.client(), ()).await?)
             }
         }
+    }
+}
+
+/// Logs and prints on command: for the tests of log forwarding.
+#[derive(Default)]
+pub struct Chatter;
+
+/// Messages of [`Chatter`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChatterMsg {
+    /// Log `text` with `tracing::info!` (target `chatter`), print it on
+    /// stdout and on stderr, with ` (stdout)` and ` (stderr)` appended, then
+    /// reply.
+    Say {
+        /// What to log.
+        text: String,
+        /// Gets `()` once it was logged and printed.
+        done: PortRef<()>,
+    },
+    /// Log `lines` numbered lines as fast as possible (on stdout if
+    /// `stdout`, else with `tracing`), then reply with how many.
+    Flood {
+        /// How many lines.
+        lines: u64,
+        /// Print instead of logging.
+        stdout: bool,
+        /// Gets the count.
+        done: PortRef<u64>,
+    },
+}
+
+impl Actor for Chatter {
+    const NAME: &'static str = "chatter";
+    type Message = ChatterMsg;
+
+    async fn handle(&mut self, msg: ChatterMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            ChatterMsg::Say { text, done } => {
+                tracing::info!(target: "chatter", "{text}");
+                println!("{text} (stdout)");
+                eprintln!("{text} (stderr)");
+                done.send(ctx.client(), ()).await?;
+            }
+            ChatterMsg::Flood {
+                lines,
+                stdout,
+                done,
+            } => {
+                for i in 0..lines {
+                    if stdout {
+                        println!("flood line {i}");
+                    } else {
+                        tracing::info!(target: "chatter", "flood line {i}");
+                    }
+                }
+                done.send(ctx.client(), lines).await?;
+            }
+        }
+        Ok(())
     }
 }

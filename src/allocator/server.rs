@@ -189,6 +189,8 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     );
     let (tx, rx) = mpsc::unbounded_channel();
     shared.worker_joined(hello.index, tx);
+    crate::sync::lock(&shared.hosts)
+        .insert(hello.index, crate::line_cut::cut_line(&hello.host, 64));
     tracing::info!(
         "worker {} admitted (pid {} on {}, from {addr})",
         hello.index,
@@ -204,6 +206,7 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     Ok(WorkerSession {
         shared: shared.clone(),
         index: hello.index,
+        host: hello.host.clone(),
         conn,
         control_send: FramedSend::new(send, MAX_PRE_ADMISSION_FRAME),
         control_recv: recv,

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::admission::Admission;
 use super::config::AllocatorConfig;
 use super::events::{AllocEvent, Events, ProcState, RefusalStats, Throttle, EVENT_BACKLOG};
+use super::logs::LogHub;
 use super::router::Router;
 use super::session::WorkerCommand;
 use crate::id::ProcId;
@@ -63,6 +64,10 @@ pub(crate) struct Shared {
     exits: Mutex<HashMap<u32, ExitReport>>,
     /// The round trip of each connected worker's path, written by its heartbeat task.
     rtts: Mutex<HashMap<u32, RttCell>>,
+    /// Workers' forwarded log lines and their counts.
+    pub(crate) logs: LogHub,
+    /// Each admitted worker's host, as its Hello named it (cut).
+    pub(crate) hosts: Mutex<HashMap<u32, String>>,
 }
 
 impl Shared {
@@ -84,6 +89,8 @@ impl Shared {
             proc_states: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             rtts: Mutex::new(HashMap::new()),
+            logs: LogHub::new(),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
