@@ -30,6 +30,12 @@ pub(crate) const MAX_LOG_FRAME: u32 = 16 * 1024;
 /// Lines taken from the queue per write.
 const BATCH: usize = 64;
 
+/// Most lines sent per second: what the allocator accepts from one worker
+/// (`allocator/logs.rs: LOG_LINES_PER_SECOND`). Sending more would only
+/// cost this worker's transport thread time for lines the allocator drops;
+/// past it lines wait, and the queue drops (and counts) what does not fit.
+const LINES_PER_SECOND: usize = 2000;
+
 /// Set when this process is a worker and nothing else (so its stdout and
 /// stderr are its own to capture).
 static OWNS_PROCESS: AtomicBool = AtomicBool::new(false);
@@ -59,8 +65,16 @@ impl LogForwarder {
             let _tapped = Tapped::start();
             // Ends when the stream fails (the connection is going); the
             // tap is switched off when `_tapped` drops.
+            let mut window = (tokio::time::Instant::now(), 0usize);
             loop {
+                if window.1 >= LINES_PER_SECOND {
+                    tokio::time::sleep_until(window.0 + std::time::Duration::from_secs(1)).await;
+                }
+                if window.0.elapsed() >= std::time::Duration::from_secs(1) {
+                    window = (tokio::time::Instant::now(), 0);
+                }
                 let (lines, dropped) = tap().take(BATCH).await;
+                window.1 += lines.len();
                 if dropped > 0
                     && send
                         .send(&LogFrame::Dropped { count: dropped })
