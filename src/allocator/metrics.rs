@@ -390,7 +390,11 @@ pub(crate) async fn serve(
             }
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let Ok((stream, _)) = accepted else {
+                        // Out of descriptors or the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
                     scrapes.spawn(serve_connection(shared.clone(), stream));
                 }
                 Some(_) = scrapes.join_next(), if !scrapes.is_empty() => {}

@@ -1,10 +1,10 @@
 //! Forwarding a worker's log lines to its allocator (docs/design.md §2.11).
 //!
-//! After the Welcome the worker opens one more stream, names it
-//! `StreamOpen::Logs`, and from then on its `tracing` events (through the
-//! tap of [`crate::logging`]) and, when the worker owns its process, every
-//! line written to its stdout and stderr go there instead of to the local
-//! terminal. The stream has the lowest send priority of the connection.
+//! After the Welcome a worker that owns its process (`run_and_exit`,
+//! `bootstrap_or_die`) opens one more stream, names it `StreamOpen::Logs`,
+//! and from then on its `tracing` events (through the tap of
+//! [`crate::logging`]) and every line written to its stdout and stderr go
+//! there instead of to the local terminal. The stream has the lowest send priority of the connection.
 //! Lines wait in a bounded queue; when the allocator reads slower than the
 //! worker logs, new lines are dropped and counted, and the count follows as
 //! a `LogFrame::Dropped`. Nothing that logs ever waits for the stream.
@@ -52,8 +52,14 @@ pub(super) struct LogForwarder {
 }
 
 impl LogForwarder {
-    /// Opens the log stream on `conn` and forwards lines until dropped.
-    pub(super) fn start(conn: Connection, index: u32) -> LogForwarder {
+    /// Opens the log stream on `conn` and forwards lines until dropped;
+    /// `None` when the worker shares its process with other code (the
+    /// process's log events are not all the worker's then, and its stdout
+    /// and stderr are not the worker's to take).
+    pub(super) fn start(conn: Connection, index: u32) -> Option<LogForwarder> {
+        if !OWNS_PROCESS.load(Ordering::Acquire) {
+            return None;
+        }
         let task = tokio::spawn(async move {
             let mut send = match open(&conn).await {
                 Ok(send) => send,
@@ -90,9 +96,9 @@ impl LogForwarder {
                 }
             }
         });
-        LogForwarder {
+        Some(LogForwarder {
             _task: AbortOnDropHandle::new(task),
-        }
+        })
     }
 }
 
@@ -107,8 +113,7 @@ async fn open(conn: &Connection) -> Result<FramedSend, String> {
     Ok(send)
 }
 
-/// The tap switched on, and stdout and stderr captured if the process is
-/// ours; all undone when dropped.
+/// The tap switched on, and stdout and stderr captured; all undone when dropped.
 struct Tapped {
     captured: Vec<Captured>,
 }
@@ -117,12 +122,10 @@ impl Tapped {
     fn start() -> Tapped {
         tap().set_active(true);
         let mut captured = Vec::new();
-        if OWNS_PROCESS.load(Ordering::Acquire) {
-            for (fd, source) in [(1, LogSource::Stdout), (2, LogSource::Stderr)] {
-                match Captured::start(fd, source) {
-                    Ok(c) => captured.push(c),
-                    Err(e) => tracing::warn!("cannot capture fd {fd}: {e}"),
-                }
+        for (fd, source) in [(1, LogSource::Stdout), (2, LogSource::Stderr)] {
+            match Captured::start(fd, source) {
+                Ok(c) => captured.push(c),
+                Err(e) => tracing::warn!("cannot capture fd {fd}: {e}"),
             }
         }
         Tapped { captured }
