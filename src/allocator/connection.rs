@@ -247,9 +247,7 @@ impl WorkerSession {
                             recv.stop(close::PROTOCOL);
                             shared.stream_rejected(index, "second log stream".into());
                         } else {
-                            // The allocator writes nothing on it.
-                            drop(send);
-                            let task = super::logs::serve_log_stream(shared.clone(), index, host.clone(), recv);
+                            let task = super::logs::serve_log_stream(shared.clone(), index, host.clone(), send, recv);
                             log_stream = Some(AbortOnDropHandle::new(tokio::spawn(task.in_current_span())));
                         }
                         continue;

@@ -21,7 +21,7 @@ use super::events::Throttle;
 use super::Shared;
 use crate::line_cut::{cut_line, MAX_LINE};
 use crate::sync::lock;
-use crate::transport::{FramedRecv, StreamError};
+use crate::transport::{FramedRecv, FramedSend, StreamError};
 use crate::wire::{close, LogFrame, LogLevel, LogSource};
 
 /// Largest frame accepted on a log stream.
@@ -157,11 +157,14 @@ impl LineRate {
     }
 }
 
-/// Reads worker `index`'s log stream until it ends or breaks.
+/// Reads worker `index`'s log stream until it ends or breaks. The
+/// allocator writes nothing on `send`; it is kept to refuse the stream with
+/// the `PROTOCOL` code both ways.
 pub(crate) async fn serve_log_stream(
     shared: Arc<Shared>,
     index: u32,
     host: String,
+    mut send: FramedSend,
     mut recv: FramedRecv,
 ) {
     recv.set_max_frame(MAX_LOG_FRAME);
@@ -195,6 +198,7 @@ pub(crate) async fn serve_log_stream(
             Ok(None) => return,
             Err(StreamError::Read(_)) => return,
             Err(e) => {
+                send.reset(close::PROTOCOL);
                 recv.stop(close::PROTOCOL);
                 shared.stream_rejected(index, format!("log stream: {e}"));
                 return;
