@@ -27,7 +27,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use clap::Parser;
 use quicmesh::allocator::{
-    AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState, Progress, DEFAULT_LAUNCH_WINDOW,
+    AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState, Progress, WorkerStatus,
+    DEFAULT_LAUNCH_WINDOW,
 };
 use quicmesh::config::{self, LinkConfig};
 use quicmesh::ExitReport;
@@ -92,6 +93,10 @@ pub struct DemoArgs {
     /// wan,window=32MiB or lan,congestion=bbr.
     #[arg(long, value_name = "SETTING", default_value = "lan")]
     link: LinkConfig,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)
+    /// and show a status table of the workers while the mesh is held.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Certificate revocation list (PEM) the allocator enforces; re-read
     /// with the certificates on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -264,6 +269,16 @@ async fn exercise_actors(alloc: &Allocator, rounds: u32, pings: u32) -> anyhow::
     ))
 }
 
+/// Prints the status table (header and one row per worker) in one write.
+fn print_status(alloc: &Allocator) {
+    use std::io::Write;
+    let mut table = format!("status: {}\n", WorkerStatus::header());
+    for row in alloc.status() {
+        table.push_str(&format!("status: {row}\n"));
+    }
+    let _ = std::io::stdout().lock().write_all(table.as_bytes());
+}
+
 async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let had_certs = quicmesh::tls::CertPaths::in_dir(&args.certs).all_exist();
     let certs = quicmesh::tls::ensure_dev_certs(&args.certs)?;
@@ -293,6 +308,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     );
     // Dropped (and so stopped) before `alloc`, whose drop kills the workers.
     let _reloader = AbortOnDropHandle::new(tokio::spawn(reload_on_sighup(alloc.clone())));
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let server = alloc.serve_metrics(addr).await?;
+            println!("metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let on_terminal = std::io::stdout().is_terminal();
     let mut events = alloc.events();
 
     let (external, _settings) = write_external_workers(&alloc, &args)?;
@@ -382,9 +406,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         }
         let hold = tokio::time::sleep(Duration::from_secs(args.hold));
         tokio::pin!(hold);
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        let show_live = metrics.is_some() && on_terminal && args.hold > 0;
         loop {
             tokio::select! {
                 _ = &mut hold => break,
+                _ = status_tick.tick(), if show_live => print_status(&alloc),
                 _ = tokio::signal::ctrl_c() => { println!("interrupted, stopping"); break }
                 e = events.next() => match e {
                     Some(e) => tally.record(&e),
@@ -399,6 +426,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         );
     }
 
+    if metrics.is_some() && !on_terminal && all_running {
+        print_status(&alloc);
+    }
     let told = alloc.stop_all(0);
     println!("stopping: StopAndExit(0) sent to {told} workers");
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {

@@ -1,11 +1,12 @@
 //! A mailbox stream: length-prefixed frames (limit 16 MiB), the first decoded
-//! as `MailboxOpen`, every later one as `MailboxFrame`.
+//! as `StreamOpen` (a mailbox stream names its proc), every later one as
+//! `MailboxFrame`.
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use quicmesh::testkit::wire::{MailboxFrame, MailboxOpen};
+use quicmesh::testkit::wire::{MailboxFrame, StreamOpen};
 
 fuzz_target!(|data: &[u8]| {
     let framed = common::frames_of(data, 16 * 1024 * 1024);
@@ -13,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(first) = frames.next() else {
         return;
     };
-    if common::decode_checked::<MailboxOpen>(first).is_none() {
+    if !matches!(common::decode_checked::<StreamOpen>(first), Some(StreamOpen::Mailbox(_))) {
         return;
     }
     for frame in frames {

@@ -20,7 +20,8 @@ pub fn register(registry: Registry) -> Result<Registry, DuplicateActorType> {
         .with::<Spinner>()?
         .with::<StuckStop>()?
         .with::<Fragile>()?
-        .with::<EnvProbe>()
+        .with::<EnvProbe>()?
+        .with::<Chatter>()
 }
 
 /// Reports the environment of the process it runs in, and of a program
@@ -391,5 +392,70 @@ impl Actor for Fragile {
                 Ok(port.send(ctx.client(), ()).await?)
             }
         }
+    }
+}
+
+/// Logs and prints on command: for the tests of log forwarding.
+#[derive(Default)]
+pub struct Chatter;
+
+/// Messages of [`Chatter`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChatterMsg {
+    /// Log `text` with `tracing::info!` (target `chatter`), print it on
+    /// stdout and on stderr, with ` (stdout)` and ` (stderr)` appended, then
+    /// reply.
+    Say {
+        /// What to log.
+        text: String,
+        /// Gets `()` once it was logged and printed.
+        done: PortRef<()>,
+    },
+    /// Log `lines` numbered lines as fast as possible (on stdout if
+    /// `stdout`, else with `tracing`), yielding every 256 lines, then reply
+    /// with how many.
+    Flood {
+        /// How many lines.
+        lines: u64,
+        /// Print instead of logging.
+        stdout: bool,
+        /// Gets the count.
+        done: PortRef<u64>,
+    },
+}
+
+impl Actor for Chatter {
+    const NAME: &'static str = "chatter";
+    type Message = ChatterMsg;
+
+    async fn handle(&mut self, msg: ChatterMsg, ctx: &Context) -> anyhow::Result<()> {
+        match msg {
+            ChatterMsg::Say { text, done } => {
+                tracing::info!(target: "chatter", "{text}");
+                println!("{text} (stdout)");
+                eprintln!("{text} (stderr)");
+                done.send(ctx.client(), ()).await?;
+            }
+            ChatterMsg::Flood {
+                lines,
+                stdout,
+                done,
+            } => {
+                for i in 0..lines {
+                    // Share the actor threads, so what the test measures
+                    // is the logging, not a handler that never yields.
+                    if i % 256 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    if stdout {
+                        println!("flood line {i}");
+                    } else {
+                        tracing::info!(target: "chatter", "flood line {i}");
+                    }
+                }
+                done.send(ctx.client(), lines).await?;
+            }
+        }
+        Ok(())
     }
 }

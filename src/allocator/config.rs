@@ -79,6 +79,11 @@ pub struct AllocatorConfig {
     /// Byte budget of the controller's returns stream (see
     /// [`Allocator::returns`](super::Allocator::returns)); default 32 MiB.
     pub returns_bytes: usize,
+    /// Print every worker's forwarded log lines (see
+    /// [`Allocator::logs`](super::Allocator::logs)) as `[worker N host] ...`:
+    /// `tracing` events and stderr lines on stderr, stdout lines on stdout.
+    /// Default on; turn it off to handle them yourself.
+    pub print_worker_logs: bool,
 }
 
 /// Default of [`AllocatorConfig::launch_window`].
@@ -108,6 +113,7 @@ impl AllocatorConfig {
             remote_proc_requests: false,
             returns_bytes: 32 * 1024 * 1024,
             launch_window: DEFAULT_LAUNCH_WINDOW,
+            print_worker_logs: true,
         }
     }
 }

@@ -24,7 +24,8 @@ use crate::heartbeat::{self, HeartbeatOutcome};
 use crate::id::ProcId;
 use crate::reason::{FailureReason, ReturnReason};
 use crate::transport::{FramedRecv, FramedSend, StreamError};
-use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
+use crate::wire::{close, AllocatorToWorker, MailboxOpen, StreamOpen, Welcome, WorkerToAllocator};
+use tracing::Instrument;
 
 /// How long a worker has to name the proc on a mailbox stream it opened.
 const MAILBOX_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +37,8 @@ const MAX_MAILBOX_OPEN_FRAME: u32 = 1024;
 pub(crate) struct WorkerSession {
     pub(crate) shared: Arc<Shared>,
     pub(crate) index: u32,
+    /// The host the worker named in its Hello (for its log lines).
+    pub(crate) host: String,
     pub(crate) conn: Connection,
     pub(crate) control_send: FramedSend,
     pub(crate) control_recv: FramedRecv,
@@ -46,12 +49,25 @@ pub(crate) struct WorkerSession {
 /// A mailbox stream that named its proc, waiting for the session's verdict.
 type OpenedStream = (FramedSend, FramedRecv);
 
+/// A stream the worker opened, once its first frame said what it is for.
+enum Opened {
+    Mailbox(ProcId, FramedSend, FramedRecv),
+    Logs(FramedSend, FramedRecv),
+}
+
 impl WorkerSession {
-    /// Serves the worker until its connection ends, then reports its procs.
+    /// Serves the worker until its connection ends, then reports its procs;
+    /// everything runs in the span `worker{index, host}`.
     pub(crate) async fn run(self) {
+        let span = tracing::info_span!("worker", index = self.index, host = %self.host);
+        self.serve().instrument(span).await
+    }
+
+    async fn serve(self) {
         let WorkerSession {
             shared,
             index,
+            host,
             conn,
             mut control_send,
             mut control_recv,
@@ -84,7 +100,9 @@ impl WorkerSession {
         let mut pending: VecDeque<Action> = actions.into();
         let mut links: HashMap<ProcId, Arc<ProcLink>> = HashMap::new();
         let mut opened: Option<OpenedStream> = None;
-        let mut opening: JoinSet<Result<(ProcId, FramedSend, FramedRecv), String>> = JoinSet::new();
+        let mut opening: JoinSet<Result<Opened, String>> = JoinSet::new();
+        // The worker's log stream, read while the session lasts (at most one).
+        let mut log_stream: Option<AbortOnDropHandle<()>> = None;
         let mut heartbeats = AbortOnDropHandle::new(tokio::spawn({
             let (conn, rtt) = (conn.clone(), shared.rtt_cell(index));
             let heartbeat = config.heartbeat;
@@ -139,6 +157,9 @@ impl WorkerSession {
                             (opened.take(), links.get(&proc_id))
                         {
                             let switch: Arc<dyn Switch> = shared.router.clone();
+                            // The link's tasks run in the proc stream's span.
+                            let span = tracing::info_span!("proc_stream", worker = index, proc_id = %proc_id);
+                            let _in_stream = span.enter();
                             link.attach(send, recv, switch);
                         }
                     }
@@ -210,15 +231,26 @@ impl WorkerSession {
                 },
                 accepted = conn.accept_bi() => match accepted {
                     Ok((send, recv)) => {
-                        opening.spawn(read_mailbox_open(send, recv, max_frame));
+                        opening.spawn(read_stream_open(send, recv, max_frame));
                         continue;
                     }
                     Err(e) => Input::ConnectionLost(e.to_string()),
                 },
                 Some(result) = opening.join_next(), if !opening.is_empty() => match result {
-                    Ok(Ok((proc_id, send, recv))) => {
+                    Ok(Ok(Opened::Mailbox(proc_id, send, recv))) => {
                         opened = Some((send, recv));
                         Input::StreamOpened(proc_id)
+                    }
+                    Ok(Ok(Opened::Logs(mut send, mut recv))) => {
+                        if log_stream.is_some() {
+                            send.reset(close::PROTOCOL);
+                            recv.stop(close::PROTOCOL);
+                            shared.stream_rejected(index, "second log stream".into());
+                        } else {
+                            let task = super::logs::serve_log_stream(shared.clone(), index, host.clone(), send, recv);
+                            log_stream = Some(AbortOnDropHandle::new(tokio::spawn(task.in_current_span())));
+                        }
+                        continue;
                     }
                     Ok(Err(why)) => Input::StreamBroken(why),
                     Err(e) => {
@@ -274,24 +306,26 @@ fn frame_name(frame: &AllocatorToWorker) -> &'static str {
     }
 }
 
-/// Reads the first frame of a mailbox stream the worker opened.
+/// Reads the first frame of a stream the worker opened: a mailbox stream
+/// names its proc, the log stream says it is one.
 ///
 /// The frame only names a proc, so it may be at most
 /// [`MAX_MAILBOX_OPEN_FRAME`] bytes: a worker opening many streams holds
 /// little memory each. On failure the stream is abandoned with the PROTOCOL
 /// code.
-async fn read_mailbox_open(
+async fn read_stream_open(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     max_frame: u32,
-) -> Result<(ProcId, FramedSend, FramedRecv), String> {
+) -> Result<Opened, String> {
     let mut recv = FramedRecv::new(recv, MAX_MAILBOX_OPEN_FRAME);
     let mut send = FramedSend::new(send, max_frame);
-    let why = match tokio::time::timeout(MAILBOX_OPEN_TIMEOUT, recv.next::<MailboxOpen>()).await {
-        Ok(Ok(Some(open))) => {
+    let why = match tokio::time::timeout(MAILBOX_OPEN_TIMEOUT, recv.next::<StreamOpen>()).await {
+        Ok(Ok(Some(StreamOpen::Mailbox(MailboxOpen { proc_id })))) => {
             recv.set_max_frame(max_frame);
-            return Ok((open.proc_id, send, recv));
+            return Ok(Opened::Mailbox(proc_id, send, recv));
         }
+        Ok(Ok(Some(StreamOpen::Logs))) => return Ok(Opened::Logs(send, recv)),
         Ok(Ok(None)) => "mailbox stream ended before naming its proc".to_string(),
         Ok(Err(e)) => format!("mailbox stream does not start with a proc name: {e}"),
         Err(_) => format!("mailbox stream named no proc within {MAILBOX_OPEN_TIMEOUT:?}"),

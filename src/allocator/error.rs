@@ -42,6 +42,15 @@ pub enum AllocatorError {
     /// No proc with this id in the allocation.
     #[error("unknown proc {0}")]
     UnknownProc(ProcId),
+    /// The metrics endpoint could not listen on this address.
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The procs did not come up.
     #[error("allocation did not start: {0}")]
     Start(#[source] StartError),

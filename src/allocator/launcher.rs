@@ -19,9 +19,10 @@
 //! Children are tied to the allocator: they are killed when the allocator
 //! is dropped, and on Linux they get a parent-death signal so that even a
 //! SIGKILLed allocator leaves no orphan. Every line a child prints on stdout
-//! or stderr is passed through, prefixed with `[worker N]` (`[workers A-B]`
-//! for a group). Each child has a supervisor task ([`supervise`]) that reaps
-//! it, kills it when its worker is lost and does not exit by itself, and
+//! or stderr until its log stream is up is passed through, prefixed with
+//! `[worker N]` (`[workers A-B]` for a group), each line whole in one
+//! write. Each child has a supervisor task ([`supervise`]) that reaps it,
+//! kills it when its worker is lost and does not exit by itself, and
 //! reports how it ended.
 
 use std::ffi::OsString;
@@ -41,7 +42,9 @@ use super::shared::{ChildSlot, GroupSlot, Shared};
 use crate::reason::ExitReport;
 use crate::sync::lock;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use crate::line_cut::{cut_bytes, MAX_LINE};
 
 /// How a launched worker gets its variables (docs/design.md §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -413,24 +416,58 @@ fn set_parent_death_signal(cmd: &mut tokio::process::Command) {
 fn set_parent_death_signal(_cmd: &mut tokio::process::Command) {}
 
 /// Copies a child's output line by line, prefixed with `[label]`.
+///
+/// Each line leaves whole, prefix and line end included, in one write on
+/// the locked handle, so lines of several children and of the controller
+/// never interleave. A line longer than [`MAX_LINE`] is cut with a marker
+/// and the rest of it skipped: nothing is buffered without bound. Once the
+/// child's log stream is up its output goes there instead (see
+/// `worker/log_forward.rs`), so this only carries what it prints before
+/// (and after) that, and no line arrives twice.
 async fn pass_through(stream: impl AsyncRead + Unpin, label: Arc<str>, is_stderr: bool) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
             Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                if is_stderr {
-                    let _ = writeln!(std::io::stderr().lock(), "[{label}] {text}");
-                } else {
-                    let _ = writeln!(std::io::stdout().lock(), "[{label}] {text}");
-                }
-            }
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") && line.len() > MAX_LINE && !skip_rest_of_line(&mut reader).await
+        {
+            // The stream ended inside the skipped part: print what was kept.
+            write_line(&label, is_stderr, &line);
+            return;
+        }
+        write_line(&label, is_stderr, &line);
+    }
+}
+
+/// Reads and forgets up to the end of the current line; false at the end of the stream.
+async fn skip_rest_of_line(reader: &mut (impl AsyncBufReadExt + Unpin)) -> bool {
+    let mut rest = Vec::new();
+    loop {
+        rest.clear();
+        match reader.take(64 * 1024).read_until(b'\n', &mut rest).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if rest.ends_with(b"\n") => return true,
+            Ok(_) => {}
         }
     }
+}
+
+/// Writes `[worker N] text` and its newline in one write.
+fn write_line(label: &str, is_stderr: bool, raw: &[u8]) {
+    let line = format!("[{label}] {}\n", cut_bytes(raw, MAX_LINE));
+    let _ = if is_stderr {
+        std::io::stderr().lock().write_all(line.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(line.as_bytes())
+    };
 }
 
 #[cfg(test)]

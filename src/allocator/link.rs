@@ -164,7 +164,7 @@ impl ProcLink {
         // everyone waiting to send to it, hanging for ever.
         let watched = Arc::downgrade(&link);
         let timeout = config.stall_timeout;
-        tokio::spawn(async move {
+        spawn_in_span(async move {
             tokio::time::sleep(timeout).await;
             if let Some(link) = watched.upgrade() {
                 if !link.attached.load(Ordering::Acquire) && link.closed_reason().is_none() {
@@ -292,7 +292,7 @@ impl ProcLink {
                 switch.clone(),
                 self.stop_writer.clone(),
             );
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 let sent_link = link.clone();
                 let mut on_sent = move |env: Envelope, permit: Permit| {
                     lock(&sent_link.state).in_flight.on_sent((env, permit));
@@ -320,7 +320,7 @@ impl ProcLink {
         *lock(&self.writer) = Some(writer);
         let reader = {
             let link = self.clone();
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 let outcome = link.read_loop(&mut recv, &acks, &written, &switch).await;
                 match outcome {
                     Ok(()) => lock(&link.state).finished = true,
@@ -473,7 +473,7 @@ impl ProcLink {
         let dest = env.to.proc_id().clone();
         if self.parking.park(env, permit) {
             let (link, switch) = (self.clone(), switch.clone());
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 while let Some((env, permit)) = link.parking.next(&dest) {
                     // What cannot go comes back with this proc's own parking
                     // share: no new budget is needed for it.
@@ -591,4 +591,14 @@ impl ProcLink {
 /// What a return costs in a returns budget.
 fn return_cost(u: &Undeliverable) -> usize {
     u.envelope.wire_size() + REASON_COST
+}
+
+/// `tokio::spawn` in the current `tracing` span (the proc's), so the task's
+/// events carry its worker index and proc id.
+fn spawn_in_span<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(task))
 }

@@ -46,6 +46,8 @@ mod in_flight;
 mod launch_window;
 mod launcher;
 mod link;
+mod logs;
+mod metrics;
 mod parking;
 mod progress;
 mod router;
@@ -53,15 +55,20 @@ mod server;
 mod session;
 mod shared;
 mod stall;
+mod status;
 
 pub use crate::actor::Returns;
+pub use crate::wire::{LogLevel, LogSource};
 pub use advertise::routable_host;
 pub use config::{AllocatorConfig, DEFAULT_LAUNCH_WINDOW};
 pub use error::{AllocatorError, StartError};
 pub use events::{AllocEvent, Events, ProcState, RefusalStats};
 pub use launcher::{Launcher, SecretsDelivery};
 pub use link::LinkStats;
+pub use logs::{LogRecord, Logs};
+pub use metrics::{Metrics, MetricsServer, ProcStreamMetrics, WorkerMetrics};
 pub use progress::Progress;
+pub use status::WorkerStatus;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -209,6 +216,9 @@ impl Allocator {
                     shared.emit(AllocEvent::ActorFailed { actor_id, reason });
                 }
             }));
+        }
+        if shared.config.print_worker_logs {
+            tasks.push(tokio::spawn(logs::print_lines(shared.logs.subscribe())));
         }
         tracing::info!("allocator listening on {local_addr}");
         let client = controller
@@ -650,6 +660,41 @@ impl Allocator {
     /// [`Events`] for what happens to a subscriber that falls behind).
     pub fn events(&self) -> Events {
         self.shared.subscribe()
+    }
+
+    /// A new subscription to every worker's log lines, from now on: the
+    /// `tracing` events and stdout/stderr lines each worker forwards over
+    /// its own connection, wherever it runs (docs/design.md §2.12).
+    ///
+    /// Any number of tasks may subscribe; each sees every line accepted
+    /// (see [`Logs`] for a subscriber that falls behind). Unless
+    /// [`AllocatorConfig::print_worker_logs`] is off, the allocator also
+    /// prints them, as `[worker N host] ...`.
+    pub fn logs(&self) -> Logs {
+        self.shared.logs.subscribe()
+    }
+
+    /// A snapshot of the allocator's counters: workers and procs by state,
+    /// round trips, per-proc stream counters, refusals, log lines dropped.
+    pub fn metrics(&self) -> Metrics {
+        metrics::snapshot(&self.shared)
+    }
+
+    /// Serves [`Allocator::metrics`] in the Prometheus text format at
+    /// `http://ADDR/metrics` until the returned handle is dropped (port 0
+    /// picks a free port: see [`MetricsServer::local_addr`]).
+    ///
+    /// Errors: [`AllocatorError::Metrics`] if `addr` cannot be bound.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> Result<MetricsServer, AllocatorError> {
+        metrics::serve(Arc::downgrade(&self.shared), addr)
+            .await
+            .map_err(|source| AllocatorError::Metrics { addr, source })
+    }
+
+    /// One row per worker slot: index, host, state, round trip, live procs
+    /// and bytes queued towards them (what `quicmesh demo --metrics` shows).
+    pub fn status(&self) -> Vec<WorkerStatus> {
+        status::table(&self.metrics())
     }
 
     /// Connections refused before admission and mailbox streams rejected so

@@ -202,6 +202,8 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     let (tx, rx) = mpsc::unbounded_channel();
     shared.worker_joined(hello.index, tx.clone());
     shared.set_peer_cert(hello.index, peer_cert.clone());
+    crate::sync::lock(&shared.hosts)
+        .insert(hello.index, crate::line_cut::cut_line(&hello.host, 64));
     tracing::info!(
         "worker {} admitted (pid {} on {}, from {addr}, certificate {identity})",
         hello.index,
@@ -223,6 +225,7 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
     Ok(WorkerSession {
         shared: shared.clone(),
         index: hello.index,
+        host: hello.host.clone(),
         conn,
         control_send: FramedSend::new(send, MAX_PRE_ADMISSION_FRAME),
         control_recv: recv,

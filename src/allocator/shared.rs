@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::admission::Admission;
 use super::config::AllocatorConfig;
 use super::events::{AllocEvent, Events, ProcState, RefusalStats, Throttle, EVENT_BACKLOG};
+use super::logs::LogHub;
 use super::progress::Progress;
 use super::router::Router;
 use super::session::WorkerCommand;
@@ -91,6 +92,10 @@ pub(crate) struct Shared {
     /// Bumped whenever a worker is welcomed or a launched one ends: what a
     /// launch waits on to start the next workers.
     launch_changes: watch::Sender<u64>,
+    /// Workers' forwarded log lines and their counts.
+    pub(crate) logs: LogHub,
+    /// Each admitted worker's host, as its Hello named it (cut).
+    pub(crate) hosts: Mutex<HashMap<u32, String>>,
 }
 
 impl Shared {
@@ -123,6 +128,8 @@ impl Shared {
             joined: Mutex::new(HashSet::new()),
             spawn_failures: Mutex::new(HashMap::new()),
             launch_changes: watch::channel(0).0,
+            logs: LogHub::new(),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! The control stream carries [`WorkerToAllocator`] one way and
 //! [`AllocatorToWorker`] the other; datagrams carry [`Heartbeat`]; the first
-//! frame of every mailbox stream is a [`MailboxOpen`].
+//! frame of every other stream a worker opens is a [`StreamOpen`]: a mailbox
+//! stream ([`MailboxOpen`]) or the worker's log stream, which then carries
+//! [`LogFrame`]s.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use crate::id::{ActorId, PortId, ProcId};
 use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
 
 /// Version of this protocol; a Hello with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame a worker sends on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +132,82 @@ pub struct Heartbeat {
 pub struct MailboxOpen {
     /// The proc.
     pub proc_id: ProcId,
+}
+
+/// The first frame of every stream a worker opens after the control stream:
+/// what the stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// A proc's mailbox stream; [`MailboxFrame`]s follow both ways.
+    Mailbox(MailboxOpen),
+    /// The worker's log stream (at most one per connection): [`LogFrame`]s
+    /// follow from the worker; the allocator writes nothing on it.
+    Logs,
+}
+
+/// How important a forwarded log line is (the `tracing` levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// `tracing::Level::ERROR`.
+    Error,
+    /// `tracing::Level::WARN`.
+    Warn,
+    /// `tracing::Level::INFO`; also every stdout or stderr line.
+    Info,
+    /// `tracing::Level::DEBUG`.
+    Debug,
+    /// `tracing::Level::TRACE`.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level's name in capitals, as `tracing` prints it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            LogLevel::Error => "ERROR",
+            LogLevel::Warn => "WARN",
+            LogLevel::Info => "INFO",
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Trace => "TRACE",
+        }
+    }
+}
+
+/// Where a forwarded line came from in the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogSource {
+    /// A `tracing` event.
+    Tracing,
+    /// A line the process wrote to its standard output.
+    Stdout,
+    /// A line the process wrote to its standard error (not through `tracing`).
+    Stderr,
+}
+
+/// One forwarded line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its level.
+    pub level: LogLevel,
+    /// Where it came from.
+    pub source: LogSource,
+    /// The `tracing` target (module path), empty for stdout and stderr lines.
+    pub target: String,
+    /// The text, without its line end, cut to the forwarder's line limit.
+    pub text: String,
+}
+
+/// Frames of a worker's log stream (worker to allocator only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFrame {
+    /// A line.
+    Line(LogLine),
+    /// The worker dropped this many lines since its last `Dropped` frame
+    /// because its queue was full (the allocator was slower than the logs).
+    Dropped {
+        /// Lines dropped.
+        count: u64,
+    },
 }
 
 /// Where an envelope is going.

@@ -132,7 +132,7 @@ impl HostedProc {
         let reader = {
             let (proc, acks, events, proc_id) =
                 (proc.clone(), acks.clone(), events.clone(), proc_id.clone());
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 // A frame read while gathering a batch that did not belong to it.
                 let mut carried = None;
                 // Position on the stream of the next envelope (for refusals).
@@ -217,7 +217,7 @@ impl HostedProc {
         let outbound = outputs.outbound.take();
         let writer = {
             let (proc, events) = (proc.clone(), events.clone());
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 let mut on_sent = |_, _| {};
                 let returner = proc.clone();
                 let mut on_too_large = move |u, _permit| returner.returned(u);
@@ -246,7 +246,7 @@ impl HostedProc {
 
         let forwarder = {
             let events = events.clone();
-            tokio::spawn(async move {
+            spawn_in_span(async move {
                 loop {
                     tokio::select! {
                         biased;
@@ -336,4 +336,14 @@ async fn end_by(mut task: JoinHandle<()>, deadline: tokio::time::Instant) -> boo
             false
         }
     }
+}
+
+/// `tokio::spawn` in the current `tracing` span (the proc's), so the task's
+/// events carry its worker index and proc id.
+fn spawn_in_span<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(task))
 }

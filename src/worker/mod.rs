@@ -16,6 +16,7 @@ mod attempt;
 mod backoff;
 mod exit;
 mod hosted;
+mod log_forward;
 mod procs;
 mod runtimes;
 mod secrets;
@@ -29,6 +30,8 @@ pub use secrets::{SecretsError, MAX_SECRETS_BYTES, MAX_SECRETS_LINES};
 pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
 
 use std::sync::Arc;
+
+use tracing::Instrument;
 
 use crate::actor::Registry;
 
@@ -140,6 +143,7 @@ pub(crate) fn finish(exit: WorkerExit) -> ! {
 /// exit. Returns as soon as the worker's run ends, without waiting for actor
 /// tasks: the caller is expected to exit the process (as [`finish`] does).
 pub(crate) fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
+    log_forward::own_process();
     let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
     match runtimes::run_on_worker_runtimes(threads, move || run(env, registry)) {
         Ok(exit) => exit,
@@ -213,6 +217,7 @@ pub(crate) async fn run_with(
         Arc::new(registry),
     )
     .run()
+    .instrument(tracing::info_span!("worker", index = env.index))
     .await;
     // Let close frames reach the allocator before the process ends.
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, joined.endpoint.wait_idle()).await;

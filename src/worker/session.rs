@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::exit::{after_welcome, WorkerExit};
 use super::hosted::{HostedProc, ProcStopReport};
+use super::log_forward::LogForwarder;
 use super::procs::ProcTable;
 use super::runtimes;
 use super::stop_budget::{StopBudget, StopDeadlines};
@@ -35,7 +36,7 @@ use crate::link::LinkConfig;
 use crate::reason::{FailureReason, StopReason};
 use crate::rtt::RttCell;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
-use crate::wire::{close, AllocatorToWorker, MailboxOpen, Welcome, WorkerToAllocator};
+use crate::wire::{close, AllocatorToWorker, MailboxOpen, StreamOpen, Welcome, WorkerToAllocator};
 
 /// How long a worker waits for the allocator to close after it finished the control stream.
 const LEAVE_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,6 +170,8 @@ impl Session {
         };
         let conn = self.conn.clone();
         let mut heartbeats = HeartbeatTask::spawn(conn.clone(), self.welcome.heartbeat);
+        // Log lines go to the allocator until the session is over.
+        let _logs = LogForwarder::start(conn.clone(), self.index);
         let ending = tokio::select! {
             biased;
             ended = &mut heartbeats.0 => return heartbeat_exit(&conn, ended),
@@ -359,9 +362,9 @@ impl Session {
             let (send, recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
             let mut send = FramedSend::new(send, max_frame);
             send.set_priority(crate::transport::priority::MAILBOX);
-            send.send(&MailboxOpen {
+            send.send(&StreamOpen::Mailbox(MailboxOpen {
                 proc_id: proc_id.clone(),
-            })
+            }))
             .await
             .map_err(|e| e.to_string())?;
             Ok::<_, String>((send, FramedRecv::new(recv, max_frame)))
@@ -375,6 +378,9 @@ impl Session {
                     max_frame,
                     ..ProcConfig::default()
                 };
+                // The proc's tasks run in its span (a child of the worker's).
+                let span = tracing::info_span!("proc", proc_id = %proc_id);
+                let _in_proc = span.enter();
                 let hosted = HostedProc::start(
                     proc_id.clone(),
                     self.registry.clone(),

@@ -19,7 +19,8 @@ use quicmesh::actor::Client;
 use quicmesh::allocator::AllocEvent;
 use quicmesh::config::Limits;
 use quicmesh::testkit::wire::{
-    close, codec, AllocatorToWorker, Dest, Envelope, MailboxFrame, MailboxOpen,
+    close, codec, AllocatorToWorker, Dest, Envelope, LogFrame, LogLevel, LogLine, LogSource,
+    MailboxFrame, MailboxOpen, StreamOpen,
 };
 use quicmesh::{ActorRef, ProcId};
 
@@ -252,7 +253,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
     let open = MailboxOpen {
         proc_id: s.real_proc.clone(),
     };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "does not host").await;
     assert!(
@@ -266,7 +268,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
     let open = MailboxOpen {
         proc_id: nowhere.clone(),
     };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "does not host").await;
     assert!(
@@ -277,7 +280,8 @@ async fn mailbox_stream_for_a_proc_not_owned() {
 
     // A second stream for the worker's own, already attached proc.
     let open = MailboxOpen { proc_id: a.clone() };
-    let bytes = codec::frame(&open, fake.max_frame).expect("encode MailboxOpen");
+    let bytes =
+        codec::frame(&StreamOpen::Mailbox(open), fake.max_frame).expect("encode MailboxOpen");
     let (mut send, mut recv) = fake.open_raw_stream(&bytes).await;
     let reason = s.wait_rejected(fake.index, "second mailbox stream").await;
     assert!(reason.contains(&a.to_string()), "reason: {reason}");
@@ -383,4 +387,61 @@ async fn ack_for_more_than_sent() {
         &["protocol violation", "ack", "1000"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_stream_with_garbage_or_opened_twice() {
+    let mut s = scene("hmb-logs").await;
+    let mut logs = s.mesh.alloc.logs();
+    let mut fake = FakeWorker::join(&s.mesh, 1).await;
+    let a = fake.proc(0);
+    fake.attach(&mut s.mesh, &a).await;
+
+    // A proper log stream: its line reaches the controller, cut to one line.
+    let mut first = codec::frame(&StreamOpen::Logs, fake.max_frame).expect("encode StreamOpen");
+    let line = LogFrame::Line(LogLine {
+        level: LogLevel::Warn,
+        source: LogSource::Tracing,
+        target: "fake".into(),
+        text: format!("two\nlines{}", "x".repeat(10_000)),
+    });
+    first.extend(codec::frame(&line, fake.max_frame).expect("encode LogFrame"));
+    let (mut send, mut recv) = fake.open_raw_stream(&first).await;
+    let index = fake.index;
+    let record = tokio::time::timeout(SOON, async {
+        loop {
+            match logs.next().await {
+                Some(r) if r.worker == index => return r,
+                Some(_) => continue, // the real worker's lines
+                None => panic!("log stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("the fake worker's line in time");
+    assert_eq!(record.worker, fake.index);
+    assert!(record.text.starts_with("two lines"), "{}", record.text);
+    assert!(record.text.ends_with(" [line cut]"), "{}", record.text);
+    assert!(record.text.len() < 4200, "{}", record.text.len());
+
+    // A second log stream is refused; the first is not disturbed.
+    let second = codec::frame(&StreamOpen::Logs, fake.max_frame).expect("encode StreamOpen");
+    let (mut send2, mut recv2) = fake.open_raw_stream(&second).await;
+    s.wait_rejected(fake.index, "second log stream").await;
+    expect_refused("second log stream", &mut send2, &mut recv2).await;
+
+    // Garbage on the first one: that stream is refused, nothing else.
+    let mut junk = vec![0, 0, 0, 8];
+    junk.extend_from_slice(&[0xff; 8]);
+    send.write_all(&junk).await.expect("write junk");
+    let reason = s.wait_rejected(fake.index, "log stream").await;
+    assert!(reason.contains("undecodable"), "reason: {reason}");
+    expect_refused("log stream with a junk frame", &mut send, &mut recv).await;
+
+    let back = fake.echo_via(&a, &s.echo, b"still here").await;
+    assert_eq!(back, b"still here");
+    s.mesh.collect_for(Duration::from_millis(500)).await;
+    s.assert_fake_connected(&fake);
+    s.assert_not_ended(&a);
+    s.finish(fake).await;
 }

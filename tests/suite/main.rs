@@ -25,6 +25,7 @@ mod launch_secrets;
 mod lifecycle;
 mod liveness;
 mod mesh;
+mod observe;
 mod scale;
 mod wan;
 mod worker_settings;

@@ -230,6 +230,8 @@ async fn a_worker_started_by_hand_uses_the_allocators_heartbeat_and_is_warned_ab
         delay: Duration::from_millis(150),
         ..Conditions::default()
     });
+    // What the worker logs once joined comes over its log stream.
+    let mut logs = mesh.alloc.logs();
     let ticket = mesh.alloc.reserve(1);
     let link = ticket
         .env
@@ -266,8 +268,22 @@ async fn a_worker_started_by_hand_uses_the_allocators_heartbeat_and_is_warned_ab
             && stderr.contains("QUICMESH_HEARTBEAT_TIMEOUT=2s"),
         "the worker does not say whose heartbeat settings apply:\n{stderr}"
     );
-    assert!(
-        stderr.contains("heartbeat timeout 1s is less than 4 round trips"),
+    let warned = tokio::time::timeout(SOON, async {
+        while let Some(line) = logs.next().await {
+            if line.worker == ticket.index
+                && line
+                    .text
+                    .contains("heartbeat timeout 1s is less than 4 round trips")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        warned,
+        Ok(true),
         "the worker did not warn about a timeout short for its round trip:\n{stderr}"
     );
     mesh.finish().await;

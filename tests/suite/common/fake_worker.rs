@@ -12,7 +12,7 @@ use quicmesh::config::{self, Limits};
 use quicmesh::testkit::transport::{self, FramedRecv};
 use quicmesh::testkit::wire::{
     close, codec, AllocatorToWorker, Dest, Envelope, Heartbeat, Hello, MailboxFrame, MailboxOpen,
-    WorkerToAllocator, PROTOCOL_VERSION,
+    StreamOpen, WorkerToAllocator, PROTOCOL_VERSION,
 };
 use quicmesh::testkit::MAX_PRE_ADMISSION_FRAME;
 use quicmesh::{ActorRef, ProcId};
@@ -218,7 +218,8 @@ impl FakeWorker {
         let open = MailboxOpen {
             proc_id: proc_id.clone(),
         };
-        let bytes = codec::frame(&open, self.max_frame).expect("encode MailboxOpen");
+        let bytes =
+            codec::frame(&StreamOpen::Mailbox(open), self.max_frame).expect("encode MailboxOpen");
         let (send, recv) = self.open_raw_stream(&bytes).await;
         let mailbox = Mailbox {
             send,
