@@ -166,12 +166,8 @@ impl Scene {
             .expect("pump task")
             .expect("the pump on a healthy worker answers");
         assert_eq!(pumped, n);
-        let report: CounterReport = self
-            .counter1
-            .ask_within(&self.client, SOON, CounterMsg::Report)
-            .await
-            .expect("counter on healthy proc 1 reports");
         let total = from[1] + n;
+        let report = common::report_when_received(&self.client, &self.counter1, total, SOON).await;
         assert_eq!(
             report,
             CounterReport {

@@ -11,7 +11,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{spawn_worker, TestMesh, SOON};
-use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
+use quicmesh::actor::builtin::{Counter, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::AllocEvent;
 use quicmesh::config;
 use quicmesh::config::LinkConfig;
@@ -190,10 +190,7 @@ async fn duplicated_and_reordered_packets_change_nothing_between_workers() {
         .await
         .expect("pump ran");
     assert_eq!(sent, n);
-    let report: CounterReport = counter
-        .ask_within(&client, SOON, CounterMsg::Report)
-        .await
-        .expect("report");
+    let report = common::report_when_received(&client, &counter, n, SOON).await;
     assert_eq!(
         report,
         CounterReport {

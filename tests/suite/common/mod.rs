@@ -476,6 +476,32 @@ pub async fn count_in_order_from(
     assert_eq!(report, want);
 }
 
+/// `counter`'s report once it has received `total` messages, or its last
+/// report when `within` has passed.
+///
+/// For messages another actor sent (a pump on a worker): they travel from
+/// that actor's proc, the report ask from the controller, so an ask made
+/// right after the sender finished may overtake the last of them.
+pub async fn report_when_received(
+    client: &quicmesh::Client,
+    counter: &quicmesh::ActorRef<quicmesh::actor::builtin::Counter>,
+    total: u64,
+    within: Duration,
+) -> quicmesh::actor::builtin::CounterReport {
+    use quicmesh::actor::builtin::CounterMsg;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let report = counter
+            .ask_within(client, within, CounterMsg::Report)
+            .await
+            .expect("report");
+        if report.received >= total || tokio::time::Instant::now() >= deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The next message returned to the controller; panics if none comes in time.
 pub async fn next_returned(returns: &quicmesh::allocator::Returns) -> quicmesh::Returned {
     tokio::time::timeout(SOON, returns.next())
