@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{Permit, QueueReceiver};
 use crate::reason::ReturnReason;
 use crate::transport::{FramedSend, StreamError};
-use crate::wire::{CodecError, Envelope, MailboxFrame, Undeliverable};
+use crate::wire::routes::{RouteCache, RouteChoice};
+use crate::wire::{CodecError, Envelope, MailboxFrame, RoutedEnvelope, Undeliverable};
 
 /// What one side queues for its end of a mailbox stream.
 #[derive(Debug)]
@@ -104,7 +105,8 @@ impl AckState {
 
 /// Writes what `queue` yields to `send` until told to stop, in batches, with acks.
 ///
-/// `on_sent` is given every envelope written (the allocator keeps them until
+/// `on_sent` is given the envelopes of each batch, in order, once they are
+/// encoded and before they are flushed (the allocator keeps them until
 /// acknowledged); `on_too_large` every envelope that exceeds the frame limit,
 /// to return to its sender, with the permit it was queued with. On `stop`, drains what is queued, writes a final
 /// ack and finishes the stream. A peer that stops reading with code 0 is
@@ -116,7 +118,7 @@ pub async fn write_loop(
     queue: &mut QueueReceiver<Outgoing>,
     acks: &AckState,
     stop: &CancellationToken,
-    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
+    on_sent: &mut (dyn FnMut(&mut Vec<(Envelope, Permit)>) + Send),
     on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     match write_batches(send, queue, acks, stop, on_sent, on_too_large).await {
@@ -131,10 +133,13 @@ async fn write_batches(
     queue: &mut QueueReceiver<Outgoing>,
     acks: &AckState,
     stop: &CancellationToken,
-    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
+    on_sent: &mut (dyn FnMut(&mut Vec<(Envelope, Permit)>) + Send),
     on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     let mut acked = 0u64;
+    let mut routes = RouteCache::default();
+    // What a batch wrote, handed to `on_sent` at once (one lock, not one per envelope).
+    let mut sent: Vec<(Envelope, Permit)> = Vec::new();
     let mut stopping = false;
     // When an ack is owed but there is no data to carry it, wait a little for some.
     let mut ack_due: Option<tokio::time::Instant> = None;
@@ -175,18 +180,29 @@ async fn write_batches(
         // Read the count before draining: see the module docs.
         let ack_snapshot = acks.processed();
         let mut drained = true;
+        let mut out = Out {
+            send: &mut *send,
+            routes: &mut routes,
+            sent: &mut sent,
+            on_too_large: &mut *on_too_large,
+        };
         if let Some((item, permit)) = first {
-            buffer(send, item, permit, on_sent, on_too_large);
+            out.buffer(item, permit);
         }
         loop {
-            if send.buffered() >= BATCH_BYTES && !stopping {
+            if out.send.buffered() >= BATCH_BYTES && !stopping {
                 drained = false;
                 break;
             }
             match queue.try_recv() {
-                Some((item, permit)) => buffer(send, item, permit, on_sent, on_too_large),
+                Some((item, permit)) => out.buffer(item, permit),
                 None => break,
             }
+        }
+        if !sent.is_empty() {
+            // Before the flush, so an ack can never find them missing.
+            on_sent(&mut sent);
+            sent.clear();
         }
         if drained {
             // Whatever was owed goes now; nothing is due any more.
@@ -215,53 +231,82 @@ fn buffer_ack(send: &mut FramedSend, processed: u64, acked: &mut u64) {
     }
 }
 
-/// Encodes one outgoing item into the write buffer.
-fn buffer(
-    send: &mut FramedSend,
-    item: Outgoing,
-    permit: Permit,
-    on_sent: &mut (dyn FnMut(Envelope, Permit) + Send),
-    on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
-) {
-    match item {
-        Outgoing::Envelope(env) => {
-            let frame = MailboxFrame::Envelope(env);
-            let result = send.buffer(&frame);
-            let MailboxFrame::Envelope(env) = frame else {
-                return;
-            };
-            match result {
-                Ok(()) => on_sent(env, permit),
-                Err(CodecError::TooLarge { len, max }) => on_too_large(
+/// Where a batch is encoded: the stream's buffer, its routes, and what was sent.
+struct Out<'a> {
+    send: &'a mut FramedSend,
+    routes: &'a mut RouteCache,
+    sent: &'a mut Vec<(Envelope, Permit)>,
+    on_too_large: &'a mut (dyn FnMut(Undeliverable, Permit) + Send),
+}
+
+impl Out<'_> {
+    /// Encodes one outgoing item into the write buffer.
+    fn buffer(&mut self, item: Outgoing, permit: Permit) {
+        match item {
+            Outgoing::Envelope(env) => match self.envelope(env) {
+                Ok(env) => self.sent.push((env, permit)),
+                Err((env, CodecError::TooLarge { len, max })) => (self.on_too_large)(
                     Undeliverable::not_delivered(env, ReturnReason::TooLarge { len, max }),
                     permit,
                 ),
-                Err(e) => on_too_large(
+                Err((env, e)) => (self.on_too_large)(
                     Undeliverable::not_delivered(env, ReturnReason::Unencodable(e.to_string())),
                     permit,
                 ),
+            },
+            Outgoing::Refused { seq, reason } => {
+                if let Err(e) = self.send.buffer(&MailboxFrame::Refused { seq, reason }) {
+                    tracing::error!("cannot encode refusal of envelope {seq}: {e}");
+                }
             }
+            Outgoing::Returned(u) => self.returned(u),
         }
-        Outgoing::Refused { seq, reason } => {
-            if let Err(e) = send.buffer(&MailboxFrame::Refused { seq, reason }) {
-                tracing::error!("cannot encode refusal of envelope {seq}: {e}");
-            }
-        }
-        Outgoing::Returned(mut u) => {
-            let frame = MailboxFrame::Undeliverable(u);
-            if send.buffer(&frame).is_ok() {
-                return;
-            }
-            // The return itself is too large to frame: send it without the payload.
-            let MailboxFrame::Undeliverable(inner) = frame else {
-                return;
+    }
+
+    /// Encodes an envelope on its route (defining the route first if need
+    /// be); hands the envelope back either way.
+    fn envelope(&mut self, mut env: Envelope) -> Result<Envelope, (Envelope, CodecError)> {
+        let choice = self.routes.choose(&env.from, &env.to);
+        if let RouteChoice::Define(route) = choice {
+            let define = MailboxFrame::Route {
+                route,
+                from: env.from.clone(),
+                to: env.to.clone(),
             };
-            u = inner;
-            u.envelope.payload.clear();
-            u.reason = ReturnReason::PayloadDropped(Box::new(u.reason));
-            if let Err(e) = send.buffer(&MailboxFrame::Undeliverable(u)) {
-                tracing::error!("cannot return undeliverable envelope: {e}");
+            if let Err(e) = self.send.buffer(&define) {
+                return Err((env, e));
             }
+        }
+        let frame = MailboxFrame::Routed(RoutedEnvelope {
+            route: choice.route(),
+            id: env.id,
+            return_port: env.return_port,
+            payload: std::mem::take(&mut env.payload),
+        });
+        let result = self.send.buffer(&frame);
+        if let MailboxFrame::Routed(routed) = frame {
+            env.payload = routed.payload;
+        }
+        match result {
+            Ok(()) => Ok(env),
+            Err(e) => Err((env, e)),
+        }
+    }
+
+    /// Encodes a return (without its payload if it is too large to frame).
+    fn returned(&mut self, u: Undeliverable) {
+        let frame = MailboxFrame::Undeliverable(u);
+        if self.send.buffer(&frame).is_ok() {
+            return;
+        }
+        // The return itself is too large to frame: send it without the payload.
+        let MailboxFrame::Undeliverable(mut u) = frame else {
+            return;
+        };
+        u.envelope.payload.clear();
+        u.reason = ReturnReason::PayloadDropped(Box::new(u.reason));
+        if let Err(e) = self.send.buffer(&MailboxFrame::Undeliverable(u)) {
+            tracing::error!("cannot return undeliverable envelope: {e}");
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::queue::{self, Budget, Permit, QueueError, QueueReceiver, QueueSender}
 use crate::reason::{Bounded, FailureReason, ReturnReason, REASON_COST};
 use crate::sync::lock;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
+use crate::wire::routes::RouteTable;
 use crate::wire::{close, DeliveryStatus, Dest, Envelope, MailboxFrame, Undeliverable};
 
 /// Why an envelope was not forwarded at once.
@@ -294,8 +295,11 @@ impl ProcLink {
             );
             spawn_in_span(async move {
                 let sent_link = link.clone();
-                let mut on_sent = move |env: Envelope, permit: Permit| {
-                    lock(&sent_link.state).in_flight.on_sent((env, permit));
+                let mut on_sent = move |sent: &mut Vec<(Envelope, Permit)>| {
+                    let mut state = lock(&sent_link.state);
+                    for item in sent.drain(..) {
+                        state.in_flight.on_sent(item);
+                    }
                 };
                 let (large_switch, large_link) = (switch.clone(), link.clone());
                 // This proc's budget share goes back to it at once; the return
@@ -346,6 +350,7 @@ impl ProcLink {
     ) -> Result<(), FailureReason> {
         let mut judge = StallJudge::new(self.config.stall_timeout, Instant::now());
         let mut written_seen = 0;
+        let mut routes = RouteTable::default();
         let mut checks = tokio::time::interval(judge.check_every());
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -371,8 +376,15 @@ impl ProcLink {
                     }
                 }
             };
-            let frame = match frame {
-                Ok(Some(frame)) => frame,
+            let frame = match frame.map(|f| f.map(|f| routes.resolve(f))) {
+                Ok(Some(Ok(Some(frame)))) => frame,
+                // A route definition: kept, nothing more to do.
+                Ok(Some(Ok(None))) => continue,
+                Ok(Some(Err(e))) => {
+                    return Err(FailureReason::ProtocolViolation(format!(
+                        "on mailbox stream: {e}"
+                    )))
+                }
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_protocol_violation() => {
                     return Err(FailureReason::ProtocolViolation(format!(
@@ -427,6 +439,8 @@ impl ProcLink {
                             .into(),
                     ));
                 }
+                // `resolve` keeps definitions and rebuilds routed envelopes.
+                MailboxFrame::Route { .. } | MailboxFrame::Routed(_) => {}
             }
         }
     }

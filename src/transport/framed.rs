@@ -27,6 +27,9 @@ pub enum StreamError {
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({0} bytes left over)")]
     Truncated(usize),
+    /// A mailbox frame used a stream-local route it may not use.
+    #[error("{0}")]
+    Route(#[from] crate::wire::routes::RouteError),
 }
 
 impl StreamError {
@@ -38,7 +41,10 @@ impl StreamError {
 
     /// Whether the peer broke the protocol (as opposed to the transport failing).
     pub fn is_protocol_violation(&self) -> bool {
-        matches!(self, StreamError::Codec(_) | StreamError::Truncated(_))
+        matches!(
+            self,
+            StreamError::Codec(_) | StreamError::Truncated(_) | StreamError::Route(_)
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use crate::id::{ActorId, PortId, ProcId};
 use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
 
 /// Version of this protocol; a Hello with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame a worker sends on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +354,42 @@ pub enum MailboxFrame {
         /// Why it could not be delivered.
         reason: ReturnReason,
     },
+    /// Defines, or redefines, route `route` of this direction of the stream:
+    /// later [`MailboxFrame::Routed`] frames naming it carry envelopes from
+    /// `from` to `to`, so the ids travel once instead of in every envelope
+    /// (docs/design.md §2.7; see [`crate::wire::routes`]). `route` must be
+    /// below [`MAX_ROUTES`].
+    Route {
+        /// The route's number on this direction of the stream.
+        route: u32,
+        /// The sender of every envelope on the route.
+        from: ActorId,
+        /// Their destination.
+        to: Dest,
+    },
+    /// An envelope sent over a route defined earlier in this direction of
+    /// the stream; counts as an `Envelope` frame for acks and refusals.
+    Routed(RoutedEnvelope),
+}
+
+/// Routes one direction of a mailbox stream may have defined at once.
+///
+/// Bounds what a peer can make the receiver keep: at most this many pairs
+/// of ids (each id at most a few hundred bytes) per stream direction.
+pub const MAX_ROUTES: u32 = 64;
+
+/// An [`Envelope`] without its ids, which its route stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedEnvelope {
+    /// The route, defined earlier by a [`MailboxFrame::Route`] frame.
+    pub route: u32,
+    /// As [`Envelope::id`].
+    pub id: u64,
+    /// As [`Envelope::return_port`].
+    pub return_port: Option<u64>,
+    /// As [`Envelope::payload`].
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// Requests addressed to a proc itself (`Dest::Proc`).

@@ -3,6 +3,7 @@
 pub mod close;
 pub mod codec;
 pub mod messages;
+pub mod routes;
 
 pub use codec::CodecError;
 pub use messages::*;

@@ -26,7 +26,8 @@ use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
 use crate::queue::{self, QueueError, QueueReceiver};
 use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
-use crate::transport::{FramedRecv, FramedSend};
+use crate::transport::{FramedRecv, FramedSend, StreamError};
+use crate::wire::routes::RouteTable;
 use crate::wire::{close, Dest, Envelope, MailboxFrame, Undeliverable, WorkerToAllocator};
 
 /// Most envelopes handed to a mailbox as one batch.
@@ -137,6 +138,7 @@ impl HostedProc {
                 let mut carried = None;
                 // Position on the stream of the next envelope (for refusals).
                 let mut next_seq: u64 = 0;
+                let mut routes = RouteTable::default();
                 loop {
                     if reader_stop.is_stopped() {
                         break;
@@ -153,13 +155,33 @@ impl HostedProc {
                             f = recv.next::<MailboxFrame>() => f,
                         }
                     };
+                    let frame = match frame.map(|f| f.map(|f| routes.resolve(f))) {
+                        Ok(Some(Ok(Some(frame)))) => Ok(Some(frame)),
+                        // A route definition: kept, nothing more to do.
+                        Ok(Some(Ok(None))) => continue,
+                        Ok(Some(Err(e))) => Err(StreamError::Route(e)),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e),
+                    };
                     match frame {
                         Ok(Some(MailboxFrame::Envelope(env))) => {
                             // Envelopes already buffered for the same actor go
                             // to its mailbox as one item: one wake, one permit.
-                            let mut batch = vec![env];
+                            let mut batch = Vec::with_capacity(16);
+                            batch.push(env);
                             while batch.len() < MAX_BATCH && recv.frame_ready() {
                                 match recv.next::<MailboxFrame>().await {
+                                    Ok(Some(MailboxFrame::Routed(r))) => match routes.envelope(r) {
+                                        Ok(e) if e.to == batch[0].to => batch.push(e),
+                                        Ok(e) => {
+                                            carried = Some(Ok(Some(MailboxFrame::Envelope(e))));
+                                            break;
+                                        }
+                                        Err(e) => {
+                                            carried = Some(Err(StreamError::Route(e)));
+                                            break;
+                                        }
+                                    },
                                     Ok(Some(MailboxFrame::Envelope(e))) if e.to == batch[0].to => {
                                         batch.push(e)
                                     }
@@ -192,6 +214,8 @@ impl HostedProc {
                         }
                         Ok(Some(MailboxFrame::Undeliverable(u))) => proc.returned(u),
                         Ok(Some(MailboxFrame::Ack { .. })) => {}
+                        // `resolve` keeps definitions and rebuilds routed envelopes.
+                        Ok(Some(MailboxFrame::Route { .. } | MailboxFrame::Routed(_))) => {}
                         Ok(Some(MailboxFrame::Refused { .. })) => {
                             recv.stop(close::PROTOCOL);
                             let reason = FailureReason::ProtocolViolation(
@@ -218,7 +242,7 @@ impl HostedProc {
         let writer = {
             let (proc, events) = (proc.clone(), events.clone());
             spawn_in_span(async move {
-                let mut on_sent = |_, _| {};
+                let mut on_sent = |_: &mut Vec<_>| {};
                 let returner = proc.clone();
                 let mut on_too_large = move |u, _permit| returner.returned(u);
                 let Some(mut outbound) = outbound else { return };

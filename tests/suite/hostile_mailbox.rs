@@ -20,7 +20,7 @@ use quicmesh::allocator::AllocEvent;
 use quicmesh::config::Limits;
 use quicmesh::testkit::wire::{
     close, codec, AllocatorToWorker, Dest, Envelope, LogFrame, LogLevel, LogLine, LogSource,
-    MailboxFrame, MailboxOpen, StreamOpen,
+    MailboxFrame, MailboxOpen, RoutedEnvelope, StreamOpen, MAX_ROUTES,
 };
 use quicmesh::{ActorRef, ProcId};
 
@@ -385,6 +385,72 @@ async fn ack_for_more_than_sent() {
             .expect("encode ack")
         },
         &["protocol violation", "ack", "1000"],
+    )
+    .await;
+}
+
+fn routed(route: u32) -> RoutedEnvelope {
+    RoutedEnvelope {
+        route,
+        id: 0,
+        return_port: None,
+        payload: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_on_a_route_never_defined() {
+    violation_on_a(
+        "hmb-route-undefined",
+        |_| {
+            codec::frame(
+                &MailboxFrame::Routed(routed(3)),
+                Limits::default().max_frame,
+            )
+            .expect("encode routed envelope")
+        },
+        &["protocol violation", "route 3", "never defined"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_beyond_the_limit() {
+    violation_on_a(
+        "hmb-route-limit",
+        |s| {
+            let define = MailboxFrame::Route {
+                route: MAX_ROUTES,
+                from: s.echo.id().clone(),
+                to: Dest::Actor(s.echo.id().clone()),
+            };
+            codec::frame(&define, Limits::default().max_frame).expect("encode route")
+        },
+        &[
+            "protocol violation",
+            &format!("route {MAX_ROUTES}"),
+            "limit",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_claiming_another_sender() {
+    violation_on_a(
+        "hmb-route-claim",
+        |s| {
+            let define = MailboxFrame::Route {
+                route: 0,
+                from: s.echo.id().clone(),
+                to: Dest::Actor(s.echo.id().clone()),
+            };
+            let max = Limits::default().max_frame;
+            let mut bytes = codec::frame(&define, max).expect("encode route");
+            bytes.extend(codec::frame(&MailboxFrame::Routed(routed(0)), max).expect("encode"));
+            bytes
+        },
+        &["protocol violation", "claims to come from"],
     )
     .await;
 }

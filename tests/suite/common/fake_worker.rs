@@ -10,6 +10,7 @@ use quicmesh::actor::PortRef;
 use quicmesh::allocator::{AllocEvent, ProcState};
 use quicmesh::config::{self, Limits};
 use quicmesh::testkit::transport::{self, FramedRecv};
+use quicmesh::testkit::wire::routes::RouteTable;
 use quicmesh::testkit::wire::{
     close, codec, AllocatorToWorker, Dest, Envelope, Heartbeat, Hello, MailboxFrame, MailboxOpen,
     StreamOpen, WorkerToAllocator, PROTOCOL_VERSION,
@@ -38,6 +39,28 @@ pub struct Mailbox {
     pub next_id: u64,
     /// Envelopes received from the allocator on this stream (for acks).
     pub received: u64,
+    /// The routes the allocator defined on its direction of the stream.
+    pub routes: RouteTable,
+}
+
+impl Mailbox {
+    /// The next frame from the allocator with routes applied: definitions
+    /// are kept, routed envelopes come back as `MailboxFrame::Envelope`.
+    pub async fn next_frame(&mut self) -> Result<Option<MailboxFrame>, String> {
+        loop {
+            let Some(frame) = self
+                .recv
+                .next::<MailboxFrame>()
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            if let Some(frame) = self.routes.resolve(frame).map_err(|e| e.to_string())? {
+                return Ok(Some(frame));
+            }
+        }
+    }
 }
 
 /// An admitted worker in this process, driven by hand.
@@ -226,6 +249,7 @@ impl FakeWorker {
             recv: FramedRecv::new(recv, self.max_frame),
             next_id: 0,
             received: 0,
+            routes: RouteTable::default(),
         };
         assert!(
             self.mailboxes.insert(proc_id.clone(), mailbox).is_none(),
@@ -257,7 +281,7 @@ impl FakeWorker {
     /// (panics after `SOON`); counts envelopes, for acks.
     pub async fn next_mailbox_frame(&mut self, proc_id: &ProcId) -> MailboxFrame {
         let mailbox = self.mailbox(proc_id);
-        let frame = match tokio::time::timeout(SOON, mailbox.recv.next::<MailboxFrame>()).await {
+        let frame = match tokio::time::timeout(SOON, mailbox.next_frame()).await {
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => panic!("mailbox stream of {proc_id} ended"),
             Ok(Err(e)) => panic!("mailbox stream of {proc_id} failed: {e}"),
@@ -312,9 +336,7 @@ impl FakeWorker {
         let deadline = tokio::time::Instant::now() + SOON;
         let mailbox = self.mailbox(proc_id);
         loop {
-            let frame = match tokio::time::timeout_at(deadline, mailbox.recv.next::<MailboxFrame>())
-                .await
-            {
+            let frame = match tokio::time::timeout_at(deadline, mailbox.next_frame()).await {
                 Ok(Ok(Some(frame))) => frame,
                 Ok(Ok(None)) => panic!("mailbox stream of {proc_id} ended before the echo reply"),
                 Ok(Err(e)) => {
@@ -329,6 +351,9 @@ impl FakeWorker {
                 }
                 MailboxFrame::Refused { seq, reason } => {
                     panic!("the allocator sent a refusal ({seq}: {reason}) to {proc_id}")
+                }
+                MailboxFrame::Route { .. } | MailboxFrame::Routed(_) => {
+                    panic!("next_frame returned a route frame unresolved")
                 }
                 MailboxFrame::Envelope(env) => {
                     mailbox.received += 1;
