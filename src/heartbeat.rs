@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use quinn::Connection;
 
 use crate::config::HeartbeatConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::rtt::{self, RttCell, RttWatch};
 use crate::wire::{codec, Heartbeat};
 
@@ -57,6 +60,14 @@ pub struct HeartbeatJudge {
     last_awake: Instant,
     /// No verdict before this: we resumed from a stall of our own.
     no_verdict_before: Instant,
+    /// The peer's beat interval, once known (for counting missed beats).
+    interval: Option<Duration>,
+    /// When the last beat (not any sign of life) arrived.
+    last_beat: Instant,
+    /// Beats missed so far (see [`HeartbeatJudge::missed`]).
+    missed: u64,
+    /// Of `missed`, those counted for the silence since `last_beat`.
+    missed_in_silence: u64,
 }
 
 impl HeartbeatJudge {
@@ -71,6 +82,10 @@ impl HeartbeatJudge {
             stall: NEVER,
             last_awake: now,
             no_verdict_before: now,
+            interval: None,
+            last_beat: now,
+            missed: 0,
+            missed_in_silence: 0,
         }
     }
 
@@ -78,13 +93,41 @@ impl HeartbeatJudge {
     /// [`HeartbeatJudge::on_wake`]s as a stall of this side.
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.stall = interval.saturating_mul(LOCAL_STALL);
+        if !interval.is_zero() {
+            self.interval = Some(interval);
+        }
         self
+    }
+
+    /// Beats the peer should have sent that did not arrive (in time): the
+    /// gaps in its sequence numbers, or, if larger, the intervals of
+    /// silence after the first one since its previous beat (a stopped peer
+    /// sends nothing, so leaves no gap). Only counted once the interval is
+    /// known ([`HeartbeatJudge::with_interval`]); never goes down, so a
+    /// beat that arrives late stays counted as missed.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// Counts the intervals of silence since the last beat, beyond the first.
+    fn count_silence(&mut self, now: Instant) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let silent = now.saturating_duration_since(self.last_beat);
+        let intervals = (silent.as_nanos() / interval.as_nanos()) as u64;
+        let missed = intervals.saturating_sub(1);
+        if missed > self.missed_in_silence {
+            self.missed = self.missed.saturating_add(missed - self.missed_in_silence);
+            self.missed_in_silence = missed;
+        }
     }
 
     /// Records that this side is running at `now` (call it on every
     /// wakeup, before judging). After a stall of its own, the peer gets
     /// [`LOCAL_STALL`] intervals from `now` before any verdict.
     pub fn on_wake(&mut self, now: Instant) {
+        self.count_silence(now);
         if now.saturating_duration_since(self.last_awake) > self.stall {
             self.no_verdict_before = now.checked_add(self.stall).unwrap_or(now);
         }
@@ -99,9 +142,24 @@ impl HeartbeatJudge {
     /// alive, and QUIC's packet protection already rules out replays.
     pub fn on_beat(&mut self, beat: &Heartbeat, now: Instant) {
         self.beats = self.beats.saturating_add(1);
+        if self.interval.is_some() {
+            // Beats skipped in the sequence (the first beat is seq 0).
+            let gap = match self.highest_seq {
+                None => beat.seq,
+                Some(h) => beat.seq.saturating_sub(h).saturating_sub(1),
+            };
+            self.count_silence(now);
+            // Silence already counted stands for (some of) the gap.
+            let more = gap.saturating_sub(self.missed_in_silence);
+            self.missed = self.missed.saturating_add(more);
+            self.missed_in_silence = 0;
+        }
         self.highest_seq = Some(self.highest_seq.map_or(beat.seq, |s| s.max(beat.seq)));
         if now > self.last_heard {
             self.last_heard = now;
+        }
+        if now > self.last_beat {
+            self.last_beat = now;
         }
     }
 
@@ -189,13 +247,15 @@ pub enum HeartbeatOutcome {
     DatagramsUnsupported,
 }
 
-/// [`run`], also publishing the connection's round trip in `rtt` at every
+/// [`run`], also publishing the connection's round trip in `rtt` and the
+/// beats missed so far ([`HeartbeatJudge::missed`]) in `missed` at every
 /// tick and warning (as `peer`, at a limited rate) when the heartbeat
 /// timeout is less than [`rtt::SAFE_RTT_MULTIPLE`] round trips.
 pub async fn run_measured(
     conn: Connection,
     config: HeartbeatConfig,
     rtt: RttCell,
+    missed: Arc<AtomicU64>,
     peer: &str,
 ) -> HeartbeatOutcome {
     if conn.max_datagram_size().is_none() {
@@ -236,6 +296,7 @@ pub async fn run_measured(
                 sample_acks(&mut judge);
                 let round_trip = conn.rtt();
                 rtt.set(round_trip);
+                missed.store(judge.missed(), Ordering::Relaxed);
                 if let Some(warning) = watch.on_sample(round_trip, Instant::now()) {
                     rtt::log_warning(peer, &warning);
                 }
@@ -284,6 +345,60 @@ mod tests {
         }
         assert_eq!(judge.beats(), 20);
         assert_eq!(judge.highest_seq(), Some(19));
+    }
+
+    #[test]
+    fn missed_beats_count_gaps_and_silences_once() {
+        let t0 = Instant::now();
+        let beat = |seq: u64| Heartbeat {
+            seq,
+            sent_at_micros: 0,
+        };
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0).with_interval(250 * MS);
+        // On time, with wakeups in between: nothing missed.
+        for i in 0..4u32 {
+            let t = t0 + 250 * MS * i;
+            judge.on_wake(t + 200 * MS);
+            judge.on_beat(&beat(u64::from(i)), t + 240 * MS);
+        }
+        assert_eq!(judge.missed(), 0);
+        // Beats 4 and 5 lost on the way: seq 6 shows the gap.
+        let t = t0 + 250 * MS * 6 + 240 * MS;
+        judge.on_wake(t - 100 * MS);
+        judge.on_beat(&beat(6), t);
+        assert_eq!(judge.missed(), 2, "a gap of two in the sequence");
+        // The peer stops for a second: the silence counts as it goes...
+        judge.on_wake(t + 600 * MS);
+        assert_eq!(judge.missed(), 3, "600 ms of silence: one beat late");
+        judge.on_wake(t + 1000 * MS);
+        assert_eq!(judge.missed(), 5);
+        // ...and resumes with seq 7 (it sent nothing while stopped): no
+        // gap, and the silence is not counted twice.
+        judge.on_beat(&beat(7), t + 1010 * MS);
+        assert_eq!(judge.missed(), 5);
+        // A gap that the silence already stood for is not counted again.
+        judge.on_wake(t + 1010 * MS + 800 * MS);
+        assert_eq!(judge.missed(), 7);
+        judge.on_beat(&beat(10), t + 1010 * MS + 810 * MS);
+        assert_eq!(judge.missed(), 7, "beats 8 and 9 were the silence");
+        // A late beat does not undo the count.
+        judge.on_beat(&beat(5), t + 1010 * MS + 820 * MS);
+        assert_eq!(judge.missed(), 7);
+    }
+
+    #[test]
+    fn no_missed_beats_without_an_interval() {
+        let t0 = Instant::now();
+        let mut judge = HeartbeatJudge::new(1500 * MS, t0);
+        judge.on_wake(t0 + 1000 * MS);
+        judge.on_beat(
+            &Heartbeat {
+                seq: 9,
+                sent_at_micros: 0,
+            },
+            t0 + 1000 * MS,
+        );
+        assert_eq!(judge.missed(), 0);
     }
 
     #[test]

@@ -38,6 +38,20 @@ pub enum Rejection {
     Finished(u32),
 }
 
+impl Rejection {
+    /// The kind the metrics count this rejection as.
+    pub fn kind(&self) -> super::RefusalKind {
+        use super::RefusalKind as K;
+        match self {
+            Rejection::Version { .. } => K::ProtocolVersion,
+            Rejection::UnknownIndex(_) => K::UnknownIndex,
+            Rejection::BadToken(_) => K::BadToken,
+            Rejection::Duplicate(_) => K::DuplicateIndex,
+            Rejection::Finished(_) => K::IndexFinished,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Waiting,

@@ -105,9 +105,11 @@ impl WorkerSession {
         let mut log_stream: Option<AbortOnDropHandle<()>> = None;
         let mut heartbeats = AbortOnDropHandle::new(tokio::spawn({
             let (conn, rtt) = (conn.clone(), shared.rtt_cell(index));
+            let missed = shared.beats_missed_cell(index);
             let heartbeat = config.heartbeat;
             async move {
-                heartbeat::run_measured(conn, heartbeat, rtt, &format!("worker {index}")).await
+                let peer = format!("worker {index}");
+                heartbeat::run_measured(conn, heartbeat, rtt, missed, &peer).await
             }
         }));
         let mut stop_deadline: Option<tokio::time::Instant> = None;

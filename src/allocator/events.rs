@@ -283,12 +283,85 @@ impl Events {
     }
 }
 
+/// Why a connection was refused before admission, as a fixed list: what
+/// the metrics count by (a peer cannot add a label by choosing its words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RefusalKind {
+    /// Every handshake slot (or every slot for its source address) was taken.
+    Busy,
+    /// The TLS handshake failed (no or untrusted certificate, wrong ALPN...).
+    TlsFailed,
+    /// The TLS handshake did not complete in time.
+    TlsTimeout,
+    /// The peer's certificate is on the revocation list.
+    Revoked,
+    /// The peer does not accept datagrams, so heartbeats are impossible.
+    NoDatagrams,
+    /// No Hello arrived in time after the handshake.
+    HelloTimeout,
+    /// The connection or control stream failed before the Hello.
+    LostBeforeHello,
+    /// The first frame was not a valid Hello (or no client certificate showed up).
+    BadHello,
+    /// The Hello named another protocol version.
+    ProtocolVersion,
+    /// The Hello named a worker index that was never reserved.
+    UnknownIndex,
+    /// The token was not the one issued for the index.
+    BadToken,
+    /// Another connection already holds the index.
+    DuplicateIndex,
+    /// The index joined before and has left.
+    IndexFinished,
+}
+
+impl RefusalKind {
+    /// Every kind, in order.
+    pub const ALL: [RefusalKind; 13] = [
+        RefusalKind::Busy,
+        RefusalKind::TlsFailed,
+        RefusalKind::TlsTimeout,
+        RefusalKind::Revoked,
+        RefusalKind::NoDatagrams,
+        RefusalKind::HelloTimeout,
+        RefusalKind::LostBeforeHello,
+        RefusalKind::BadHello,
+        RefusalKind::ProtocolVersion,
+        RefusalKind::UnknownIndex,
+        RefusalKind::BadToken,
+        RefusalKind::DuplicateIndex,
+        RefusalKind::IndexFinished,
+    ];
+
+    /// The kind's name in metrics (`reason="..."`): lower case, underscores.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalKind::Busy => "busy",
+            RefusalKind::TlsFailed => "tls_failed",
+            RefusalKind::TlsTimeout => "tls_timeout",
+            RefusalKind::Revoked => "revoked",
+            RefusalKind::NoDatagrams => "no_datagrams",
+            RefusalKind::HelloTimeout => "hello_timeout",
+            RefusalKind::LostBeforeHello => "lost_before_hello",
+            RefusalKind::BadHello => "bad_hello",
+            RefusalKind::ProtocolVersion => "protocol_version",
+            RefusalKind::UnknownIndex => "unknown_index",
+            RefusalKind::BadToken => "bad_token",
+            RefusalKind::DuplicateIndex => "duplicate_index",
+            RefusalKind::IndexFinished => "index_finished",
+        }
+    }
+}
+
 /// Counts of what was refused, with the last reason of each kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefusalStats {
     /// Connections refused or dropped before admission.
     pub connections: u64,
+    /// The same connections, by why (each kind counted since the start).
+    pub connections_by_kind: std::collections::BTreeMap<RefusalKind, u64>,
     /// The reason of the last refused connection.
     pub last_connection_reason: Option<String>,
     /// Mailbox streams rejected (admitted workers opening streams wrongly).

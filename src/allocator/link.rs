@@ -96,6 +96,14 @@ pub struct LinkStats {
     pub parked_bytes: u64,
     /// Bytes of returns waiting to be written to the proc now.
     pub returns_bytes: u64,
+    /// Envelopes written towards the proc on its stream.
+    pub sent: u64,
+    /// Payload bytes of those envelopes (the encoded messages, without ids).
+    pub sent_bytes: u64,
+    /// Envelopes the proc sent on its stream.
+    pub received: u64,
+    /// Payload bytes of those envelopes.
+    pub received_bytes: u64,
 }
 
 struct State {
@@ -127,6 +135,17 @@ pub(crate) struct ProcLink {
     writer: Mutex<Option<JoinHandle<Option<QueueReceiver<Outgoing>>>>>,
     reader_done: CancellationToken,
     returned: AtomicU64,
+    /// Traffic of the stream, each way: envelopes and payload bytes.
+    traffic: Traffic,
+}
+
+/// Envelopes and payload bytes a proc stream carried, each way.
+#[derive(Default)]
+struct Traffic {
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    received: AtomicU64,
+    received_bytes: AtomicU64,
 }
 
 impl ProcLink {
@@ -160,6 +179,7 @@ impl ProcLink {
             writer: Mutex::new(None),
             reader_done: CancellationToken::new(),
             returned: AtomicU64::new(0),
+            traffic: Traffic::default(),
         });
         // A worker that never opens the proc's stream would leave it, and
         // everyone waiting to send to it, hanging for ever.
@@ -254,6 +274,10 @@ impl ProcLink {
             budget_bytes: self.queue.capacity_bytes(),
             parked_bytes: self.parking.parked_bytes(),
             returns_bytes: self.returns.used_bytes(),
+            sent: self.traffic.sent.load(Ordering::Relaxed),
+            sent_bytes: self.traffic.sent_bytes.load(Ordering::Relaxed),
+            received: self.traffic.received.load(Ordering::Relaxed),
+            received_bytes: self.traffic.received_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -296,6 +320,10 @@ impl ProcLink {
             spawn_in_span(async move {
                 let sent_link = link.clone();
                 let mut on_sent = move |sent: &mut Vec<(Envelope, Permit)>| {
+                    let bytes: u64 = sent.iter().map(|(e, _)| e.payload.len() as u64).sum();
+                    let traffic = &sent_link.traffic;
+                    traffic.sent.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                    traffic.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
                     let mut state = lock(&sent_link.state);
                     for item in sent.drain(..) {
                         state.in_flight.on_sent(item);
@@ -398,6 +426,11 @@ impl ProcLink {
             };
             match frame {
                 MailboxFrame::Envelope(env) => {
+                    self.traffic.received.fetch_add(1, Ordering::Relaxed);
+                    let bytes = env.payload.len() as u64;
+                    self.traffic
+                        .received_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
                     if env.from.proc_id != self.proc_id {
                         return Err(FailureReason::ProtocolViolation(format!(
                             "envelope on the stream of {} claims to come from {}",

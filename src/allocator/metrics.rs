@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::RefusalKind;
 use super::Shared;
 use crate::id::ProcId;
 use crate::sync::lock;
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub refused_connections: u64,
     /// Streams of admitted workers rejected (mailbox or log streams opened wrongly).
     pub rejected_streams: u64,
+    /// `refused_connections` by why (every kind present, zero or not).
+    pub refused_by_kind: BTreeMap<RefusalKind, u64>,
 }
 
 /// One worker slot.
@@ -55,6 +58,8 @@ pub struct WorkerMetrics {
     pub state: &'static str,
     /// The round trip of its connection, while connected.
     pub rtt: Option<Duration>,
+    /// Heartbeats from it that did not arrive in time (see docs/design.md §2.13).
+    pub beats_missed: u64,
     /// Its procs that have not ended.
     pub live_procs: u32,
     /// Bytes queued or in flight towards its procs now.
@@ -87,6 +92,14 @@ pub struct ProcStreamMetrics {
     pub peak_queued_bytes: u64,
     /// Bytes it sent that wait for a full destination now.
     pub parked_bytes: u64,
+    /// Envelopes written towards it.
+    pub sent: u64,
+    /// Payload bytes of those envelopes.
+    pub sent_bytes: u64,
+    /// Envelopes it sent.
+    pub received: u64,
+    /// Payload bytes of those envelopes.
+    pub received_bytes: u64,
 }
 
 /// Takes the snapshot.
@@ -121,6 +134,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Metrics {
                 host: hosts.get(&index).cloned(),
                 state,
                 rtt: shared.worker_rtt(index),
+                beats_missed: shared.beats_missed(index),
                 live_procs: 0,
                 queued_bytes: 0,
                 log_lines: counts.lines,
@@ -154,6 +168,10 @@ pub(crate) fn snapshot(shared: &Shared) -> Metrics {
                 queued_bytes: s.queued_bytes,
                 peak_queued_bytes: s.peak_queued_bytes,
                 parked_bytes: s.parked_bytes,
+                sent: s.sent,
+                sent_bytes: s.sent_bytes,
+                received: s.received,
+                received_bytes: s.received_bytes,
             });
         }
     }
@@ -164,6 +182,15 @@ pub(crate) fn snapshot(shared: &Shared) -> Metrics {
         proc_streams,
         refused_connections: refusals.connections,
         rejected_streams: refusals.streams,
+        refused_by_kind: RefusalKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    *k,
+                    refusals.connections_by_kind.get(k).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -188,6 +215,18 @@ struct WorkerInfoLabels {
 struct ProcLabels {
     proc: String,
     worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcDirectionLabels {
+    proc: String,
+    worker: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,6 +258,10 @@ impl Metrics {
         let queued = Family::<ProcLabels, Gauge>::default();
         let parked = Family::<ProcLabels, Gauge>::default();
         let refused = Family::<KindLabel, Counter>::default();
+        let refused_by = Family::<ReasonLabel, Counter>::default();
+        let missed = Family::<WorkerLabel, Counter>::default();
+        let messages = Family::<ProcDirectionLabels, Counter>::default();
+        let bytes = Family::<ProcDirectionLabels, Counter>::default();
         for state in ["waiting", "connected", "left"] {
             let n = self.workers.iter().filter(|w| w.state == state).count();
             workers
@@ -241,6 +284,7 @@ impl Metrics {
                 rtt.get_or_create(&worker).set(r.as_secs_f64());
             }
             live.get_or_create(&worker).set(w.live_procs.into());
+            missed.get_or_create(&worker).inc_by(w.beats_missed);
             worker_queued
                 .get_or_create(&worker)
                 .set(saturating_i64(w.queued_bytes));
@@ -278,6 +322,18 @@ impl Metrics {
             parked
                 .get_or_create(&labels)
                 .set(saturating_i64(p.parked_bytes));
+            for (direction, n, b) in [
+                ("to_proc", p.sent, p.sent_bytes),
+                ("from_proc", p.received, p.received_bytes),
+            ] {
+                let labels = ProcDirectionLabels {
+                    proc: labels.proc.clone(),
+                    worker: labels.worker.clone(),
+                    direction: direction.into(),
+                };
+                messages.get_or_create(&labels).inc_by(n);
+                bytes.get_or_create(&labels).inc_by(b);
+            }
         }
         for (kind, n) in [
             ("connection", self.refused_connections),
@@ -287,7 +343,34 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .inc_by(n);
         }
+        for (kind, n) in &self.refused_by_kind {
+            refused_by
+                .get_or_create(&ReasonLabel {
+                    reason: kind.label().into(),
+                })
+                .inc_by(*n);
+        }
         registry.register("workers", "Worker slots by state", workers);
+        registry.register(
+            "heartbeats_missed",
+            "Heartbeats from each worker that did not arrive in time",
+            missed,
+        );
+        registry.register(
+            "proc_stream_messages",
+            "Envelopes on each proc's stream, by direction",
+            messages,
+        );
+        registry.register(
+            "proc_stream_payload_bytes",
+            "Payload bytes of the envelopes on each proc's stream, by direction",
+            bytes,
+        );
+        registry.register(
+            "handshakes_refused",
+            "Connections refused before admission, by reason",
+            refused_by,
+        );
         registry.register(
             "worker_info",
             "Each worker's host and state (value 1)",

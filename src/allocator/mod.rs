@@ -62,7 +62,7 @@ pub use crate::wire::{LogLevel, LogSource};
 pub use advertise::routable_host;
 pub use config::{AllocatorConfig, DEFAULT_LAUNCH_WINDOW};
 pub use error::{AllocatorError, StartError};
-pub use events::{AllocEvent, Events, ProcState, RefusalStats};
+pub use events::{AllocEvent, Events, ProcState, RefusalKind, RefusalStats};
 pub use launcher::{Launcher, SecretsDelivery};
 pub use link::LinkStats;
 pub use logs::{LogRecord, Logs};

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::connection::WorkerSession;
-use super::events::AllocEvent;
+use super::events::{AllocEvent, RefusalKind};
 use super::handshakes::{Busy, HandshakeSlots, Source};
 use super::Shared;
 use crate::config::MAX_PRE_ADMISSION_FRAME;
@@ -75,7 +75,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
             Ok(claim) => claim,
             Err(busy) => {
                 // Counted, and reported at a limited rate (see `Shared::connection_refused`).
-                shared.connection_refused(addr, format!("busy: {busy}"));
+                shared.connection_refused(addr, RefusalKind::Busy, format!("busy: {busy}"));
                 incoming.refuse();
                 continue;
             }
@@ -86,7 +86,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
             drop(claim);
             match admitted {
                 Ok(session) => session.run().await,
-                Err(reason) => shared.connection_refused(addr, reason),
+                Err((kind, reason)) => shared.connection_refused(addr, kind, reason),
             }
         });
     }
@@ -118,38 +118,54 @@ impl Drop for Claim {
 ///
 /// Every refusal after the handshake closes the connection with a code and
 /// the same reason, so the worker can exit with the right code and message.
-async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<WorkerSession, String> {
+async fn admit(
+    shared: &Arc<Shared>,
+    incoming: quinn::Incoming,
+) -> Result<WorkerSession, (RefusalKind, String)> {
     let tls_timeout = shared.config.transport.tls_timeout;
     let addr: SocketAddr = incoming.remote_address();
     // Dropping the handshake at the deadline closes it.
     let conn = match tokio::time::timeout(tls_timeout, incoming).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
+        Ok(Err(e)) => return Err((RefusalKind::TlsFailed, format!("handshake failed: {e}"))),
         Err(_) => {
-            return Err(format!(
-                "TLS handshake not completed within {tls_timeout:?}"
+            return Err((
+                RefusalKind::TlsTimeout,
+                format!("TLS handshake not completed within {tls_timeout:?}"),
             ))
         }
     };
     let timeout = shared.config.transport.hello_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let refuse = |code: quinn::VarInt, reason: String| -> Result<WorkerSession, String> {
+    let refuse = |code: quinn::VarInt,
+                  kind: RefusalKind,
+                  reason: String|
+     -> Result<WorkerSession, (RefusalKind, String)> {
         conn.close(code, &close::reason_bytes(&reason));
-        Err(reason)
+        Err((kind, reason))
     };
     // TLS required a client certificate, so there is one; say so if not.
     let Some(peer_cert) = peer_certificate(&conn) else {
-        return refuse(close::PROTOCOL, "no client certificate".into());
+        return refuse(
+            close::PROTOCOL,
+            RefusalKind::BadHello,
+            "no client certificate".into(),
+        );
     };
     let identity = CertIdentity::of(&peer_cert);
     // A handshake that began before a reload ran with the old revocation
     // list (quinn keeps an attempt's configuration): check the current one.
     if shared.revocations().is_revoked(&peer_cert) {
-        return refuse(close::REVOKED, format!("certificate revoked: {identity}"));
+        return refuse(
+            close::REVOKED,
+            RefusalKind::Revoked,
+            format!("certificate revoked: {identity}"),
+        );
     }
     if conn.max_datagram_size().is_none() {
         return refuse(
             close::PROTOCOL,
+            RefusalKind::NoDatagrams,
             "peer does not accept datagrams; heartbeats impossible".into(),
         );
     }
@@ -167,10 +183,11 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         Err(_) => {
             return refuse(
                 close::HELLO_TIMEOUT,
+                RefusalKind::HelloTimeout,
                 format!("no Hello within {timeout:?} of the handshake"),
             )
         }
-        Ok(Err(reason)) => return Err(reason),
+        Ok(Err(reason)) => return Err((RefusalKind::LostBeforeHello, reason)),
         Ok(Ok(parts)) => parts,
     };
     let hello = match first {
@@ -178,19 +195,35 @@ async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<Worker
         Ok(Some(other)) => {
             return refuse(
                 close::PROTOCOL,
+                RefusalKind::BadHello,
                 format!("first frame must be Hello, got {}", frame_name(&other)),
             )
         }
-        Ok(None) => return refuse(close::PROTOCOL, "control stream ended before Hello".into()),
-        Err(StreamError::Read(e)) => {
-            return Err(format!("control stream failed before Hello: {e}"))
+        Ok(None) => {
+            return refuse(
+                close::PROTOCOL,
+                RefusalKind::BadHello,
+                "control stream ended before Hello".into(),
+            )
         }
-        Err(e) => return refuse(close::PROTOCOL, format!("invalid Hello: {e}")),
+        Err(StreamError::Read(e)) => {
+            return Err((
+                RefusalKind::LostBeforeHello,
+                format!("control stream failed before Hello: {e}"),
+            ))
+        }
+        Err(e) => {
+            return refuse(
+                close::PROTOCOL,
+                RefusalKind::BadHello,
+                format!("invalid Hello: {e}"),
+            )
+        }
     };
     let admitted = shared.lock_admission().admit(&hello);
     let procs = match admitted {
         Ok(procs) => procs,
-        Err(rejection) => return refuse(close::REJECTED, rejection.to_string()),
+        Err(rejection) => return refuse(close::REJECTED, rejection.kind(), rejection.to_string()),
     };
     // Admitted: its procs may now open their streams and fill their windows.
     open_admitted(

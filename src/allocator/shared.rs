@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::admission::Admission;
 use super::config::AllocatorConfig;
-use super::events::{AllocEvent, Events, ProcState, RefusalStats, Throttle, EVENT_BACKLOG};
+use super::events::{
+    AllocEvent, Events, ProcState, RefusalKind, RefusalStats, Throttle, EVENT_BACKLOG,
+};
 use super::logs::LogHub;
 use super::progress::Progress;
 use super::router::Router;
@@ -49,7 +51,7 @@ pub(crate) struct GroupSlot {
 /// What was refused: a connection from an address, or a stream of a worker.
 #[derive(Clone, Copy)]
 enum Refused {
-    Connection(SocketAddr),
+    Connection(SocketAddr, RefusalKind),
     Stream(u32),
 }
 
@@ -78,6 +80,8 @@ pub(crate) struct Shared {
     exits: Mutex<HashMap<u32, ExitReport>>,
     /// The round trip of each connected worker's path, written by its heartbeat task.
     rtts: Mutex<HashMap<u32, RttCell>>,
+    /// Heartbeats missed by each worker that ever connected (kept after it leaves).
+    beats_missed: Mutex<HashMap<u32, Arc<AtomicU64>>>,
     /// The certificate each connected worker presented, checked again
     /// whenever a new revocation list is loaded.
     peer_certs: Mutex<HashMap<u32, CertificateDer<'static>>>,
@@ -122,6 +126,7 @@ impl Shared {
             proc_states: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             rtts: Mutex::new(HashMap::new()),
+            beats_missed: Mutex::new(HashMap::new()),
             peer_certs: Mutex::new(HashMap::new()),
             revocations: Mutex::new(Arc::new(revocations)),
             reserved: AtomicU32::new(0),
@@ -199,8 +204,8 @@ impl Shared {
     }
 
     /// Counts a connection refused before admission; reports it at a limited rate.
-    pub(crate) fn connection_refused(&self, addr: SocketAddr, reason: String) {
-        self.refused(Refused::Connection(addr), reason);
+    pub(crate) fn connection_refused(&self, addr: SocketAddr, kind: RefusalKind, reason: String) {
+        self.refused(Refused::Connection(addr, kind), reason);
     }
 
     /// Counts a mailbox stream rejected; reports it at a limited rate.
@@ -219,11 +224,14 @@ impl Shared {
             streams,
         } = &mut *refusals;
         let (count, last, throttle) = match what {
-            Refused::Connection(_) => (
-                &mut stats.connections,
-                &mut stats.last_connection_reason,
-                connections,
-            ),
+            Refused::Connection(_, kind) => {
+                *stats.connections_by_kind.entry(kind).or_insert(0) += 1;
+                (
+                    &mut stats.connections,
+                    &mut stats.last_connection_reason,
+                    connections,
+                )
+            }
             Refused::Stream(_) => (&mut stats.streams, &mut stats.last_stream_reason, streams),
         };
         *count += 1;
@@ -232,7 +240,7 @@ impl Shared {
         drop(refusals);
         let Some(suppressed) = admitted else { return };
         self.emit(match what {
-            Refused::Connection(addr) => AllocEvent::WorkerRejected {
+            Refused::Connection(addr, _) => AllocEvent::WorkerRejected {
                 addr,
                 reason,
                 suppressed,
@@ -284,6 +292,18 @@ impl Shared {
     /// The cell where worker `index`'s heartbeat task publishes its round trip.
     pub(crate) fn rtt_cell(&self, index: u32) -> RttCell {
         lock(&self.rtts).entry(index).or_default().clone()
+    }
+
+    /// The counter where worker `index`'s heartbeat task publishes the beats it missed.
+    pub(crate) fn beats_missed_cell(&self, index: u32) -> Arc<AtomicU64> {
+        lock(&self.beats_missed).entry(index).or_default().clone()
+    }
+
+    /// Heartbeats worker `index` missed so far (over all its connections).
+    pub(crate) fn beats_missed(&self, index: u32) -> u64 {
+        lock(&self.beats_missed)
+            .get(&index)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The last round trip measured on worker `index`'s connection.

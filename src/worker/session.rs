@@ -81,6 +81,7 @@ impl HeartbeatTask {
             conn,
             config,
             RttCell::new(),
+            Default::default(),
             "allocator",
         )))
     }

@@ -11,6 +11,7 @@ use common::{ChildGuard, TestMesh, SOON};
 use quicmesh::actor::builtin::{Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::{LogLevel, LogRecord, LogSource, Logs};
 use quicmesh::testkit::actors::{Chatter, ChatterMsg};
+use quicmesh::testkit::wire::codec;
 
 /// Waits for a log record matching `pred`; panics with what came on timeout.
 async fn wait_log(logs: &mut Logs, what: &str, pred: impl Fn(&LogRecord) -> bool) -> LogRecord {
@@ -214,7 +215,16 @@ fn series(body: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_shows_what_the_test_did() {
-    let mut mesh = TestMesh::with_config("obs-metrics", |c| c.print_worker_logs = false).await;
+    // A long heartbeat timeout, so that a worker stopped for a second
+    // misses beats without being declared dead.
+    let mut mesh = TestMesh::with_config("obs-metrics", |c| {
+        c.print_worker_logs = false;
+        c.heartbeat = quicmesh::config::HeartbeatConfig {
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(10),
+        };
+    })
+    .await;
     let server = mesh
         .alloc
         .serve_metrics("127.0.0.1:0".parse().unwrap())
@@ -239,13 +249,24 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
     };
     // The spawn request, acknowledged.
     wait_delivered(1).await;
+    let before = mesh.alloc.link_stats(&procs[0]).expect("link");
     const TELLS: u64 = 37;
+    let mut told_bytes = 0;
     for seq in 0..TELLS {
-        counter
-            .tell(client, CounterMsg::Count { seq, pad: vec![] })
-            .await
-            .expect("tell");
+        let msg = CounterMsg::Count {
+            seq,
+            pad: vec![7; seq as usize],
+        };
+        told_bytes += codec::encode(&msg).expect("encode").len() as u64;
+        counter.tell(client, msg).await.expect("tell");
     }
+    // Counted when written, so exact once they are acknowledged.
+    wait_delivered(1 + TELLS).await;
+    let after = mesh.alloc.link_stats(&procs[0]).expect("link");
+    assert_eq!(after.sent - before.sent, TELLS);
+    assert_eq!(after.sent_bytes - before.sent_bytes, told_bytes);
+    // The worker sent only the spawn's reply.
+    assert_eq!(after.received, 1, "{after:?}");
     let report: CounterReport = counter
         .ask(client, CounterMsg::Report)
         .await
@@ -273,6 +294,37 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
     let mut bad = common::spawn_worker(&env);
     let status = bad.wait(SOON).await;
     assert_eq!(status.code(), Some(quicmesh::exit_code::REJECTED));
+    // And one naming an index never reserved.
+    let env: Vec<(&str, String)> = ticket
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = if *k == quicmesh::config::ENV_INDEX {
+                "999".to_string()
+            } else {
+                v.clone()
+            };
+            (*k, v)
+        })
+        .collect();
+    let mut stranger = common::spawn_worker(&env);
+    let status = stranger.wait(SOON).await;
+    assert_eq!(status.code(), Some(quicmesh::exit_code::REJECTED));
+
+    // The worker stops for a second: it misses beats (the timeout is 10 s).
+    let pid = mesh.alloc.worker_pid(index).expect("worker pid");
+    assert_eq!(mesh.alloc.metrics().workers[index as usize].beats_missed, 0);
+    common::signal(pid, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    common::signal(pid, libc::SIGCONT);
+    let deadline = tokio::time::Instant::now() + SOON;
+    while mesh.alloc.metrics().workers[index as usize].beats_missed < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no missed beats counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (status, body) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
         .await
@@ -301,8 +353,32 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
     );
     assert_eq!(
         series(&body, "quicmesh_refused_total{kind=\"connection\"}"),
-        Some(1.0),
+        Some(2.0),
         "{body}"
+    );
+    for (reason, n) in [("bad_token", 1.0), ("unknown_index", 1.0), ("busy", 0.0)] {
+        let name = format!("quicmesh_handshakes_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(series(&body, &name), Some(n), "{name}\n{body}");
+    }
+    let missed = format!("quicmesh_heartbeats_missed_total{{worker=\"{index}\"}}");
+    assert!(
+        series(&body, &missed).is_some_and(|n| n >= 2.0),
+        "{missed}\n{body}"
+    );
+    for (direction, n) in [("to_proc", want), ("from_proc", 2)] {
+        let name = format!(
+            "quicmesh_proc_stream_messages_total{{proc=\"{}\",worker=\"{index}\",direction=\"{direction}\"}}",
+            procs[0]
+        );
+        assert_eq!(series(&body, &name), Some(n as f64), "{name}\n{body}");
+    }
+    let told = format!(
+        "quicmesh_proc_stream_payload_bytes_total{{proc=\"{}\",worker=\"{index}\",direction=\"to_proc\"}}",
+        procs[0]
+    );
+    assert!(
+        series(&body, &told).is_some_and(|b| b >= told_bytes as f64),
+        "{told}\n{body}"
     );
     let rtt = format!("quicmesh_worker_rtt_seconds{{worker=\"{index}\"}}");
     assert!(
