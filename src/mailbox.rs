@@ -70,6 +70,8 @@ const ACK_EVERY: u64 = 64;
 #[derive(Debug, Default)]
 pub struct AckState {
     processed: AtomicU64,
+    /// `processed` when the writer was last woken for it.
+    announced: AtomicU64,
     changed: Notify,
 }
 
@@ -82,8 +84,25 @@ impl AckState {
     pub fn bump(&self, more_ready: bool) {
         let n = self.processed.fetch_add(1, Ordering::Release) + 1;
         if !more_ready || n % ACK_EVERY == 0 {
-            self.changed.notify_one();
+            self.announce(n);
         }
+    }
+
+    /// Wakes the writer for everything processed so far, if it was not
+    /// woken for it yet. Readers call it before they wait for input: a
+    /// batch that ended because another kind of frame followed it (an ack,
+    /// a route) bumped with `more_ready`, and nothing else would wake the
+    /// writer to acknowledge it.
+    pub fn idle(&self) {
+        let n = self.processed.load(Ordering::Acquire);
+        if self.announced.load(Ordering::Acquire) != n {
+            self.announce(n);
+        }
+    }
+
+    fn announce(&self, n: u64) {
+        self.announced.fetch_max(n, Ordering::AcqRel);
+        self.changed.notify_one();
     }
 
     /// Records `n` more processed envelopes; wakes the writer as [`AckState::bump`] does.
@@ -93,7 +112,7 @@ impl AckState {
         }
         let before = self.processed.fetch_add(n, Ordering::Release);
         if !more_ready || (before + n) / ACK_EVERY != before / ACK_EVERY {
-            self.changed.notify_one();
+            self.announce(before + n);
         }
     }
 
@@ -308,5 +327,37 @@ impl Out<'_> {
         if let Err(e) = self.send.buffer(&MailboxFrame::Undeliverable(u)) {
             tracing::error!("cannot return undeliverable envelope: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the writer would be woken now.
+    async fn woken(acks: &AckState) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), acks.changed.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_short_by_another_frame_is_still_announced_when_the_reader_idles() {
+        let acks = AckState::default();
+        // A batch that ended because an ack or a route followed it.
+        acks.bump_by(5, true);
+        assert!(!woken(&acks).await, "woken although more input was ready");
+        // The reader handled the other frame and is about to wait.
+        acks.idle();
+        assert!(
+            woken(&acks).await,
+            "the writer was never told of 5 envelopes"
+        );
+        // Nothing new since: idling again does not wake the writer.
+        acks.idle();
+        assert!(!woken(&acks).await);
+        acks.bump(false);
+        assert!(woken(&acks).await);
+        assert_eq!(acks.processed(), 6);
     }
 }

@@ -385,6 +385,7 @@ impl ProcLink {
             let frame = if recv.frame_ready() {
                 recv.next::<MailboxFrame>().await
             } else {
+                acks.idle();
                 tokio::select! {
                     f = recv.next::<MailboxFrame>() => f,
                     _ = checks.tick() => {

@@ -149,6 +149,7 @@ impl HostedProc {
                     } else if recv.frame_ready() {
                         recv.next::<MailboxFrame>().await
                     } else {
+                        acks.idle();
                         tokio::select! {
                             biased;
                             _ = reader_stop.stopped() => break,

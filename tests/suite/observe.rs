@@ -219,10 +219,10 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
     // misses beats without being declared dead.
     let mut mesh = TestMesh::with_config("obs-metrics", |c| {
         c.print_worker_logs = false;
-        c.heartbeat = quicmesh::config::HeartbeatConfig {
-            interval: Duration::from_millis(250),
-            timeout: Duration::from_secs(10),
-        };
+        c.heartbeat = quicmesh::config::HeartbeatConfig::new(
+            Duration::from_millis(250),
+            Duration::from_secs(10),
+        );
     })
     .await;
     let server = mesh
@@ -243,7 +243,11 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
     let wait_delivered = |n: u64| async move {
         let deadline = tokio::time::Instant::now() + SOON;
         while delivered() < n {
-            assert!(tokio::time::Instant::now() < deadline, "acks did not come");
+            let now = delivered();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "acks did not come: {now} delivered, want {n}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
