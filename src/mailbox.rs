@@ -122,6 +122,9 @@ impl AckState {
     }
 }
 
+/// What the writer calls with the envelopes of each batch it wrote (it may drain them).
+pub type OnSent<'a> = dyn FnMut(&mut Vec<(Envelope, Permit)>) + Send + 'a;
+
 /// Writes what `queue` yields to `send` until told to stop, in batches, with acks.
 ///
 /// `on_sent` is given the envelopes of each batch, in order, once they are
@@ -137,7 +140,7 @@ pub async fn write_loop(
     queue: &mut QueueReceiver<Outgoing>,
     acks: &AckState,
     stop: &CancellationToken,
-    on_sent: &mut (dyn FnMut(&mut Vec<(Envelope, Permit)>) + Send),
+    on_sent: &mut OnSent<'_>,
     on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     match write_batches(send, queue, acks, stop, on_sent, on_too_large).await {
@@ -152,7 +155,7 @@ async fn write_batches(
     queue: &mut QueueReceiver<Outgoing>,
     acks: &AckState,
     stop: &CancellationToken,
-    on_sent: &mut (dyn FnMut(&mut Vec<(Envelope, Permit)>) + Send),
+    on_sent: &mut OnSent<'_>,
     on_too_large: &mut (dyn FnMut(Undeliverable, Permit) + Send),
 ) -> Result<(), StreamError> {
     let mut acked = 0u64;
