@@ -3,6 +3,7 @@
 //! and the healthy worker of the same allocation must not notice.
 
 use crate::common;
+use common::valid_client;
 
 use std::time::Duration;
 
@@ -104,23 +105,6 @@ async fn exits_with(child: ChildGuard, code: i32, what: &str) -> String {
         "{what}: unexpected exit status {status}; stderr:\n{stderr}"
     );
     stderr
-}
-
-/// A client endpoint and connection holding the mesh's valid worker certificate.
-async fn valid_client(mesh: &TestMesh) -> (quinn::Endpoint, quinn::Connection) {
-    let roots = quicmesh::testkit::tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
-    let identity =
-        quicmesh::testkit::tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
-            .expect("load worker identity");
-    let config = quicmesh::testkit::tls::client_config(roots, identity).expect("client TLS config");
-    let addr = mesh.alloc.local_addr();
-    let endpoint =
-        transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())
-            .expect("client endpoint");
-    let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10))
-        .await
-        .expect("handshake with a valid worker certificate");
-    (endpoint, conn)
 }
 
 /// Waits for `conn` to be closed by the peer with an application close.

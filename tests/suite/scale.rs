@@ -22,8 +22,16 @@ async fn two_hundred_workers_start_through_a_small_window() {
     let mut mesh = TestMesh::with_config("scale", |c| {
         c.launch_window = WINDOW;
         c.transport.max_pending_handshakes = 8;
+        c.transport.hello_timeout = Duration::from_secs(2);
     })
     .await;
+    // Two silent peers hold both of 127.0.0.1's handshake slots until their
+    // Hello is 2 s late, so the first workers are certainly refused and must
+    // retry (left to timing, a quiet machine might never overlap 3 handshakes).
+    let silent = [
+        common::valid_client(&mesh).await,
+        common::valid_client(&mesh).await,
+    ];
     let indexes = mesh.launch(WORKERS, 1);
     assert_eq!(indexes.len(), WORKERS as usize);
     // Only the first window is started before `launch` returns.
@@ -53,9 +61,15 @@ async fn two_hundred_workers_start_through_a_small_window() {
     );
     let refused = mesh.alloc.refusals();
     assert!(
-        refused.connections > 0,
-        "the handshake cap never refused anyone, so no retry was tested"
+        refused
+            .connections_by_kind
+            .get(&quicmesh::allocator::RefusalKind::Busy)
+            .is_some_and(|n| *n > 0),
+        "the handshake cap never refused anyone, so no retry was tested: {refused:?}"
     );
+    for (endpoint, _) in silent {
+        endpoint.close(0u32.into(), b"test done");
+    }
 
     let client = mesh.alloc.client().clone();
     let procs = ProcMesh::of(&mesh.alloc);

@@ -530,3 +530,24 @@ pub fn test_name(module: &str, name: &str) -> String {
         None => name.to_string(),
     }
 }
+
+/// A client endpoint and connection holding the mesh's valid worker
+/// certificate, handshake completed, nothing sent: what a peer that then
+/// says nothing looks like.
+pub async fn valid_client(mesh: &TestMesh) -> (quinn::Endpoint, quinn::Connection) {
+    use quicmesh::config::{Limits, LinkConfig};
+    use quicmesh::testkit::transport;
+    let roots = quicmesh::testkit::tls::load_roots(&mesh.certs.ca_cert).expect("load mesh CA");
+    let identity =
+        quicmesh::testkit::tls::load_identity(&mesh.certs.worker_cert, &mesh.certs.worker_key)
+            .expect("load worker identity");
+    let config = quicmesh::testkit::tls::client_config(roots, identity).expect("client TLS config");
+    let addr = mesh.alloc.local_addr();
+    let endpoint =
+        transport::client_endpoint(config, addr, &Limits::default(), &LinkConfig::default())
+            .expect("client endpoint");
+    let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10))
+        .await
+        .expect("handshake with a valid worker certificate");
+    (endpoint, conn)
+}
