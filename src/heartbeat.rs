@@ -28,14 +28,13 @@
 //! Every tick also reads the connection's round trip, publishes it and
 //! warns when the timeout is short for it (see [`crate::rtt`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::Connection;
 
 use crate::config::HeartbeatConfig;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use crate::rtt::{self, RttCell, RttWatch};
 use crate::wire::{codec, Heartbeat};
 

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{Permit, QueueReceiver};
 use crate::reason::ReturnReason;
 use crate::transport::{FramedSend, StreamError};
-use crate::wire::routes::{RouteCache, RouteChoice};
+use crate::wire::routes::{RouteCache, RouteChoice, RouteTable};
 use crate::wire::{CodecError, Envelope, MailboxFrame, RoutedEnvelope, Undeliverable};
 
 /// What one side queues for its end of a mailbox stream.
@@ -119,6 +119,26 @@ impl AckState {
     /// Envelopes processed so far.
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Acquire)
+    }
+}
+
+/// What a mailbox reader got from its stream: a frame, the clean end, or an error.
+pub type Read = Result<Option<MailboxFrame>, StreamError>;
+
+/// Applies the peer's routes to what a reader got.
+///
+/// `None` for a route definition (kept in `routes`, nothing more to do);
+/// otherwise `read` with a routed envelope rebuilt as
+/// [`MailboxFrame::Envelope`]. A route the peer may not use becomes
+/// [`StreamError::Route`], a protocol violation like an undecodable frame.
+pub fn resolve(routes: &mut RouteTable, read: Read) -> Option<Read> {
+    match read {
+        Ok(Some(frame)) => match routes.resolve(frame) {
+            Ok(None) => None,
+            Ok(Some(frame)) => Some(Ok(Some(frame))),
+            Err(e) => Some(Err(StreamError::Route(e))),
+        },
+        other => Some(other),
     }
 }
 

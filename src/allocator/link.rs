@@ -405,15 +405,12 @@ impl ProcLink {
                     }
                 }
             };
-            let frame = match frame.map(|f| f.map(|f| routes.resolve(f))) {
-                Ok(Some(Ok(Some(frame)))) => frame,
-                // A route definition: kept, nothing more to do.
-                Ok(Some(Ok(None))) => continue,
-                Ok(Some(Err(e))) => {
-                    return Err(FailureReason::ProtocolViolation(format!(
-                        "on mailbox stream: {e}"
-                    )))
-                }
+            // A route definition is kept, nothing more to do.
+            let Some(frame) = mailbox::resolve(&mut routes, frame) else {
+                continue;
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_protocol_violation() => {
                     return Err(FailureReason::ProtocolViolation(format!(

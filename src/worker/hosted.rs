@@ -26,7 +26,7 @@ use crate::id::{ActorId, ProcId};
 use crate::mailbox::{self, AckState};
 use crate::queue::{self, QueueError, QueueReceiver};
 use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
-use crate::transport::{FramedRecv, FramedSend, StreamError};
+use crate::transport::{FramedRecv, FramedSend};
 use crate::wire::routes::RouteTable;
 use crate::wire::{close, Dest, Envelope, MailboxFrame, Undeliverable, WorkerToAllocator};
 
@@ -156,13 +156,9 @@ impl HostedProc {
                             f = recv.next::<MailboxFrame>() => f,
                         }
                     };
-                    let frame = match frame.map(|f| f.map(|f| routes.resolve(f))) {
-                        Ok(Some(Ok(Some(frame)))) => Ok(Some(frame)),
-                        // A route definition: kept, nothing more to do.
-                        Ok(Some(Ok(None))) => continue,
-                        Ok(Some(Err(e))) => Err(StreamError::Route(e)),
-                        Ok(None) => Ok(None),
-                        Err(e) => Err(e),
+                    // A route definition is kept, nothing more to do.
+                    let Some(frame) = mailbox::resolve(&mut routes, frame) else {
+                        continue;
                     };
                     match frame {
                         Ok(Some(MailboxFrame::Envelope(env))) => {
@@ -171,22 +167,16 @@ impl HostedProc {
                             let mut batch = Vec::with_capacity(16);
                             batch.push(env);
                             while batch.len() < MAX_BATCH && recv.frame_ready() {
-                                match recv.next::<MailboxFrame>().await {
-                                    Ok(Some(MailboxFrame::Routed(r))) => match routes.envelope(r) {
-                                        Ok(e) if e.to == batch[0].to => batch.push(e),
-                                        Ok(e) => {
-                                            carried = Some(Ok(Some(MailboxFrame::Envelope(e))));
-                                            break;
-                                        }
-                                        Err(e) => {
-                                            carried = Some(Err(StreamError::Route(e)));
-                                            break;
-                                        }
-                                    },
-                                    Ok(Some(MailboxFrame::Envelope(e))) if e.to == batch[0].to => {
+                                let read = recv.next::<MailboxFrame>().await;
+                                match mailbox::resolve(&mut routes, read) {
+                                    Some(Ok(Some(MailboxFrame::Envelope(e))))
+                                        if e.to == batch[0].to =>
+                                    {
                                         batch.push(e)
                                     }
-                                    other => {
+                                    // A route definition: the batch goes on.
+                                    None => {}
+                                    Some(other) => {
                                         carried = Some(other);
                                         break;
                                     }

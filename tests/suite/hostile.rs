@@ -3,7 +3,7 @@
 //! and the healthy worker of the same allocation must not notice.
 
 use crate::common;
-use common::valid_client;
+use common::{valid_client, with_var, Env};
 
 use std::time::Duration;
 
@@ -17,9 +17,6 @@ use quicmesh::testkit::wire::{
     close, codec, AllocatorToWorker, Hello, WorkerToAllocator, PROTOCOL_VERSION,
 };
 use quicmesh::testkit::MAX_PRE_ADMISSION_FRAME;
-
-/// An environment variable list as `spawn_worker` takes it.
-type Env = Vec<(&'static str, String)>;
 
 /// A mesh with one launched worker (one proc) that is running; returns its index.
 async fn healthy_mesh(tag: &str) -> (TestMesh, u32) {
@@ -74,13 +71,6 @@ async fn settle_and_finish(mut mesh: TestMesh, healthy: &[u32]) {
         mesh.assert_healthy(*index);
     }
     mesh.finish().await;
-}
-
-/// `env` with `name` set to `value` (replaced if present, added if not).
-fn with_var(env: &Env, name: &'static str, value: impl Into<String>) -> Env {
-    let mut out: Env = env.iter().filter(|(k, _)| *k != name).cloned().collect();
-    out.push((name, value.into()));
-    out
 }
 
 /// `env` without `name`.

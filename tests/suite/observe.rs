@@ -283,34 +283,12 @@ async fn the_metrics_endpoint_shows_what_the_test_did() {
 
     // A worker with the wrong token: refused at admission.
     let ticket = mesh.alloc.reserve(1);
-    let env: Vec<(&str, String)> = ticket
-        .env
-        .iter()
-        .map(|(k, v)| {
-            let v = if *k == quicmesh::config::ENV_TOKEN {
-                "0".repeat(64)
-            } else {
-                v.clone()
-            };
-            (*k, v)
-        })
-        .collect();
+    let env = common::with_var(&ticket.env, quicmesh::config::ENV_TOKEN, "0".repeat(64));
     let mut bad = common::spawn_worker(&env);
     let status = bad.wait(SOON).await;
     assert_eq!(status.code(), Some(quicmesh::exit_code::REJECTED));
     // And one naming an index never reserved.
-    let env: Vec<(&str, String)> = ticket
-        .env
-        .iter()
-        .map(|(k, v)| {
-            let v = if *k == quicmesh::config::ENV_INDEX {
-                "999".to_string()
-            } else {
-                v.clone()
-            };
-            (*k, v)
-        })
-        .collect();
+    let env = common::with_var(&ticket.env, quicmesh::config::ENV_INDEX, "999");
     let mut stranger = common::spawn_worker(&env);
     let status = stranger.wait(SOON).await;
     assert_eq!(status.code(), Some(quicmesh::exit_code::REJECTED));

@@ -422,6 +422,16 @@ impl Drop for ChildGuard {
     }
 }
 
+/// An environment variable list as `spawn_worker` takes it.
+pub type Env = Vec<(&'static str, String)>;
+
+/// `env` with `name` set to `value` (replaced if present, added if not).
+pub fn with_var(env: &Env, name: &'static str, value: impl Into<String>) -> Env {
+    let mut out: Env = env.iter().filter(|(k, _)| *k != name).cloned().collect();
+    out.push((name, value.into()));
+    out
+}
+
 /// Starts `quicmesh worker` with exactly `env` (nothing inherited but PATH), stderr captured.
 pub fn spawn_worker(env: &[(&str, String)]) -> ChildGuard {
     let mut cmd = tokio::process::Command::new(bin());
