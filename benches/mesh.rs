@@ -19,10 +19,16 @@
 //! - `QUICMESH_BENCH_ONLY` (`lan` or `wan`): run only the loopback
 //!   throughput cases or only the WAN cases.
 //!
-//! This one executable plays four parts, chosen by its environment:
+//! The proc-to-proc cases (`mesh/proc_paths.rs`) measure actors on two
+//! workers talking through the allocator, and 8 workers telling one actor,
+//! each against bare quinn forwarded through a middle process.
+//!
+//! This one executable plays five parts, chosen by its environment:
 //! - a quicmesh worker, when an allocator launched it (`bootstrap_or_die` never returns then);
 //! - the raw quinn peer (`QUICMESH_BENCH_RAW_PEER`): a bare quinn server with mutual TLS
 //!   that echoes or counts length-prefixed frames encoded by `quicmesh::testkit::wire::codec`;
+//! - a raw sender (`QUICMESH_BENCH_RAW_SENDER`): a bare quinn client of the
+//!   proc-to-proc cases' middle, run one command of its stdin at a time;
 //! - an allocator child (`QUICMESH_BENCH_ALLOC_CHILD`) that launches 2 workers and waits,
 //!   to be frozen by the controller;
 //! - the controller, which runs every case and prints a table, then one `name: value`
@@ -49,6 +55,9 @@ use quicmesh::tls::{self, CertPaths};
 use quicmesh::{ActorRef, Client, ProcId, ProcMesh};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[path = "mesh/proc_paths.rs"]
+mod proc_paths;
 
 /// Set in the raw quinn peer's environment.
 const ENV_RAW_PEER: &str = "QUICMESH_BENCH_RAW_PEER";
@@ -86,9 +95,12 @@ const EVENT_LIMIT: Duration = Duration::from_secs(60);
 
 fn main() -> anyhow::Result<()> {
     // In a worker process this runs the worker and exits.
-    quicmesh::bootstrap_or_die(&builtin::registry());
+    quicmesh::bootstrap_or_die(&builtin::registry().with::<proc_paths::Driver>()?);
     if std::env::var_os(ENV_RAW_PEER).is_some() {
         return raw_peer_main();
+    }
+    if std::env::var_os(proc_paths::ENV_RAW_SENDER).is_some() {
+        return proc_paths::raw_sender_main();
     }
     if std::env::var_os(ENV_ALLOC_CHILD).is_some() {
         return alloc_child_main();
@@ -389,6 +401,17 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
             fmt(bulk_ratio, 2, ""),
             "ratio >= 0.7",
         );
+        let t = Instant::now();
+        match timed(proc_paths::proc_to_proc(&certs, &sizes, &mut r)).await {
+            Ok(()) => eprintln!("bench: proc-to-proc cases done in {:.1?}", t.elapsed()),
+            Err(e) => r.failed("proc-to-proc", &e),
+        }
+        let t = Instant::now();
+        match timed(proc_paths::fan_in(&certs, &sizes, &mut r)).await {
+            Ok(()) => eprintln!("bench: fan-in case done in {:.1?}", t.elapsed()),
+            Err(e) => r.failed("fan-in", &e),
+        }
+        proc_paths::rows(&mut r, &sizes);
         // Measured after the throughput cases, as asked.
         let alloc_rss = peak_rss_kb("self").ok();
         r.figure("allocator_peak_rss_kb", alloc_rss.map(|v| v as f64), 0);
@@ -526,6 +549,15 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
         "bulk_mb_per_s",
         "quinn_bulk_mb_per_s",
         "bulk_ratio",
+        "p2p_rtt_p50_us",
+        "quinn_p2p_rtt_p50_us",
+        "p2p_rtt_ratio",
+        "p2p_tell_msgs_per_s",
+        "quinn_p2p_msgs_per_s",
+        "p2p_tell_ratio",
+        "fanin_msgs_per_s",
+        "quinn_fanin_msgs_per_s",
+        "fanin_ratio",
         "spawn_workers_ms",
         "actor_spawns_per_s",
         "detect_kill_ms",
@@ -1189,23 +1221,7 @@ impl RawClient {
             }
             None => None,
         };
-        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
-        let identity =
-            quicmesh::testkit::tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
-        let endpoint = transport::client_endpoint(
-            quicmesh::testkit::tls::client_config(roots, identity)?,
-            addr,
-            &Limits::default(),
-            link,
-        )?;
-        let conn =
-            transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
-        // The same receive window a welcomed worker gets.
-        transport::endpoint::fit_receive_window(
-            &conn,
-            Limits::default().max_procs_per_worker as usize,
-            link,
-        );
+        let (endpoint, conn) = connect_raw(certs, addr, link).await?;
         Ok(RawClient {
             endpoint,
             conn,
@@ -1214,28 +1230,65 @@ impl RawClient {
         })
     }
 
-    async fn open(&self, mode: RawMode) -> anyhow::Result<(FramedSend, FramedRecv)> {
-        let (send, recv) = self.conn.open_bi().await?;
-        let max = Limits::default().max_frame;
-        let mut tx = FramedSend::new(send, max);
-        tx.send(&RawMsg::Hello(mode)).await?;
-        Ok((tx, FramedRecv::new(recv, max)))
-    }
-
     async fn echo(&self) -> anyhow::Result<RawEcho> {
-        let (tx, rx) = self.open(RawMode::Echo).await?;
-        Ok(RawEcho { tx, rx, seq: 0 })
+        raw_echo(&self.conn).await
     }
 
     async fn counter(&self) -> anyhow::Result<RawCounter> {
-        let (tx, rx) = self.open(RawMode::Count).await?;
-        Ok(RawCounter { tx, rx, seq: 0 })
+        raw_counter(&self.conn).await
     }
 
     fn close(self) {
         self.conn.close(0u32.into(), b"done");
         self.endpoint.close(0u32.into(), b"done");
     }
+}
+
+/// A client connection to a raw peer (or a middle forwarding to one) at
+/// `addr`, with the worker certificate and the receive window a welcomed
+/// worker with one proc gets.
+async fn connect_raw(
+    certs: &CertPaths,
+    addr: std::net::SocketAddr,
+    link: &LinkConfig,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+    let identity = quicmesh::testkit::tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
+    let endpoint = transport::client_endpoint(
+        quicmesh::testkit::tls::client_config(roots, identity)?,
+        addr,
+        &Limits::default(),
+        link,
+    )?;
+    let conn = transport::connect(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
+    transport::endpoint::fit_receive_window(
+        &conn,
+        Limits::default().max_procs_per_worker as usize,
+        link,
+    );
+    Ok((endpoint, conn))
+}
+
+/// Opens a raw stream in `mode` on `conn`.
+async fn raw_open(
+    conn: &quinn::Connection,
+    mode: RawMode,
+) -> anyhow::Result<(FramedSend, FramedRecv)> {
+    let (send, recv) = conn.open_bi().await?;
+    let max = Limits::default().max_frame;
+    let mut tx = FramedSend::new(send, max);
+    tx.send(&RawMsg::Hello(mode)).await?;
+    Ok((tx, FramedRecv::new(recv, max)))
+}
+
+async fn raw_echo(conn: &quinn::Connection) -> anyhow::Result<RawEcho> {
+    let (tx, rx) = raw_open(conn, RawMode::Echo).await?;
+    Ok(RawEcho { tx, rx, seq: 0 })
+}
+
+async fn raw_counter(conn: &quinn::Connection) -> anyhow::Result<RawCounter> {
+    let (tx, rx) = raw_open(conn, RawMode::Count).await?;
+    Ok(RawCounter { tx, rx, seq: 0 })
 }
 
 /// An echo stream to the raw peer and the next sequence number.
