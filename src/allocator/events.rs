@@ -144,6 +144,10 @@ pub enum AllocEvent {
         reason: String,
     },
     /// A worker process launched by this allocator ended.
+    ///
+    /// Comes after the final state (stopped or failed) of each of the
+    /// worker's procs, so a reader that stops at the last exit has seen how
+    /// every proc ended.
     WorkerExited {
         /// Its index.
         index: u32,

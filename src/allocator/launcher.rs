@@ -301,10 +301,16 @@ impl Launcher {
     }
 }
 
+/// How long a reaped worker's exit waits for its session to end (which
+/// takes one pass of the session's loop; the bound only guards against a
+/// session that is stuck).
+const SESSION_END_LIMIT: Duration = Duration::from_secs(10);
+
 /// Takes charge of launched worker `index`: records its pid, SIGKILLs it
 /// when asked (after the grace period the request carries, so a worker that
 /// is merely cut off can still exit with its own code), reaps it, fails its
-/// procs at once (its connection is dead too) and reports how it ended.
+/// procs at once (its connection is dead too) and then reports how it
+/// ended: `WorkerExited` comes after the final state of each of its procs.
 pub(crate) fn supervise(
     shared: Arc<Shared>,
     index: u32,
@@ -334,8 +340,10 @@ pub(crate) fn supervise(
         }
         let status = ExitReport::from(status);
         // Its connection is dead too: fail its procs now rather than after
-        // the heartbeat timeout.
-        shared.command(index, WorkerCommand::ProcessExited(status));
+        // the heartbeat timeout, and report the exit after them.
+        if shared.command(index, WorkerCommand::ProcessExited(status)) {
+            shared.until_left(index, SESSION_END_LIMIT).await;
+        }
         shared.emit(AllocEvent::WorkerExited { index, status });
     })
 }
@@ -381,8 +389,15 @@ pub(crate) fn supervise_group(
                 "group command of workers {indexes:?} {status}; workers {never_joined:?} never joined"
             );
         }
+        let told: Vec<u32> = indexes
+            .iter()
+            .copied()
+            .filter(|&i| shared.command(i, WorkerCommand::ProcessExited(status)))
+            .collect();
+        for index in told {
+            shared.until_left(index, SESSION_END_LIMIT).await;
+        }
         for index in indexes {
-            shared.command(index, WorkerCommand::ProcessExited(status));
             shared.emit(AllocEvent::WorkerExited { index, status });
         }
     })

@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     /// Bumped whenever a worker is welcomed or a launched one ends: what a
     /// launch waits on to start the next workers.
     launch_changes: watch::Sender<u64>,
+    /// Bumped whenever a worker's session has ended (after its procs' final
+    /// states and `WorkerLeft` were emitted).
+    departures: watch::Sender<u64>,
     /// Workers' forwarded log lines and their counts.
     pub(crate) logs: LogHub,
     /// Each admitted worker's host, as its Hello named it (cut).
@@ -133,6 +136,7 @@ impl Shared {
             joined: Mutex::new(HashSet::new()),
             spawn_failures: Mutex::new(HashMap::new()),
             launch_changes: watch::channel(0).0,
+            departures: watch::channel(0).0,
             logs: LogHub::new(),
             hosts: Mutex::new(HashMap::new()),
         }
@@ -338,6 +342,26 @@ impl Shared {
             );
         }
         self.emit(AllocEvent::WorkerLeft { index, end });
+        self.departures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits (at most `within`) until worker `index` has no session: the
+    /// final state of each of its procs has been emitted by then.
+    pub(crate) async fn until_left(&self, index: u32, within: Duration) {
+        let mut departures = self.departures.subscribe();
+        let left = async {
+            // Subscribed before looking: a departure after the look is seen.
+            while lock(&self.workers).contains_key(&index) {
+                if departures.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(within, left).await.is_err() {
+            tracing::warn!(
+                "worker {index}: its session did not end within {within:?} of its process; reporting the exit anyway"
+            );
+        }
     }
 
     /// Kills launched worker `index` unless it exits within `grace`

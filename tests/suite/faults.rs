@@ -114,6 +114,41 @@ async fn sigkill_is_reported_failed_and_others_keep_running() {
     mesh.end_with_healthy(&[workers[0], workers[2]]).await;
 }
 
+/// A SIGKILLed worker's exit is reaped at once, before its session has
+/// noticed anything: the exit must still come after the failure of each of
+/// its procs and after `WorkerLeft`, so a reader that stops at the exit
+/// (as the demo's summary does) has seen how every proc ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_exit_comes_after_the_end_of_its_procs() {
+    let mut mesh = TestMesh::new("exit-order").await;
+    let workers = mesh.launch(2, 3);
+    mesh.wait_running(6).await;
+    let victim = workers[0];
+    signal(mesh.pid(victim), libc::SIGKILL);
+    assert_eq!(
+        mesh.wait_exit(victim, DETECT).await,
+        ExitReport::Signal(libc::SIGKILL)
+    );
+    // Only what was seen up to and including the exit.
+    let ended = mesh
+        .states_of(victim)
+        .iter()
+        .filter(|s| s.is_terminal())
+        .count();
+    assert_eq!(
+        ended,
+        3,
+        "exit reported before the end of every proc:\n{}",
+        mesh.log()
+    );
+    let left = mesh
+        .seen
+        .iter()
+        .any(|e| matches!(e, AllocEvent::WorkerLeft { index, .. } if *index == victim));
+    assert!(left, "exit reported before WorkerLeft:\n{}", mesh.log());
+    mesh.end_with_healthy(&[workers[1]]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstopped_worker_is_detected_killed_and_reaped() {
     let mut mesh = TestMesh::new("sigstop").await;
