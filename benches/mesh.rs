@@ -369,7 +369,7 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
             fmt(p50, 1, "us"),
             fmt(q50, 1, "us"),
             fmt(rtt_ratio, 2, ""),
-            "ratio <= 1.3",
+            "ratio <= 1.2",
         );
         r.row(
             "ask rtt p99, 64 B",

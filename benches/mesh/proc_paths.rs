@@ -190,7 +190,7 @@ impl Middle {
                     // What the allocator gives a welcomed worker with one proc.
                     transport::endpoint::open_admitted(&conn, &Limits::default(), 1, &link);
                     while let Ok((send, recv)) = conn.accept_bi().await {
-                        let upstream = upstream.clone();
+                        let (upstream, conn) = (upstream.clone(), conn.clone());
                         tokio::spawn(async move {
                             let result = async {
                                 let (up_send, up_recv) = upstream.open_bi().await?;
@@ -198,8 +198,14 @@ impl Middle {
                                     tokio::join!(forward(recv, up_send), forward(up_recv, send));
                                 there.and(back)
                             };
+                            // A sender closes its connection when it is done:
+                            // only a failure while both ends are open is one.
                             if let Err(e) = result.await {
-                                eprintln!("middle: stream failed: {e:#}");
+                                let closing = conn.close_reason().is_some()
+                                    || upstream.close_reason().is_some();
+                                if !closing {
+                                    eprintln!("middle: stream failed: {e:#}");
+                                }
                             }
                         });
                     }
