@@ -10,11 +10,16 @@
 //!   the same back.
 //! - **fan-in**: 8 drivers on 8 workers tell one `Counter` on a ninth worker
 //!   at once. Its limit: 8 raw sender processes, 8 connections into the
-//!   middle, forwarded as 8 streams of one connection to the raw peer.
+//!   middle, forwarded as 8 counting streams of one connection to the raw
+//!   peer (each sender also holds an idle echo stream). The limit is
+//!   generous to bare quinn: each of its 8 streams has its own window and
+//!   its own counting task, where quicmesh's 8 senders share one mailbox
+//!   stream into the ninth worker and one actor.
 //!
-//! Both sides time themselves the same way: a sender's figure runs from its
-//! first message to the answer of a report asked after its last one, so every
-//! message was counted at the far end.
+//! Timing: in the proc-to-proc cases each sender times itself, from its
+//! first message to the answer of a report asked after its last one (so
+//! every message was counted at the far end); in fan-in the controller
+//! times both sides, from its 8 requests to the last sender's answer.
 
 use std::net::SocketAddr;
 
@@ -272,23 +277,31 @@ impl RawSender {
     }
 
     async fn command(&mut self, line: &str) -> anyhow::Result<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        Ok(self.stdin.flush().await?)
+        let send = async {
+            self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        send.await
+            .with_context(|| format!("sending {line:?} to the raw sender"))
     }
 
     async fn reply(&mut self) -> anyhow::Result<String> {
-        let line = tokio::time::timeout(CASE_LIMIT, self.lines.next_line())
+        let line = tokio::time::timeout(EVENT_LIMIT, self.lines.next_line())
             .await
-            .context("raw sender did not answer in time")??
-            .context("raw sender exited")?;
+            .with_context(|| format!("raw sender did not answer within {EVENT_LIMIT:?}"))?
+            .context("reading the raw sender's answer")?
+            .context("raw sender exited before answering")?;
         Ok(line)
     }
 
     /// Seconds for `n` 64-byte messages and a report, as the sender measured them.
     async fn tells_reply(&mut self) -> anyhow::Result<f64> {
         let line = self.reply().await?;
-        let secs = line.strip_prefix("secs ").context(line.clone())?;
-        Ok(secs.parse()?)
+        let secs = line
+            .strip_prefix("secs ")
+            .with_context(|| format!("raw sender answered {line:?}, not `secs S`"))?;
+        secs.parse()
+            .with_context(|| format!("raw sender's seconds {secs:?}"))
     }
 
     async fn tells(&mut self, n: u64) -> anyhow::Result<f64> {
@@ -299,11 +312,14 @@ impl RawSender {
     async fn rtts(&mut self, n: usize) -> anyhow::Result<Vec<Duration>> {
         self.command(&format!("rtt {n}")).await?;
         let line = self.reply().await?;
-        let nanos = line.strip_prefix("rtt ").context(line.clone())?;
+        let nanos = line
+            .strip_prefix("rtt ")
+            .with_context(|| format!("raw sender answered {line:?}, not `rtt NS...`"))?;
         let samples = nanos
             .split_whitespace()
             .map(|v| v.parse().map(Duration::from_nanos))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .context("raw sender's round trips")?;
         ensure!(samples.len() == n, "{} samples, asked {n}", samples.len());
         Ok(samples)
     }
@@ -329,11 +345,15 @@ pub(crate) fn raw_sender_main() -> anyhow::Result<()> {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["tells", n] => {
-                    let secs = counter.batch(n.parse()?, SMALL).await?;
+                    let n = n.parse().with_context(|| format!("tell count {n:?}"))?;
+                    let secs = counter.batch(n, SMALL).await?;
                     println!("secs {secs}");
                 }
                 ["rtt", n] => {
-                    let samples = echo.rtt(n.parse()?).await?;
+                    let n = n
+                        .parse()
+                        .with_context(|| format!("round trip count {n:?}"))?;
+                    let samples = echo.rtt(n).await?;
                     let nanos: Vec<String> =
                         samples.iter().map(|d| d.as_nanos().to_string()).collect();
                     println!("rtt {}", nanos.join(" "));
@@ -404,6 +424,8 @@ pub(crate) async fn proc_to_proc(
         Some(n as f64 / median_f64(&mut raw_secs)),
         0,
     );
+    drop((sender, middle));
+    raw.close();
     w.stop_all(2).await?;
     Ok(())
 }
@@ -466,6 +488,8 @@ pub(crate) async fn fan_in(
         Some(total / median_f64(&mut raw_secs)),
         0,
     );
+    drop((senders, middle));
+    raw.close();
     w.stop_all(workers as usize).await?;
     Ok(())
 }

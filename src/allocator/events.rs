@@ -146,8 +146,10 @@ pub enum AllocEvent {
     /// A worker process launched by this allocator ended.
     ///
     /// Comes after the final state (stopped or failed) of each of the
-    /// worker's procs, so a reader that stops at the last exit has seen how
-    /// every proc ended.
+    /// worker's procs and after its `WorkerLeft`, so a reader that stops at
+    /// the last exit has seen how every proc ended. (The exit waits for the
+    /// worker's session to end, at most the stop timeout plus 10 s; only a
+    /// session stuck past that lets the exit go first, with a warning.)
     WorkerExited {
         /// Its index.
         index: u32,

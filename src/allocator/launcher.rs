@@ -301,10 +301,14 @@ impl Launcher {
     }
 }
 
-/// How long a reaped worker's exit waits for its session to end (which
-/// takes one pass of the session's loop; the bound only guards against a
-/// session that is stuck).
-const SESSION_END_LIMIT: Duration = Duration::from_secs(10);
+/// How long a reaped worker's exit waits for its session to end: the
+/// session may be draining the streams of a worker that said `Leaving`
+/// (for up to the stop timeout) before it reports its procs stopped; past
+/// that, ending takes one pass of its loop, and the margin only guards
+/// against a session that is stuck.
+fn session_end_limit(shared: &Shared) -> Duration {
+    shared.config.transport.stop_timeout + Duration::from_secs(10)
+}
 
 /// Takes charge of launched worker `index`: records its pid, SIGKILLs it
 /// when asked (after the grace period the request carries, so a worker that
@@ -341,9 +345,8 @@ pub(crate) fn supervise(
         let status = ExitReport::from(status);
         // Its connection is dead too: fail its procs now rather than after
         // the heartbeat timeout, and report the exit after them.
-        if shared.command(index, WorkerCommand::ProcessExited(status)) {
-            shared.until_left(index, SESSION_END_LIMIT).await;
-        }
+        shared.command(index, WorkerCommand::ProcessExited(status));
+        shared.until_left(index, session_end_limit(&shared)).await;
         shared.emit(AllocEvent::WorkerExited { index, status });
     })
 }
@@ -389,14 +392,12 @@ pub(crate) fn supervise_group(
                 "group command of workers {indexes:?} {status}; workers {never_joined:?} never joined"
             );
         }
-        let told: Vec<u32> = indexes
-            .iter()
-            .copied()
-            .filter(|&i| shared.command(i, WorkerCommand::ProcessExited(status)))
-            .collect();
-        for index in told {
-            shared.until_left(index, SESSION_END_LIMIT).await;
+        for &index in &indexes {
+            shared.command(index, WorkerCommand::ProcessExited(status));
         }
+        // All at once: one deadline for the whole group.
+        let limit = session_end_limit(&shared);
+        futures::future::join_all(indexes.iter().map(|&i| shared.until_left(i, limit))).await;
         for index in indexes {
             shared.emit(AllocEvent::WorkerExited { index, status });
         }

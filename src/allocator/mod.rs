@@ -774,7 +774,9 @@ impl Allocator {
     /// Procs that already ended are not waited for, so this can be called
     /// again after a failure, e.g. once replacements are launched. Errors:
     /// [`StartError::ProcFailed`] as soon as a proc waited for fails,
-    /// [`StartError::WorkerExited`] if a launched worker hosting one exits,
+    /// [`StartError::WorkerExited`] if a launched worker hosting one exits
+    /// before it joined (one that joined has its procs failed first, so
+    /// that is [`StartError::ProcFailed`] with the exit as the reason),
     /// [`StartError::Timeout`] when `timeout` passes.
     pub async fn wait_running(&self, timeout: Duration) -> Result<(), AllocatorError> {
         let mut events = self.events();

@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     /// Bumped whenever a worker is welcomed or a launched one ends: what a
     /// launch waits on to start the next workers.
     launch_changes: watch::Sender<u64>,
+    /// Workers whose session is ending: out of `workers` already, their
+    /// `WorkerLeft` not yet emitted.
+    leaving: Mutex<HashSet<u32>>,
     /// Bumped whenever a worker's session has ended (after its procs' final
     /// states and `WorkerLeft` were emitted).
     departures: watch::Sender<u64>,
@@ -136,6 +139,7 @@ impl Shared {
             joined: Mutex::new(HashSet::new()),
             spawn_failures: Mutex::new(HashMap::new()),
             launch_changes: watch::channel(0).0,
+            leaving: Mutex::new(HashSet::new()),
             departures: watch::channel(0).0,
             logs: LogHub::new(),
             hosts: Mutex::new(HashMap::new()),
@@ -331,6 +335,9 @@ impl Shared {
     /// itself, which it does when it is merely cut off (and then reports
     /// why in its exit code); a frozen one is SIGKILLed and reaped after that.
     pub(crate) fn worker_left(&self, index: u32, end: ProcEnd) {
+        // Marked before it leaves `workers`, so that `until_left` never sees
+        // it in neither place before its `WorkerLeft` is out.
+        lock(&self.leaving).insert(index);
         lock(&self.workers).remove(&index);
         lock(&self.rtts).remove(&index);
         lock(&self.peer_certs).remove(&index);
@@ -342,16 +349,25 @@ impl Shared {
             );
         }
         self.emit(AllocEvent::WorkerLeft { index, end });
+        lock(&self.leaving).remove(&index);
         self.departures.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether worker `index` has a session that has not finished ending.
+    fn in_session(&self, index: u32) -> bool {
+        lock(&self.workers).contains_key(&index) || lock(&self.leaving).contains(&index)
+    }
+
     /// Waits (at most `within`) until worker `index` has no session: the
-    /// final state of each of its procs has been emitted by then.
+    /// final state of each of its procs, and its `WorkerLeft`, have been
+    /// emitted by then. Returns at once for a worker without a session.
     pub(crate) async fn until_left(&self, index: u32, within: Duration) {
         let mut departures = self.departures.subscribe();
         let left = async {
             // Subscribed before looking: a departure after the look is seen.
-            while lock(&self.workers).contains_key(&index) {
+            // (`workers` is looked at before `leaving`, the order in which
+            // `worker_left` moves it: it cannot slip between the two looks.)
+            while self.in_session(index) {
                 if departures.changed().await.is_err() {
                     return;
                 }

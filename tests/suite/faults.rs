@@ -114,39 +114,59 @@ async fn sigkill_is_reported_failed_and_others_keep_running() {
     mesh.end_with_healthy(&[workers[0], workers[2]]).await;
 }
 
-/// A SIGKILLed worker's exit is reaped at once, before its session has
-/// noticed anything: the exit must still come after the failure of each of
-/// its procs and after `WorkerLeft`, so a reader that stops at the exit
-/// (as the demo's summary does) has seen how every proc ended.
+/// Whether, in `seen`, each of worker `index`'s `procs` procs ended and the
+/// worker left before its exit was reported (and the exit was reported).
+fn ended_before_exit(seen: &[AllocEvent], index: u32, procs: usize) -> Result<(), String> {
+    let exit = seen
+        .iter()
+        .position(|e| matches!(e, AllocEvent::WorkerExited { index: i, .. } if *i == index))
+        .ok_or(format!("worker {index}: no exit reported"))?;
+    let before = &seen[..exit];
+    let ended = before
+        .iter()
+        .filter(|e| matches!(e, AllocEvent::Proc { worker, state, .. } if *worker == index && state.is_terminal()))
+        .count();
+    if ended != procs {
+        return Err(format!(
+            "worker {index}: exit reported after {ended} of {procs} proc ends"
+        ));
+    }
+    if !before
+        .iter()
+        .any(|e| matches!(e, AllocEvent::WorkerLeft { index: i, .. } if *i == index))
+    {
+        return Err(format!("worker {index}: exit reported before WorkerLeft"));
+    }
+    Ok(())
+}
+
+/// A worker's exit comes after the end of each of its procs and after its
+/// `WorkerLeft`, so a reader that stops at the exit (as the demo's summary
+/// does) has seen how every proc ended: for a SIGKILLed worker (reaped at
+/// once, before its session has noticed anything) and for workers stopped
+/// in order (whose sessions end while the reaper may already hold the exit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_workers_exit_comes_after_the_end_of_its_procs() {
+async fn a_workers_exit_comes_after_the_end_of_its_procs() {
     let mut mesh = TestMesh::new("exit-order").await;
-    let workers = mesh.launch(2, 3);
-    mesh.wait_running(6).await;
+    let workers = mesh.launch(4, 3);
+    mesh.wait_running(12).await;
     let victim = workers[0];
     signal(mesh.pid(victim), libc::SIGKILL);
     assert_eq!(
         mesh.wait_exit(victim, DETECT).await,
         ExitReport::Signal(libc::SIGKILL)
     );
-    // Only what was seen up to and including the exit.
-    let ended = mesh
-        .states_of(victim)
-        .iter()
-        .filter(|s| s.is_terminal())
-        .count();
-    assert_eq!(
-        ended,
-        3,
-        "exit reported before the end of every proc:\n{}",
-        mesh.log()
-    );
-    let left = mesh
-        .seen
-        .iter()
-        .any(|e| matches!(e, AllocEvent::WorkerLeft { index, .. } if *index == victim));
-    assert!(left, "exit reported before WorkerLeft:\n{}", mesh.log());
-    mesh.end_with_healthy(&[workers[1]]).await;
+    // Checked on what was seen up to and including the exit.
+    if let Err(e) = ended_before_exit(&mesh.seen, victim, 3) {
+        panic!("{e}\n{}", mesh.log());
+    }
+    mesh.stop_all_and_check(0).await;
+    for &w in &workers[1..] {
+        if let Err(e) = ended_before_exit(&mesh.seen, w, 3) {
+            panic!("{e}\n{}", mesh.log());
+        }
+    }
+    mesh.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
