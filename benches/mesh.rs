@@ -1103,45 +1103,74 @@ fn raw_peer_main() -> anyhow::Result<()> {
     exit_when_stdin_closes();
     runtime()?.block_on(async {
         let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
-        let certs = CertPaths::in_dir(&dir);
-        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
-        let identity =
-            quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)?;
         let link: LinkConfig = match std::env::var(ENV_RAW_LINK) {
             Ok(text) => text.parse().map_err(|e| anyhow!("{ENV_RAW_LINK}: {e}"))?,
             Err(_) => LinkConfig::lan(),
         };
-        let endpoint = transport::server_endpoint(
-            "127.0.0.1:0".parse()?,
-            quicmesh::testkit::tls::server_config(roots, identity)?,
-            &HeartbeatConfig::default(),
-            &Limits::default(),
-            &link,
-        )?;
+        let endpoint = raw_server(&CertPaths::in_dir(&dir), &link)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", endpoint.local_addr()?.port())?;
         out.flush()?;
         drop(out);
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => return eprintln!("raw peer: handshake failed: {e}"),
-                };
-                // The same stream and window limits an admitted worker with
-                // one proc gets (the raw cases use one stream at a time).
-                transport::endpoint::open_admitted(&conn, &Limits::default(), 1, &link);
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_raw_stream(send, recv).await {
-                            eprintln!("raw peer: stream failed: {e:#}");
-                        }
-                    });
-                }
-            });
-        }
+        serve_streams(endpoint, link, "raw peer", |_, send, recv| {
+            serve_raw_stream(send, recv)
+        })
+        .await;
         Ok(())
     })
+}
+
+/// A bare quinn server on 127.0.0.1 with the allocator's certificate.
+fn raw_server(certs: &CertPaths, link: &LinkConfig) -> anyhow::Result<quinn::Endpoint> {
+    let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+    let identity = quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)?;
+    Ok(transport::server_endpoint(
+        "127.0.0.1:0".parse()?,
+        quicmesh::testkit::tls::server_config(roots, identity)?,
+        &HeartbeatConfig::default(),
+        &Limits::default(),
+        link,
+    )?)
+}
+
+/// Accepts connections on `endpoint` until it is closed, gives each the
+/// stream and window limits an admitted worker with one proc gets, and runs
+/// `serve` on each of their bidi streams in a task of its own. A stream's
+/// error is printed (as `who`) unless its connection was closing anyway: a
+/// client closes its connection when it is done.
+async fn serve_streams<F, Fut>(
+    endpoint: quinn::Endpoint,
+    link: LinkConfig,
+    who: &'static str,
+    serve: F,
+) where
+    F: Fn(&quinn::Connection, quinn::SendStream, quinn::RecvStream) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    while let Some(incoming) = endpoint.accept().await {
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return eprintln!("{who}: handshake failed: {e}"),
+            };
+            transport::endpoint::open_admitted(&conn, &Limits::default(), 1, &link);
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let (conn, stream) = (conn.clone(), serve(&conn, send, recv));
+                tokio::spawn(async move {
+                    if let Err(e) = stream.await {
+                        if conn.close_reason().is_none() {
+                            eprintln!("{who}: stream failed: {e:#}");
+                        }
+                    }
+                });
+            }
+        });
+    }
 }
 
 async fn serve_raw_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> anyhow::Result<()> {

@@ -171,53 +171,37 @@ struct Middle {
 
 impl Middle {
     fn start(certs: &CertPaths, upstream: quinn::Connection) -> anyhow::Result<Middle> {
-        let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
-        let identity =
-            quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)?;
         let link = LinkConfig::lan();
-        let endpoint = transport::server_endpoint(
-            "127.0.0.1:0".parse()?,
-            quicmesh::testkit::tls::server_config(roots, identity)?,
-            &HeartbeatConfig::default(),
-            &Limits::default(),
-            &link,
-        )?;
+        let endpoint = raw_server(certs, &link)?;
         let addr = endpoint.local_addr()?;
-        let accepting = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = accepting.accept().await {
+        tokio::spawn(serve_streams(
+            endpoint.clone(),
+            link,
+            "middle",
+            move |_, send, recv| {
                 let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let conn = match incoming.await {
-                        Ok(c) => c,
-                        Err(e) => return eprintln!("middle: handshake failed: {e}"),
-                    };
-                    // What the allocator gives a welcomed worker with one proc.
-                    transport::endpoint::open_admitted(&conn, &Limits::default(), 1, &link);
-                    while let Ok((send, recv)) = conn.accept_bi().await {
-                        let (upstream, conn) = (upstream.clone(), conn.clone());
-                        tokio::spawn(async move {
-                            let result = async {
-                                let (up_send, up_recv) = upstream.open_bi().await?;
-                                let (there, back) =
-                                    tokio::join!(forward(recv, up_send), forward(up_recv, send));
-                                there.and(back)
-                            };
-                            // A sender closes its connection when it is done:
-                            // only a failure while both ends are open is one.
-                            if let Err(e) = result.await {
-                                let closing = conn.close_reason().is_some()
-                                    || upstream.close_reason().is_some();
-                                if !closing {
-                                    eprintln!("middle: stream failed: {e:#}");
-                                }
-                            }
-                        });
+                async move {
+                    let (up_send, up_recv) = upstream.open_bi().await?;
+                    let (there, back) =
+                        tokio::join!(forward(recv, up_send), forward(up_recv, send));
+                    match there.and(back) {
+                        // Ended by the raw peer going away with the case.
+                        Err(_) if upstream.close_reason().is_some() => Ok(()),
+                        other => other,
                     }
-                });
-            }
-        });
+                }
+            },
+        ));
         Ok(Middle { endpoint, addr })
+    }
+
+    /// A raw peer and a middle in front of it.
+    async fn with_peer(certs: &CertPaths) -> anyhow::Result<(RawClient, Middle)> {
+        let raw = RawClient::start(certs, &LinkConfig::lan(), None)
+            .await
+            .context("raw quinn peer")?;
+        let middle = Middle::start(certs, raw.conn.clone())?;
+        Ok((raw, middle))
     }
 }
 
@@ -376,10 +360,7 @@ pub(crate) async fn proc_to_proc(
     sizes: &Sizes,
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    let raw = RawClient::start(certs, &LinkConfig::lan(), None)
-        .await
-        .context("raw quinn peer")?;
-    let middle = Middle::start(certs, raw.conn.clone())?;
+    let (raw, middle) = Middle::with_peer(certs).await?;
     let mut sender = RawSender::start(certs, middle.addr).await?;
 
     let mut w = Watch::new(bind(certs, "p2p").await?);
@@ -438,10 +419,7 @@ pub(crate) async fn fan_in(
     sizes: &Sizes,
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    let raw = RawClient::start(certs, &LinkConfig::lan(), None)
-        .await
-        .context("raw quinn peer")?;
-    let middle = Middle::start(certs, raw.conn.clone())?;
+    let (raw, middle) = Middle::with_peer(certs).await?;
     let mut senders = Vec::new();
     for _ in 0..FAN_IN {
         senders.push(RawSender::start(certs, middle.addr).await?);
