@@ -168,7 +168,7 @@ impl Sizes {
                 quick,
                 rtt_warmup: 50,
                 rtt_samples: 300,
-                tells: 20_000,
+                tells: 100_000,
                 bulk: 2_000,
                 spawn_workers: 8,
                 actor_spawns: 200,
