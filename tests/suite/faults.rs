@@ -169,6 +169,44 @@ async fn a_workers_exit_comes_after_the_end_of_its_procs() {
     mesh.finish().await;
 }
 
+/// The same for workers started by one group command (as `srun` starts
+/// them): when the command ends, each of its workers' exits comes after
+/// the end of that worker's procs and its `WorkerLeft`. The command here is
+/// a shell that starts 3 workers with an index variable, as an engine
+/// would, and writes their pids; they are SIGKILLed, so only the reaper of
+/// the group tells their sessions anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commands_exits_come_after_the_end_of_its_workers_procs() {
+    let dir = common::TempDir::new("exit-order-group");
+    let pids = dir.path().join("pids");
+    let mut mesh = TestMesh::new("exit-order-group").await;
+    let script = r#"i=0; while [ $i -lt {n} ]; do GROUP_INDEX=$i "$0" worker & echo $! >> "$1"; i=$((i+1)); done; wait"#;
+    let launcher = quicmesh::allocator::Launcher::group("sh")
+        .args(["-c", script, common::bin()])
+        .arg(pids.display().to_string())
+        .index_from("GROUP_INDEX");
+    let workers = mesh.alloc.launch_group(&launcher, 3, 2).expect("group");
+    mesh.wait_running(6).await;
+    let listed = std::fs::read_to_string(&pids).expect("pid file");
+    let listed: Vec<u32> = listed
+        .lines()
+        .map(|l| l.trim().parse().expect("pid"))
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for &pid in &listed {
+        signal(pid, libc::SIGKILL);
+    }
+    for &w in &workers {
+        mesh.wait_exit(w, DETECT).await;
+    }
+    for &w in &workers {
+        if let Err(e) = ended_before_exit(&mesh.seen, w, 2) {
+            panic!("{e}\n{}", mesh.log());
+        }
+    }
+    mesh.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstopped_worker_is_detected_killed_and_reaped() {
     let mut mesh = TestMesh::new("sigstop").await;
