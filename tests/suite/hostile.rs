@@ -3,7 +3,7 @@
 //! and the healthy worker of the same allocation must not notice.
 
 use crate::common;
-use common::{valid_client, with_var, Env};
+use common::{valid_client, with_var, without_var, Env};
 
 use std::time::Duration;
 
@@ -71,11 +71,6 @@ async fn settle_and_finish(mut mesh: TestMesh, healthy: &[u32]) {
         mesh.assert_healthy(*index);
     }
     mesh.finish().await;
-}
-
-/// `env` without `name`.
-fn without_var(env: &Env, name: &'static str) -> Env {
-    env.iter().filter(|(k, _)| *k != name).cloned().collect()
 }
 
 fn var(env: &Env, name: &str) -> String {

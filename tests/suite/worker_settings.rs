@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{spawn_worker, ChildGuard, TestMesh, SOON};
+use common::{spawn_worker, with_var, without_var, ChildGuard, TestMesh, SOON};
 use quicmesh::allocator::{AllocEvent, ProcState};
 use quicmesh::config;
 use quicmesh::exit_code;
@@ -50,20 +50,6 @@ fn valid_env() -> Vec<(&'static str, String)> {
             "/nonexistent/quicmesh-test/worker.key".into(),
         ),
     ]
-}
-
-fn with_var(
-    env: &[(&'static str, String)],
-    name: &'static str,
-    value: &str,
-) -> Vec<(&'static str, String)> {
-    let mut out: Vec<_> = env.iter().filter(|(k, _)| *k != name).cloned().collect();
-    out.push((name, value.to_owned()));
-    out
-}
-
-fn without_var(env: &[(&'static str, String)], name: &str) -> Vec<(&'static str, String)> {
-    env.iter().filter(|(k, _)| *k != name).cloned().collect()
 }
 
 /// Runs `quicmesh worker ARGS` with exactly `env`; returns its exit code and stderr.

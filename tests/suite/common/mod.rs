@@ -426,10 +426,19 @@ impl Drop for ChildGuard {
 pub type Env = Vec<(&'static str, String)>;
 
 /// `env` with `name` set to `value` (replaced if present, added if not).
-pub fn with_var(env: &Env, name: &'static str, value: impl Into<String>) -> Env {
-    let mut out: Env = env.iter().filter(|(k, _)| *k != name).cloned().collect();
+pub fn with_var(
+    env: &[(&'static str, String)],
+    name: &'static str,
+    value: impl Into<String>,
+) -> Env {
+    let mut out = without_var(env, name);
     out.push((name, value.into()));
     out
+}
+
+/// `env` without `name`.
+pub fn without_var(env: &[(&'static str, String)], name: &str) -> Env {
+    env.iter().filter(|(k, _)| *k != name).cloned().collect()
 }
 
 /// Starts `quicmesh worker` with exactly `env` (nothing inherited but PATH), stderr captured.
