@@ -316,6 +316,8 @@ impl Out<'_> {
                 to: env.to.clone(),
             };
             if let Err(e) = self.send.buffer(&define) {
+                // Not sent: the peer must not see the number used for this pair.
+                self.routes.forget(route);
                 return Err((env, e));
             }
         }

@@ -62,8 +62,8 @@ impl RouteChoice {
 /// The routes one side has defined on its direction of a stream.
 #[derive(Debug, Default)]
 pub struct RouteCache {
-    /// Definitions by route number.
-    slots: Vec<(ActorId, Dest)>,
+    /// Definitions by route number (`None`: forgotten, see [`RouteCache::forget`]).
+    slots: Vec<Option<(ActorId, Dest)>>,
     /// The route of the previous envelope: consecutive envelopes of one
     /// pair (the common case) are matched with one comparison.
     last: Option<u32>,
@@ -79,28 +79,42 @@ impl RouteCache {
     /// numbers in turn (round robin): a definition costs one frame, so even
     /// a sender with more pairs than numbers pays no more than with full ids.
     pub fn choose(&mut self, from: &ActorId, to: &Dest) -> RouteChoice {
+        let is_pair =
+            |slot: &Option<(ActorId, Dest)>| matches!(slot, Some((f, t)) if t == to && f == from);
         if let Some(r) = self.last {
-            let (f, t) = &self.slots[r as usize];
-            if t == to && f == from {
+            if is_pair(&self.slots[r as usize]) {
                 return RouteChoice::Known(r);
             }
         }
-        if let Some(r) = self.slots.iter().position(|(f, t)| t == to && f == from) {
+        if let Some(r) = self.slots.iter().position(is_pair) {
             let r = r as u32;
             self.last = Some(r);
             return RouteChoice::Known(r);
         }
+        let pair = Some((from.clone(), to.clone()));
         let r = if (self.slots.len() as u32) < MAX_ROUTES {
-            self.slots.push((from.clone(), to.clone()));
+            self.slots.push(pair);
             self.slots.len() as u32 - 1
         } else {
             let r = self.next_reuse;
             self.next_reuse = (r + 1) % MAX_ROUTES;
-            self.slots[r as usize] = (from.clone(), to.clone());
+            self.slots[r as usize] = pair;
             r
         };
         self.last = Some(r);
         RouteChoice::Define(r)
+    }
+
+    /// Forgets route `route`: its definition could not be sent, so the
+    /// peer must never see the number used for this pair (the next
+    /// envelope of the pair defines a route again).
+    pub fn forget(&mut self, route: u32) {
+        if let Some(slot) = self.slots.get_mut(route as usize) {
+            *slot = None;
+        }
+        if self.last == Some(route) {
+            self.last = None;
+        }
     }
 }
 
@@ -287,6 +301,21 @@ mod tests {
             .resolve(MailboxFrame::Ack { processed: 1 })
             .expect("ack");
         assert_eq!(ack, Some(MailboxFrame::Ack { processed: 1 }));
+    }
+
+    #[test]
+    fn a_forgotten_route_is_defined_again_before_it_is_used() {
+        let mut cache = RouteCache::default();
+        let (a, b) = (actor("a"), Dest::Actor(actor("b")));
+        assert_eq!(cache.choose(&a, &b), RouteChoice::Define(0));
+        cache.forget(0);
+        assert!(
+            matches!(cache.choose(&a, &b), RouteChoice::Define(_)),
+            "a forgotten route was used as if the peer knew it"
+        );
+        assert!(matches!(cache.choose(&a, &b), RouteChoice::Known(_)));
+        // Forgetting a number never handed out is harmless.
+        cache.forget(MAX_ROUTES + 3);
     }
 
     #[test]
