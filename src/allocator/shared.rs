@@ -311,7 +311,7 @@ impl Shared {
     pub(crate) fn beats_missed(&self, index: u32) -> u64 {
         lock(&self.beats_missed)
             .get(&index)
-            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// The last round trip measured on worker `index`'s connection.
