@@ -288,7 +288,10 @@ pub(crate) fn bind_server(
     config: quinn::ServerConfig,
 ) -> Result<Endpoint, TransportError> {
     let bind_err = |source| TransportError::Bind { addr, source };
-    let socket = bind_with_recv_buffer(addr, ALLOCATOR_RECV_BUFFER).map_err(bind_err)?;
+    let (socket, short) = bind_with_recv_buffer(addr, ALLOCATOR_RECV_BUFFER).map_err(bind_err)?;
+    if let Some(warning) = short {
+        tracing::warn!("{warning}");
+    }
     let runtime = quinn::default_runtime().ok_or_else(|| {
         bind_err(std::io::Error::other(
             "no async runtime found (call from within tokio)",
@@ -304,23 +307,36 @@ pub(crate) fn bind_server(
 }
 
 /// Binds a UDP socket on `addr` with a receive buffer of `wanted` bytes, or
-/// as much as the kernel allows (warning when that is less than half).
-fn bind_with_recv_buffer(addr: SocketAddr, wanted: usize) -> std::io::Result<std::net::UdpSocket> {
+/// as much as the kernel allows; with the socket, a warning to log when the
+/// kernel granted less than half of `wanted`.
+fn bind_with_recv_buffer(
+    addr: SocketAddr,
+    wanted: usize,
+) -> std::io::Result<(std::net::UdpSocket, Option<String>)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let mut warning = None;
     if let Err(e) = socket.set_recv_buffer_size(wanted) {
-        tracing::warn!("cannot raise the UDP receive buffer to {wanted} bytes: {e}");
+        warning = Some(format!(
+            "cannot raise the UDP receive buffer to {wanted} bytes: {e}"
+        ));
     }
-    // Linux reports twice what it grants (the rest is its bookkeeping).
     let got = socket.recv_buffer_size().unwrap_or(0);
-    if got < wanted / 2 {
-        tracing::warn!(
-            "UDP receive buffer is {got} bytes, not the {wanted} asked for: with many \
+    // Linux reports twice what it grants (the rest is its bookkeeping): the
+    // grant itself is what compares with `wanted`.
+    let granted = if cfg!(target_os = "linux") {
+        got / 2
+    } else {
+        got
+    };
+    if warning.is_none() && granted < wanted / 2 {
+        warning = Some(format!(
+            "UDP receive buffer is {granted} bytes, not the {wanted} asked for: with many \
              workers, heartbeats may be dropped; raise net.core.rmem_max"
-        );
+        ));
     }
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok((socket.into(), warning))
 }
 
 /// Creates a client endpoint able to reach `peer` (binds the matching address family).
@@ -390,5 +406,47 @@ pub async fn connect(
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(source)) => Err(ConnectError::Handshake { addr, source }),
         Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's cap on a socket's receive buffer, `net.core.rmem_max`.
+    fn rmem_max() -> usize {
+        let text = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .expect("read /proc/sys/net/core/rmem_max");
+        text.trim().parse().expect("net.core.rmem_max is a number")
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("address")
+    }
+
+    #[test]
+    fn a_receive_buffer_capped_below_half_of_what_was_asked_is_warned_about() {
+        let cap = rmem_max();
+        // Three times the cap: the kernel grants a third, less than half.
+        let wanted = cap * 3;
+        assert!(
+            wanted <= i32::MAX as usize,
+            "net.core.rmem_max = {cap} is too large for this test to exceed"
+        );
+        let (socket, warning) = bind_with_recv_buffer(local(), wanted).expect("bind");
+        let warning = warning.expect("no warning for a buffer capped at a third of the request");
+        assert!(
+            warning.contains(&format!("is {cap} bytes, not the {wanted}"))
+                && warning.contains("net.core.rmem_max"),
+            "{warning}"
+        );
+        assert!(socket.local_addr().expect("bound").port() != 0);
+    }
+
+    #[test]
+    fn a_receive_buffer_granted_in_full_is_not_warned_about() {
+        let wanted = (rmem_max() / 2).max(4096);
+        let (_socket, warning) = bind_with_recv_buffer(local(), wanted).expect("bind");
+        assert_eq!(warning, None);
     }
 }
