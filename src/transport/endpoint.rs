@@ -315,26 +315,27 @@ fn bind_with_recv_buffer(
 ) -> std::io::Result<(std::net::UdpSocket, Option<String>)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    let mut warning = None;
-    if let Err(e) = socket.set_recv_buffer_size(wanted) {
-        warning = Some(format!(
+    let warning = match socket.set_recv_buffer_size(wanted) {
+        Err(e) => Some(format!(
             "cannot raise the UDP receive buffer to {wanted} bytes: {e}"
-        ));
-    }
-    let got = socket.recv_buffer_size().unwrap_or(0);
-    // Linux reports twice what it grants (the rest is its bookkeeping): the
-    // grant itself is what compares with `wanted`.
-    let granted = if cfg!(target_os = "linux") {
-        got / 2
-    } else {
-        got
+        )),
+        Ok(()) => {
+            let got = socket.recv_buffer_size().unwrap_or(0);
+            // Linux reports twice what it grants (the rest is its
+            // bookkeeping): the grant itself is what compares with `wanted`.
+            let granted = if cfg!(target_os = "linux") {
+                got / 2
+            } else {
+                got
+            };
+            (granted < wanted / 2).then(|| {
+                format!(
+                    "UDP receive buffer is {granted} bytes, not the {wanted} asked for: with \
+                     many workers, heartbeats may be dropped; raise net.core.rmem_max"
+                )
+            })
+        }
     };
-    if warning.is_none() && granted < wanted / 2 {
-        warning = Some(format!(
-            "UDP receive buffer is {granted} bytes, not the {wanted} asked for: with many \
-             workers, heartbeats may be dropped; raise net.core.rmem_max"
-        ));
-    }
     socket.bind(&addr.into())?;
     Ok((socket.into(), warning))
 }
