@@ -16,13 +16,29 @@
 //! executable, which becomes a worker when an allocator launches it), each
 //! with its own QUIC connection and UDP socket, on this machine's loopback.
 //!
+//! The idle CPU figure has its limit measured in the same run: bare quinn
+//! with the same TLS, transport settings and heartbeat schedule (one
+//! datagram each way per interval on every connection, nothing else). Its
+//! server runs in this process, where the allocator ran; its N clients are
+//! one child process (this executable again) with one UDP socket and one
+//! connection each: a lighter stand-in for N workers, which only sends the
+//! same packets. The ratio between the two is what quicmesh adds to what one
+//! QUIC connection per worker costs.
+//!
 //! The figures from /proc and getrusage are Linux's.
 
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use quicmesh::actor::builtin::{self, Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Launcher, ProcState};
+use quicmesh::config::{HeartbeatConfig, Limits, LinkConfig};
+use quicmesh::testkit::transport;
+use quicmesh::testkit::wire::{codec, Heartbeat};
 use quicmesh::tls::CertPaths;
 use quicmesh::{ExitReport, ProcMesh};
 use rand::Rng;
@@ -32,7 +48,17 @@ const LIMIT_ALL_RUNNING_1000: Duration = Duration::from_secs(60);
 /// 10 % of one core, in ms of CPU per second.
 const LIMIT_IDLE_CPU_MS_PER_S: f64 = 100.0;
 
+/// Set for the bare-quinn stand-in's child process: the server's address.
+const ENV_BARE_ADDR: &str = "QUICMESH_BENCH_SCALE_BARE_ADDR";
+/// The stand-in's number of clients.
+const ENV_BARE_N: &str = "QUICMESH_BENCH_SCALE_BARE_N";
+/// The directory of the certificates the stand-in's clients present.
+const ENV_BARE_CERTS: &str = "QUICMESH_BENCH_SCALE_BARE_CERTS";
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os(ENV_BARE_ADDR).is_some() {
+        return bare_clients_main();
+    }
     quicmesh::bootstrap_or_die(&builtin::registry());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -83,18 +109,20 @@ struct Case {
     alloc_rss_per_worker: f64,
     worker_rss: f64,
     idle_cpu_ms_per_s: f64,
+    /// The limit of `idle_cpu_ms_per_s`: bare quinn, same heartbeat schedule.
+    bare_idle_cpu_ms_per_s: f64,
     ask_p50: Duration,
 }
 
 async fn run(quick: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("quicmesh-bench-scale-{}", std::process::id()));
     let certs = quicmesh::tls::ensure_dev_certs(&dir)?;
-    let result = cases(&certs, quick).await;
+    let result = cases(&certs, &dir, quick).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn cases(certs: &CertPaths, quick: bool) -> anyhow::Result<()> {
+async fn cases(certs: &CertPaths, cert_dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
     let idle = Duration::from_secs(if quick { 3 } else { 5 });
     let hold = Duration::from_secs(if quick { 15 } else { 120 });
     println!(
@@ -105,7 +133,16 @@ async fn cases(certs: &CertPaths, quick: bool) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for n in [1u32, 100, 1000] {
-        match one_case(certs, n, idle, hold, quick).await {
+        let case = async {
+            let mut case = one_case(certs, n, idle, hold, quick).await?;
+            case.bare_idle_cpu_ms_per_s = bare_idle_cpu(certs, cert_dir, n, idle).await?;
+            println!(
+                "N = {n}: idle bare quinn CPU {:.1} ms/s over {idle:?} (same heartbeat schedule)",
+                case.bare_idle_cpu_ms_per_s
+            );
+            anyhow::Ok(case)
+        };
+        match case.await {
             Ok(case) => results.push(case),
             Err(e) => {
                 // Say so and go on: the other sizes' figures still count.
@@ -116,17 +153,26 @@ async fn cases(certs: &CertPaths, quick: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:>6} {:>14} {:>16} {:>12} {:>16} {:>12}",
-        "N", "all running", "alloc RSS/wkr", "worker RSS", "idle CPU", "ask p50"
+        "{:>6} {:>14} {:>16} {:>12} {:>16} {:>16} {:>8} {:>12}",
+        "N",
+        "all running",
+        "alloc RSS/wkr",
+        "worker RSS",
+        "idle CPU",
+        "bare quinn",
+        "ratio",
+        "ask p50"
     );
     for c in &results {
         println!(
-            "{:>6} {:>12.2} s {:>13.1} KiB {:>8.1} MiB {:>11.1} ms/s {:>9.0} us",
+            "{:>6} {:>12.2} s {:>13.1} KiB {:>8.1} MiB {:>11.1} ms/s {:>11.1} ms/s {:>8.2} {:>9.0} us",
             c.n,
             c.all_running.as_secs_f64(),
             c.alloc_rss_per_worker / 1024.0,
             c.worker_rss / (1024.0 * 1024.0),
             c.idle_cpu_ms_per_s,
+            c.bare_idle_cpu_ms_per_s,
+            c.idle_cpu_ms_per_s / c.bare_idle_cpu_ms_per_s.max(1e-9),
             c.ask_p50.as_secs_f64() * 1e6
         );
     }
@@ -139,8 +185,11 @@ async fn cases(certs: &CertPaths, quick: bool) -> anyhow::Result<()> {
             big.all_running.as_secs_f64() / LIMIT_ALL_RUNNING_1000.as_secs_f64()
         );
         println!(
-            "idle_cpu_1000_ms_per_s: {:.1} (ratio to the limit of 10 % of a core: {:.2})",
+            "idle_cpu_1000_ms_per_s: {:.1} (ratio to bare quinn with the same heartbeats, \
+             {:.1} ms/s: {:.2}; to the goal of 10 % of a core: {:.2})",
             big.idle_cpu_ms_per_s,
+            big.bare_idle_cpu_ms_per_s,
+            big.idle_cpu_ms_per_s / big.bare_idle_cpu_ms_per_s.max(1e-9),
             big.idle_cpu_ms_per_s / LIMIT_IDLE_CPU_MS_PER_S
         );
         println!(
@@ -280,6 +329,7 @@ async fn one_case(
         alloc_rss_per_worker,
         worker_rss,
         idle_cpu_ms_per_s,
+        bare_idle_cpu_ms_per_s: 0.0,
         ask_p50,
     })
 }
@@ -314,4 +364,179 @@ async fn detect(alloc: &Allocator, index: u32, sig: libc::c_int) -> anyhow::Resu
         Ok(true) => Ok(t.elapsed().as_secs_f64() * 1e3),
         _ => bail!("worker {index} not reported failed within 30 s of signal {sig}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// The limit of the idle figure: bare quinn with the same heartbeat schedule
+
+/// What one side of a bare connection does: a heartbeat datagram every
+/// `interval`, and every datagram from the peer read and decoded, until the
+/// connection ends.
+async fn bare_beats(conn: quinn::Connection, interval: Duration) {
+    let start = Instant::now();
+    let mut ticks = tokio::time::interval(interval);
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                seq += 1;
+                let beat = Heartbeat { seq, sent_at_micros: start.elapsed().as_micros() as u64 };
+                let Ok(bytes) = codec::encode(&beat) else { return };
+                if conn.send_datagram(bytes.into()).is_err() {
+                    return;
+                }
+            }
+            read = conn.read_datagram() => match read {
+                Ok(bytes) => {
+                    let _ = codec::decode::<Heartbeat>(&bytes);
+                }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// CPU time per second of a bare quinn server with `n` connected clients
+/// exchanging only heartbeats, measured in this process over `idle`.
+async fn bare_idle_cpu(
+    certs: &CertPaths,
+    cert_dir: &std::path::Path,
+    n: u32,
+    idle: Duration,
+) -> anyhow::Result<f64> {
+    let heartbeat = HeartbeatConfig::default();
+    let link = LinkConfig::lan();
+    let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+    let identity = quicmesh::testkit::tls::load_identity(&certs.server_cert, &certs.server_key)?;
+    let endpoint = transport::server_endpoint(
+        "127.0.0.1:0".parse()?,
+        quicmesh::testkit::tls::server_config(roots, identity)?,
+        &heartbeat,
+        &Limits::default(),
+        &link,
+    )?;
+    let addr = endpoint.local_addr()?;
+    let connected = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (endpoint, connected) = (endpoint.clone(), connected.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let connected = connected.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                        bare_beats(conn, heartbeat.interval).await;
+                    }
+                });
+            }
+        })
+    };
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env(ENV_BARE_ADDR, addr.to_string())
+        .env(ENV_BARE_N, n.to_string())
+        .env(ENV_BARE_CERTS, cert_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the bare quinn clients")?;
+    let result = async {
+        let stdout = child.stdout.take().context("clients' stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout);
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(180),
+            tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line),
+        )
+        .await
+        .context("bare quinn clients not connected within 180 s")??;
+        anyhow::ensure!(line.trim() == "ready", "bare quinn clients said {line:?}");
+        // The server completes a handshake a little after its client does.
+        let waited = Instant::now();
+        while connected.load(Ordering::Relaxed) < n as usize {
+            if waited.elapsed() > Duration::from_secs(30) {
+                let seen = connected.load(Ordering::Relaxed);
+                bail!("{seen} of {n} bare connections accepted 30 s after the clients had all");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // As for quicmesh: let the handshakes' last packets settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu0 = cpu_time();
+        let t0 = Instant::now();
+        tokio::time::sleep(idle).await;
+        Ok((cpu_time() - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64())
+    }
+    .await;
+    let _ = child.kill().await;
+    endpoint.close(0u32.into(), b"done");
+    server.abort();
+    result
+}
+
+/// The bare quinn stand-in for `n` workers: `n` client endpoints (one UDP
+/// socket each), each with one connection exchanging heartbeats; says
+/// `ready` on stdout once all are connected, and exits when stdin closes.
+fn bare_clients_main() -> anyhow::Result<()> {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
+    let var = |name: &str| std::env::var(name).with_context(|| format!("{name} not set"));
+    let addr: std::net::SocketAddr = var(ENV_BARE_ADDR)?.parse()?;
+    let n: u32 = var(ENV_BARE_N)?.parse()?;
+    let certs = CertPaths::in_dir(&PathBuf::from(var(ENV_BARE_CERTS)?));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let interval = HeartbeatConfig::default().interval;
+        let link = LinkConfig::lan();
+        // A few handshakes at a time, as the launch window admits workers.
+        let mut joining = tokio::task::JoinSet::new();
+        for i in 0..n {
+            if joining.len() >= 32 {
+                if let Some(done) = joining.join_next().await {
+                    done??;
+                }
+            }
+            let certs = certs.clone();
+            joining.spawn(async move {
+                let roots = quicmesh::testkit::tls::load_roots(&certs.ca_cert)?;
+                let identity =
+                    quicmesh::testkit::tls::load_identity(&certs.worker_cert, &certs.worker_key)?;
+                let endpoint = transport::client_endpoint(
+                    quicmesh::testkit::tls::client_config(roots, identity)?,
+                    addr,
+                    &Limits::default(),
+                    &link,
+                )?;
+                let conn =
+                    transport::connect(&endpoint, addr, "localhost", Duration::from_secs(30))
+                        .await
+                        .with_context(|| format!("bare client {i}"))?;
+                tokio::spawn(async move {
+                    let _endpoint = endpoint;
+                    bare_beats(conn, interval).await;
+                });
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = joining.join_next().await {
+            done??;
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        drop(out);
+        std::future::pending::<()>().await;
+        anyhow::Ok(())
+    })
 }
