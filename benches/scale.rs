@@ -97,6 +97,35 @@ fn rss_bytes(pid: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Datagrams received by UDP sockets on this host so far (`/proc/net/snmp`):
+/// on loopback, every packet between the allocator and its workers, both
+/// ways, once. 0 where it cannot be read.
+fn udp_datagrams_received() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time of this process per second, and UDP datagrams per second and
+/// per worker on this host, over `idle`.
+async fn idle_figures(n: u32, idle: Duration) -> (f64, f64) {
+    let (cpu0, udp0) = (cpu_time(), udp_datagrams_received());
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64() * 1e3 / secs;
+    let udp = udp_datagrams_received().saturating_sub(udp0) as f64 / secs / f64::from(n);
+    (cpu, udp)
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -136,10 +165,6 @@ async fn cases(certs: &CertPaths, cert_dir: &std::path::Path, quick: bool) -> an
         let case = async {
             let mut case = one_case(certs, n, idle, hold, quick).await?;
             case.bare_idle_cpu_ms_per_s = bare_idle_cpu(certs, cert_dir, n, idle).await?;
-            println!(
-                "N = {n}: idle bare quinn CPU {:.1} ms/s over {idle:?} (same heartbeat schedule)",
-                case.bare_idle_cpu_ms_per_s
-            );
             anyhow::Ok(case)
         };
         match case.await {
@@ -253,11 +278,11 @@ async fn one_case(
         .collect();
     let worker_rss = sample.iter().sum::<u64>() as f64 / sample.len().max(1) as f64;
 
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    tokio::time::sleep(idle).await;
-    let idle_cpu_ms_per_s = (cpu_time() - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64();
-    println!("N = {n}: idle allocator CPU {idle_cpu_ms_per_s:.1} ms/s over {idle:?}");
+    let (idle_cpu_ms_per_s, datagrams) = idle_figures(n, idle).await;
+    println!(
+        "N = {n}: idle allocator CPU {idle_cpu_ms_per_s:.1} ms/s over {idle:?}, \
+         {datagrams:.1} datagrams/s per worker (both ways)"
+    );
 
     let client = alloc.client().clone();
     let echo = ProcMesh::of(&alloc)
@@ -462,10 +487,12 @@ async fn bare_idle_cpu(
         }
         // As for quicmesh: let the handshakes' last packets settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu0 = cpu_time();
-        let t0 = Instant::now();
-        tokio::time::sleep(idle).await;
-        Ok((cpu_time() - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64())
+        let (cpu, datagrams) = idle_figures(n, idle).await;
+        println!(
+            "N = {n}: idle bare quinn CPU {cpu:.1} ms/s over {idle:?}, \
+             {datagrams:.1} datagrams/s per client (both ways; same heartbeat schedule)"
+        );
+        Ok(cpu)
     }
     .await;
     let _ = child.kill().await;
