@@ -17,7 +17,11 @@
 //! - `QUICMESH_BENCH_LINK` (default `lan`): the link setting of the loopback
 //!   throughput cases, to measure what a setting costs on a LAN;
 //! - `QUICMESH_BENCH_ONLY` (`lan` or `wan`): run only the loopback
-//!   throughput cases or only the WAN cases.
+//!   throughput cases or only the WAN cases;
+//! - `QUICMESH_BENCH_TELL_ROUNDS` (a count): run nothing but that many
+//!   rounds of quicmesh tells (64 B, 300,000 a round) and print each round's
+//!   rate: for profiling the tell path, and for comparing two builds on more
+//!   samples than the full run's three (no baseline, so no ratio).
 //!
 //! The proc-to-proc cases (`mesh/proc_paths.rs`) measure actors on two
 //! workers talking through the allocator, and 8 workers telling one actor,
@@ -77,6 +81,10 @@ const ENV_LAN_LINK: &str = "QUICMESH_BENCH_LINK";
 const ENV_WAN_LINK: &str = "QUICMESH_BENCH_WAN_LINK";
 /// Optional: `lan` or `wan`, to run only that group of cases.
 const ENV_ONLY: &str = "QUICMESH_BENCH_ONLY";
+/// Set to a count: only that many rounds of quicmesh tells.
+const ENV_TELL_ROUNDS: &str = "QUICMESH_BENCH_TELL_ROUNDS";
+/// Tells in one round of [`ENV_TELL_ROUNDS`].
+const TELL_ROUND: u64 = 300_000;
 
 /// Payload of the small messages.
 const SMALL: usize = 64;
@@ -108,7 +116,44 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     // cargo bench passes `--bench`; anything but `--quick` is ignored.
     let quick = std::env::args().skip(1).any(|a| a == "--quick");
+    if let Ok(rounds) = std::env::var(ENV_TELL_ROUNDS) {
+        let rounds: usize = rounds
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("{ENV_TELL_ROUNDS}={rounds:?}: {e}"))?;
+        return runtime()?.block_on(tell_rounds(rounds));
+    }
     runtime()?.block_on(controller(Sizes::new(quick)))
+}
+
+/// `rounds` rounds of [`TELL_ROUND`] quicmesh tells of 64 B to one Counter
+/// on one worker, each round's rate printed, then their median.
+async fn tell_rounds(rounds: usize) -> anyhow::Result<()> {
+    let dir = TempDir::new("certs")?;
+    let certs = tls::generate_dev_certs(dir.path(), &tls::DevCertOptions::new())?;
+    let mut w = Watch::new(bind_with(&certs, "tells", LinkConfig::lan()).await?);
+    w.alloc.launch(&worker_launcher()?, 1, 1)?;
+    w.running(1).await?;
+    let proc_id = w.alloc.procs()[0].clone();
+    let client = w.alloc.client().clone();
+    let mut mesh = MeshCounter {
+        actor: client.spawn::<Counter>(&proc_id, "tells", &()).await?,
+        seq: 0,
+    };
+    mesh.batch(&client, TELL_ROUND / 10, SMALL).await?;
+    let mut rates = Vec::new();
+    for round in 0..rounds {
+        let secs = mesh.batch(&client, TELL_ROUND, SMALL).await?;
+        let rate = TELL_ROUND as f64 / secs;
+        println!("round {round}: {rate:.0} msg/s");
+        rates.push(rate);
+    }
+    println!(
+        "tell_msgs_per_s median of {rounds}: {:.0}",
+        median_f64(&mut rates)
+    );
+    w.stop_all(1).await?;
+    Ok(())
 }
 
 /// The runtime every part uses: multi-thread, 2 worker threads (as a quicmesh worker's).

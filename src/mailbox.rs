@@ -19,6 +19,7 @@
 //! rather than two.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -26,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Permit, QueueReceiver};
 use crate::reason::ReturnReason;
-use crate::transport::{FramedSend, StreamError};
+use crate::transport::{FramedRecv, FramedSend, StreamError};
+use crate::wire::codec::{self, Variant};
 use crate::wire::routes::{RouteCache, RouteChoice, RouteTable};
 use crate::wire::{CodecError, Envelope, MailboxFrame, RoutedEnvelope, Undeliverable};
 
@@ -35,8 +37,10 @@ use crate::wire::{CodecError, Envelope, MailboxFrame, RoutedEnvelope, Undelivera
 pub enum Outgoing {
     /// A message for an actor, port or proc on the other side.
     Envelope(Envelope),
-    /// Allocator to worker: an envelope the proc sent, returned to it.
-    Returned(Undeliverable),
+    /// Allocator to worker: an envelope the proc sent, returned to it
+    /// (boxed: returns are rare, and an item is moved several times on its
+    /// way to the stream, so its size is what every envelope pays).
+    Returned(Box<Undeliverable>),
     /// Worker to allocator: the envelope at stream position `seq` was not delivered.
     Refused {
         /// Position of the envelope among those received on the stream.
@@ -122,24 +126,81 @@ impl AckState {
     }
 }
 
-/// What a mailbox reader got from its stream: a frame, the clean end, or an error.
-pub type Read = Result<Option<MailboxFrame>, StreamError>;
+/// One frame read from a mailbox stream, with the peer's routes applied.
+#[derive(Debug)]
+pub enum Received {
+    /// An envelope, and the route it came on if it was sent on one: two
+    /// envelopes on the same route, with no new definition of it between
+    /// them, have the same sender and destination.
+    Envelope {
+        /// The envelope, with its full ids.
+        env: Envelope,
+        /// Its stream-local route, `None` if it came with full ids.
+        route: Option<u32>,
+    },
+    /// The peer (re)defined this route: kept, nothing more to do.
+    Defined(u32),
+    /// Any other frame (boxed: it is rare and large, and an envelope,
+    /// small, is what moves most).
+    Frame(Box<MailboxFrame>),
+}
 
-/// Applies the peer's routes to what a reader got.
+/// The variant number of [`MailboxFrame::Routed`], read from an encoded
+/// sample (see [`codec::variant_index`]).
+fn routed_variant() -> u32 {
+    static ROUTED: OnceLock<u32> = OnceLock::new();
+    *ROUTED.get_or_init(|| {
+        let sample = MailboxFrame::Routed(RoutedEnvelope {
+            route: 0,
+            id: 0,
+            return_port: None,
+            payload: Vec::new(),
+        });
+        codec::encode(&sample)
+            .ok()
+            .and_then(|body| codec::variant_index(&body).map(|(index, _)| index))
+            // Not reachable (the sample always encodes); a number no frame
+            // has only turns the fast path off.
+            .unwrap_or(u32::MAX)
+    })
+}
+
+/// Reads the next frame from a mailbox stream and applies the peer's routes
+/// (kept in `routes`); `None` when the peer finished the stream cleanly.
 ///
-/// `None` for a route definition (kept in `routes`, nothing more to do);
-/// otherwise `read` with a routed envelope rebuilt as
-/// [`MailboxFrame::Envelope`]. A route the peer may not use becomes
+/// A routed envelope, the frame that moves most, is decoded without the
+/// rest of [`MailboxFrame`] around it and comes back with its full ids.
+/// Errors: as [`FramedRecv::next`]; a route the peer may not use is
 /// [`StreamError::Route`], a protocol violation like an undecodable frame.
-pub fn resolve(routes: &mut RouteTable, read: Read) -> Option<Read> {
-    match read {
-        Ok(Some(frame)) => match routes.resolve(frame) {
-            Ok(None) => None,
-            Ok(Some(frame)) => Some(Ok(Some(frame))),
-            Err(e) => Some(Err(StreamError::Route(e))),
+pub async fn read(
+    recv: &mut FramedRecv,
+    routes: &mut RouteTable,
+) -> Result<Option<Received>, StreamError> {
+    let Some(frame) = recv
+        .next_variant::<RoutedEnvelope, MailboxFrame>(routed_variant())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let routed = |routes: &RouteTable, routed: RoutedEnvelope| {
+        let route = routed.route;
+        routes.envelope(routed).map(|env| Received::Envelope {
+            env,
+            route: Some(route),
+        })
+    };
+    Ok(Some(match frame {
+        Variant::Hot(r) => routed(routes, r)?,
+        Variant::Other(frame) => match *frame {
+            MailboxFrame::Route { route, from, to } => {
+                routes.define(route, from, to)?;
+                Received::Defined(route)
+            }
+            MailboxFrame::Routed(r) => routed(routes, r)?,
+            MailboxFrame::Envelope(env) => Received::Envelope { env, route: None },
+            other => Received::Frame(Box::new(other)),
         },
-        other => Some(other),
-    }
+    }))
 }
 
 /// What the writer calls with the envelopes of each batch it wrote (it may drain them).
@@ -301,7 +362,7 @@ impl Out<'_> {
                     tracing::error!("cannot encode refusal of envelope {seq}: {e}");
                 }
             }
-            Outgoing::Returned(u) => self.returned(u),
+            Outgoing::Returned(u) => self.returned(*u),
         }
     }
 

@@ -37,6 +37,28 @@ impl Permit {
     }
 }
 
+/// Permits being given back together: those of one budget in a row become
+/// one, released once (one lock of the budget's waiters) when this is
+/// dropped, instead of one release each. What an ack covers is many
+/// permits of one budget, so this is how acknowledged envelopes let go of
+/// their shares.
+#[derive(Debug, Default)]
+pub struct PermitRun {
+    run: Option<OwnedSemaphorePermit>,
+}
+
+impl PermitRun {
+    /// Adds `permit` to the run; a permit of another budget than the run's
+    /// gives the run so far back at once and starts a new one.
+    pub fn add(&mut self, permit: Permit) {
+        let Some(next) = permit._inner else { return };
+        match &mut self.run {
+            Some(held) if Arc::ptr_eq(held.semaphore(), next.semaphore()) => held.merge(next),
+            _ => self.run = Some(next),
+        }
+    }
+}
+
 /// Why an item could not be queued; the item is handed back.
 #[derive(Debug)]
 pub enum QueueError<T> {
@@ -273,6 +295,28 @@ mod tests {
         drop(permit);
         tx.try_send(3, 400).unwrap();
         assert_eq!(tx.peak_bytes(), 928);
+    }
+
+    #[test]
+    fn permits_of_several_budgets_released_together_are_all_given_back() {
+        let (a, b) = (Budget::new(1000), Budget::new(1000));
+        let mut permits = Vec::new();
+        for i in 0..9 {
+            let budget = if i % 3 == 2 { &b } else { &a };
+            permits.push(budget.try_reserve(100).expect("room"));
+        }
+        permits.push(Permit::none());
+        let mut run = PermitRun::default();
+        for permit in permits {
+            run.add(permit);
+        }
+        // Each switch of budget gave a run back; the last (of `b`) is still held.
+        assert_eq!((a.used_bytes(), b.used_bytes()), (0, 164));
+        drop(run);
+        assert_eq!((a.used_bytes(), b.used_bytes()), (0, 0));
+        // Everything is free again, to the last byte.
+        assert!(a.try_reserve(1000 - ITEM_OVERHEAD).is_some());
+        assert!(b.try_reserve(1000 - ITEM_OVERHEAD).is_some());
     }
 
     #[tokio::test]

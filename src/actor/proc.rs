@@ -459,8 +459,10 @@ impl Proc {
         if u.envelope.from.proc_id == *self.id() {
             self.returned(u);
         } else if self.inner.outlet.carries_returns() {
-            if let Err(Outgoing::Returned(u)) =
-                self.inner.outlet.send_unbudgeted(Outgoing::Returned(u))
+            if let Err(Outgoing::Returned(u)) = self
+                .inner
+                .outlet
+                .send_unbudgeted(Outgoing::Returned(Box::new(u)))
             {
                 tracing::debug!(
                     "dropping return of envelope to {}: proc closed ({})",

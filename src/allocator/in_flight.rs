@@ -58,6 +58,16 @@ impl fmt::Display for Violation {
     }
 }
 
+/// What an ack releases from one position, for the caller to drop (outside
+/// any lock, and its budget shares together).
+#[derive(Debug)]
+pub(crate) enum Released<T, K> {
+    /// An item the worker acknowledged as delivered.
+    Delivered(T),
+    /// What was kept of an item the worker refused.
+    Refused(K),
+}
+
 /// One position on the stream.
 #[derive(Debug)]
 enum Slot<T, K> {
@@ -123,7 +133,20 @@ impl<T, K> InFlight<T, K> {
     ///
     /// Returns how many of them were delivered (not refused). Errors: an ack
     /// that goes backwards or covers more than was written.
+    #[cfg(test)]
     pub(crate) fn on_ack(&mut self, processed: u64) -> Result<u64, Violation> {
+        self.on_ack_with(processed, drop)
+    }
+
+    /// Applies a cumulative ack; the newly acknowledged items are handed
+    /// to `release`, in order.
+    ///
+    /// Returns and errors as [`InFlight::on_ack`]; on an error nothing is released.
+    pub(crate) fn on_ack_with(
+        &mut self,
+        processed: u64,
+        mut release: impl FnMut(Released<T, K>),
+    ) -> Result<u64, Violation> {
         if processed < self.acked {
             return Err(Violation::AckBackwards {
                 processed,
@@ -138,8 +161,13 @@ impl<T, K> InFlight<T, K> {
         }
         let mut delivered = 0;
         for _ in self.acked..processed {
-            if let Some(Slot::Pending(_)) = self.entries.pop_front() {
-                delivered += 1;
+            match self.entries.pop_front() {
+                Some(Slot::Pending(item)) => {
+                    delivered += 1;
+                    release(Released::Delivered(item));
+                }
+                Some(Slot::Refused(kept)) => release(Released::Refused(kept)),
+                Some(Slot::Moving) | None => {}
             }
         }
         self.acked = processed;

@@ -28,12 +28,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::in_flight::InFlight;
+use super::in_flight::{InFlight, Released};
 use super::parking::Parking;
 use super::stall::StallJudge;
 use crate::id::ProcId;
-use crate::mailbox::{self, AckState, Outgoing};
-use crate::queue::{self, Budget, Permit, QueueError, QueueReceiver, QueueSender};
+use crate::mailbox::{self, AckState, Outgoing, Received};
+use crate::queue::{self, Budget, Permit, PermitRun, QueueError, QueueReceiver, QueueSender};
 use crate::reason::{Bounded, FailureReason, ReturnReason, REASON_COST};
 use crate::sync::lock;
 use crate::transport::{FramedRecv, FramedSend, StreamError};
@@ -245,7 +245,11 @@ impl ProcLink {
                 }
             },
         };
-        if self.queue.push(Outgoing::Returned(u), permit).is_err() {
+        if self
+            .queue
+            .push(Outgoing::Returned(Box::new(u)), permit)
+            .is_err()
+        {
             tracing::debug!("return to {} dropped: proc closed", self.proc_id);
         }
     }
@@ -383,11 +387,11 @@ impl ProcLink {
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let frame = if recv.frame_ready() {
-                recv.next::<MailboxFrame>().await
+                mailbox::read(recv, &mut routes).await
             } else {
                 acks.idle();
                 tokio::select! {
-                    f = recv.next::<MailboxFrame>() => f,
+                    f = mailbox::read(recv, &mut routes) => f,
                     _ = checks.tick() => {
                         let now = Instant::now();
                         let written_now = written.load(Ordering::Relaxed);
@@ -405,11 +409,7 @@ impl ProcLink {
                     }
                 }
             };
-            // A route definition is kept, nothing more to do.
-            let Some(frame) = mailbox::resolve(&mut routes, frame) else {
-                continue;
-            };
-            let frame = match frame {
+            let received = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_protocol_violation() => {
@@ -422,8 +422,11 @@ impl ProcLink {
                 }
                 Err(e) => return Err(FailureReason::MailboxStream(e.to_string())),
             };
-            match frame {
-                MailboxFrame::Envelope(env) => {
+            let frame = match received {
+                // A route definition is kept, nothing more to do.
+                Received::Defined(_) => continue,
+                Received::Frame(frame) => frame,
+                Received::Envelope { env, .. } => {
                     self.traffic.received.fetch_add(1, Ordering::Relaxed);
                     let bytes = env.payload.len() as u64;
                     self.traffic
@@ -437,7 +440,10 @@ impl ProcLink {
                     }
                     self.forward(env, switch, &mut judge).await;
                     acks.bump(recv.frame_ready());
+                    continue;
                 }
+            };
+            match *frame {
                 MailboxFrame::Refused { seq, reason } => {
                     // The envelope goes back to its sender, charged to the
                     // sender's returns budget; this proc's budget share stays
@@ -454,11 +460,17 @@ impl ProcLink {
                 MailboxFrame::Ack { processed } => {
                     let mut state = lock(&self.state);
                     let before = state.in_flight.acked();
+                    // The budget shares of what the ack covers go back at once.
+                    let mut shares = PermitRun::default();
                     state
                         .in_flight
-                        .on_ack(processed)
+                        .on_ack_with(processed, |done| match done {
+                            Released::Delivered((_env, permit)) => shares.add(permit),
+                            Released::Refused(permit) => shares.add(permit),
+                        })
                         .map_err(|v| FailureReason::ProtocolViolation(v.to_string()))?;
                     drop(state);
+                    drop(shares);
                     // Only an ack that covers something new is progress.
                     if processed > before {
                         judge.on_progress(Instant::now());
@@ -470,8 +482,10 @@ impl ProcLink {
                             .into(),
                     ));
                 }
-                // `resolve` keeps definitions and rebuilds routed envelopes.
-                MailboxFrame::Route { .. } | MailboxFrame::Routed(_) => {}
+                // `read` keeps definitions and returns every envelope as such.
+                MailboxFrame::Route { .. }
+                | MailboxFrame::Routed(_)
+                | MailboxFrame::Envelope(_) => {}
             }
         }
     }
@@ -555,7 +569,11 @@ impl ProcLink {
                 }
             }
         };
-        if self.queue.push(Outgoing::Returned(u), permit).is_err() {
+        if self
+            .queue
+            .push(Outgoing::Returned(Box::new(u)), permit)
+            .is_err()
+        {
             tracing::debug!("return to {} dropped: proc closed", self.proc_id);
         }
     }

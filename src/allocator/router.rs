@@ -33,14 +33,69 @@ pub(crate) enum Destination {
 /// The allocator's routing table.
 pub(crate) struct Router {
     controller: Proc,
-    links: RwLock<HashMap<ProcId, Arc<ProcLink>>>,
+    links: RwLock<Links<Arc<ProcLink>>>,
+}
+
+/// Ranks up to this are looked up by index (a proc's rank is chosen by the
+/// allocator, from 0 up, so the table stays as long as the procs created).
+const MAX_INDEXED_RANK: u32 = 1 << 20;
+
+/// Every proc's link, found by its rank: every envelope the allocator
+/// passes on looks one up, and an index and one comparison of ids cost far
+/// less than hashing the id. A proc whose rank is beyond
+/// [`MAX_INDEXED_RANK`], or whose slot another proc holds (a proc of another
+/// allocation, which this allocator never creates), is kept in `others`.
+struct Links<T> {
+    by_rank: Vec<Option<(ProcId, T)>>,
+    others: HashMap<ProcId, T>,
+}
+
+impl<T> Default for Links<T> {
+    fn default() -> Self {
+        Links {
+            by_rank: Vec::new(),
+            others: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Links<T> {
+    /// Adds (or replaces) the entry of `proc_id`.
+    fn insert(&mut self, proc_id: ProcId, value: T) {
+        let rank = proc_id.rank;
+        if rank < MAX_INDEXED_RANK {
+            let i = rank as usize;
+            if self.by_rank.len() <= i {
+                self.by_rank.resize_with(i + 1, || None);
+            }
+            let slot = &mut self.by_rank[i];
+            if !matches!(slot, Some((held, _)) if *held != proc_id) {
+                *slot = Some((proc_id, value));
+                return;
+            }
+        }
+        self.others.insert(proc_id, value);
+    }
+
+    /// The entry of `proc_id`, if it was ever added.
+    fn get(&self, proc_id: &ProcId) -> Option<&T> {
+        if let Some(Some((held, value))) = self.by_rank.get(proc_id.rank as usize) {
+            if held == proc_id {
+                return Some(value);
+            }
+        }
+        if self.others.is_empty() {
+            return None;
+        }
+        self.others.get(proc_id)
+    }
 }
 
 impl Router {
     pub(crate) fn new(controller: Proc) -> Self {
         Router {
             controller,
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::new(Links::default()),
         }
     }
 
@@ -189,7 +244,7 @@ impl Outlet for RouterOutlet {
                         return Err(OutletError::Refused(u.reason));
                     }
                 }
-                Outgoing::Returned(u) => router.return_to_sender(u, None),
+                Outgoing::Returned(u) => router.return_to_sender(*u, None),
                 // The controller's proc receives nothing over a stream.
                 Outgoing::Refused { .. } => {}
             }
@@ -208,7 +263,7 @@ impl Outlet for RouterOutlet {
                 Err(NotForwarded::Undeliverable(u)) => Err(OutletError::Refused(u.reason)),
             },
             Outgoing::Returned(u) => {
-                router.return_to_sender(u, None);
+                router.return_to_sender(*u, None);
                 Ok(())
             }
             Outgoing::Refused { .. } => Ok(()),
@@ -228,7 +283,7 @@ impl Outlet for RouterOutlet {
                     }
                 });
             }
-            Outgoing::Returned(u) => router.return_to_sender(u, None),
+            Outgoing::Returned(u) => router.return_to_sender(*u, None),
             Outgoing::Refused { .. } => {}
         }
         Ok(())
@@ -240,5 +295,37 @@ impl Outlet for RouterOutlet {
 
     fn queued_bytes(&self) -> (u64, u64) {
         (0, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_found_by_their_full_id_only() {
+        let mut links = Links::default();
+        links.insert(ProcId::new("a", 0), 10);
+        links.insert(ProcId::new("a", 3), 13);
+        assert_eq!(links.get(&ProcId::new("a", 0)), Some(&10));
+        assert_eq!(links.get(&ProcId::new("a", 3)), Some(&13));
+        // Ranks never added, beyond the table, or another allocation's.
+        assert_eq!(links.get(&ProcId::new("a", 1)), None);
+        assert_eq!(links.get(&ProcId::new("a", 4)), None);
+        assert_eq!(links.get(&ProcId::new("a", u32::MAX)), None);
+        assert_eq!(links.get(&ProcId::new("b", 0)), None);
+        assert!(links.others.is_empty());
+        // A second allocation's proc at a rank in use, and a rank beyond
+        // the index, still work (through the map).
+        links.insert(ProcId::new("b", 0), 20);
+        links.insert(ProcId::new("a", u32::MAX), 30);
+        assert_eq!(links.get(&ProcId::new("b", 0)), Some(&20));
+        assert_eq!(links.get(&ProcId::new("a", 0)), Some(&10));
+        assert_eq!(links.get(&ProcId::new("a", u32::MAX)), Some(&30));
+        assert_eq!(links.others.len(), 2);
+        // Replacing keeps one entry.
+        links.insert(ProcId::new("a", 3), 33);
+        assert_eq!(links.get(&ProcId::new("a", 3)), Some(&33));
+        assert_eq!(links.by_rank.len(), 4);
     }
 }

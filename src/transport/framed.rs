@@ -110,6 +110,27 @@ impl FramedRecv {
         }
     }
 
+    /// Reads and decodes the next frame of enum `T` as
+    /// [`codec::decode_variant`] does: variant number `hot` as its content
+    /// `V` alone, any other as a boxed `T`. `None` at a clean end of stream.
+    ///
+    /// Errors: as [`FramedRecv::next`].
+    pub async fn next_variant<V: DeserializeOwned, T: DeserializeOwned>(
+        &mut self,
+        hot: u32,
+    ) -> Result<Option<codec::Variant<V, T>>, StreamError> {
+        loop {
+            if let Some(msg) = self.decoder.decode_next_variant(hot)? {
+                return Ok(Some(msg));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await? {
+                Some(chunk) => self.decoder.push(&chunk.bytes),
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(StreamError::Truncated(self.decoder.buffered())),
+            }
+        }
+    }
+
     /// Stops the stream, telling the peer with `code` that no more will be read.
     pub fn stop(&mut self, code: quinn::VarInt) {
         let _ = self.recv.stop(code);

@@ -90,6 +90,45 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     Ok(msg)
 }
 
+/// A body of an enum `T` decoded by [`decode_variant`]: the content of the
+/// one variant asked for alone, or any other body as a whole `T`, boxed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Variant<V, T> {
+    /// The body is the variant asked for; this is its content.
+    Hot(V),
+    /// Any other variant of `T`.
+    Other(Box<T>),
+}
+
+/// The variant number a body of an enum starts with, and the bytes of the
+/// variant's content after it; `None` if the body does not start with one.
+///
+/// With bincode's standard configuration an enum is its variant's number
+/// (a varint) followed by the variant's content, encoded as the content's
+/// own type would be.
+pub fn variant_index(body: &[u8]) -> Option<(u32, &[u8])> {
+    let (index, used): (u32, usize) = decode_limited::<u32, 16>(body).ok()?;
+    Some((index, &body[used..]))
+}
+
+/// Decodes a body of enum `T` that is usually one variant, number `hot`,
+/// whose content is a `V`: that variant is decoded as its content alone,
+/// without building a `T` around it (a large enum is copied at every move;
+/// its content alone is small). Find `hot` with [`variant_index`] on an
+/// encoded sample, not by counting variants by hand.
+///
+/// The result is what [`decode`] as `T` gives, split by variant (a test
+/// compares the two on arbitrary bodies). Errors: as [`decode`].
+pub fn decode_variant<V: DeserializeOwned, T: DeserializeOwned>(
+    body: &[u8],
+    hot: u32,
+) -> Result<Variant<V, T>, CodecError> {
+    match variant_index(body) {
+        Some((index, content)) if index == hot => decode(content).map(Variant::Hot),
+        _ => decode(body).map(|t| Variant::Other(Box::new(t))),
+    }
+}
+
 /// Appends `msg` as one frame (prefix and body) to `out`.
 ///
 /// Errors: [`CodecError::TooLarge`] when the body exceeds `max_frame` (then
@@ -192,6 +231,20 @@ impl FrameDecoder {
             return Ok(None);
         };
         let msg = decode(&self.buf[PREFIX_LEN..PREFIX_LEN + len]);
+        self.buf.advance(PREFIX_LEN + len);
+        msg.map(Some)
+    }
+
+    /// Decodes the next complete frame in place as [`decode_variant`] does,
+    /// `None` if more bytes are needed. Errors: as [`FrameDecoder::decode_next`].
+    pub fn decode_next_variant<V: DeserializeOwned, T: DeserializeOwned>(
+        &mut self,
+        hot: u32,
+    ) -> Result<Option<Variant<V, T>>, CodecError> {
+        let Some(len) = self.complete_len()? else {
+            return Ok(None);
+        };
+        let msg = decode_variant(&self.buf[PREFIX_LEN..PREFIX_LEN + len], hot);
         self.buf.advance(PREFIX_LEN + len);
         msg.map(Some)
     }
@@ -320,7 +373,72 @@ mod tests {
         assert!(decode::<Msg>(&body).is_err());
     }
 
+    /// The hot variant of [`Msg`] and its content.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct MsgA {
+        x: u32,
+        s: String,
+    }
+
+    /// What `decode_variant` must agree with: `decode` as a whole `Msg`.
+    fn split(msg: Result<Msg, CodecError>) -> Result<Variant<MsgA, Msg>, CodecError> {
+        msg.map(|m| match m {
+            Msg::A { x, s } => Variant::Hot(MsgA { x, s }),
+            other => Variant::Other(Box::new(other)),
+        })
+    }
+
+    #[test]
+    fn the_hot_variant_index_is_read_from_a_sample() {
+        let a = encode(&Msg::A {
+            x: 1,
+            s: "a".into(),
+        })
+        .unwrap();
+        let b = encode(&Msg::B(vec![2])).unwrap();
+        assert_eq!(variant_index(&a).map(|(i, _)| i), Some(0));
+        assert_eq!(variant_index(&b).map(|(i, _)| i), Some(1));
+        assert_eq!(variant_index(&[]), None);
+        assert_eq!(variant_index(&[0xfb]), None, "a varint cut short");
+    }
+
     proptest! {
+        #[test]
+        fn decoding_a_variant_alone_agrees_with_decoding_the_enum(
+            msg in prop_oneof![
+                (any::<u32>(), ".{0,40}").prop_map(|(x, s)| Msg::A { x, s }),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(Msg::B),
+            ],
+            cut in 0usize..80,
+            junk in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let body = encode(&msg).unwrap();
+            // The whole body, a body cut short, and one with bytes after it.
+            let mut longer = body.clone();
+            longer.extend_from_slice(&junk);
+            for bytes in [&body[..], &body[..cut.min(body.len())], &longer[..]] {
+                let whole = split(decode::<Msg>(bytes));
+                let alone = decode_variant::<MsgA, Msg>(bytes, 0);
+                match (&whole, &alone) {
+                    (Ok(w), Ok(a)) => prop_assert_eq!(w, a),
+                    (Err(_), Err(_)) => {}
+                    _ => prop_assert!(false, "{:?} against {:?} for {:?}", whole, alone, bytes),
+                }
+            }
+        }
+
+        #[test]
+        fn decoding_a_variant_of_arbitrary_bytes_agrees_with_the_enum(
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let whole = split(decode::<Msg>(&data));
+            let alone = decode_variant::<MsgA, Msg>(&data, 0);
+            prop_assert_eq!(whole.is_ok(), alone.is_ok(), "{:?} against {:?}", whole, alone);
+            if let (Ok(w), Ok(a)) = (whole, alone) {
+                prop_assert_eq!(w, a);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<Msg>(&data);

@@ -20,9 +20,14 @@
 //! ([`RouteError`]). What a peer can make the receiver keep is bounded by
 //! [`MAX_ROUTES`] pairs of ids, each already bounded in length where it is
 //! decoded. Both sides are plain state, tested without a stream.
+//!
+//! [`MailboxFrame::Route`]: crate::wire::MailboxFrame::Route
+//! [`MailboxFrame::Routed`]: crate::wire::MailboxFrame::Routed
 
 use crate::id::ActorId;
-use crate::wire::{Dest, Envelope, MailboxFrame, RoutedEnvelope, MAX_ROUTES};
+#[cfg(any(test, feature = "testkit"))]
+use crate::wire::MailboxFrame;
+use crate::wire::{Dest, Envelope, RoutedEnvelope, MAX_ROUTES};
 
 /// A peer used a route it may not use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +51,8 @@ pub enum RouteError {
 pub enum RouteChoice {
     /// The route is defined already: send the envelope on it.
     Known(u32),
-    /// Send a [`MailboxFrame::Route`] defining this number first.
+    /// Send a [`MailboxFrame::Route`](crate::wire::MailboxFrame::Route)
+    /// defining this number first.
     Define(u32),
 }
 
@@ -165,7 +171,12 @@ impl RouteTable {
     /// envelope comes back as [`MailboxFrame::Envelope`], any other frame as
     /// it is.
     ///
+    /// The mailbox stream's readers use `mailbox::read`, which decodes a
+    /// routed envelope alone; this is for tests and fuzz targets that hold
+    /// whole frames.
+    ///
     /// Errors: as [`RouteTable::define`] and [`RouteTable::envelope`].
+    #[cfg(any(test, feature = "testkit"))]
     pub fn resolve(&mut self, frame: MailboxFrame) -> Result<Option<MailboxFrame>, RouteError> {
         match frame {
             MailboxFrame::Route { route, from, to } => {

@@ -23,7 +23,7 @@ use crate::stop::Stop;
 use super::stop_budget::StopDeadlines;
 use crate::actor::{Proc, ProcConfig, Registry};
 use crate::id::{ActorId, ProcId};
-use crate::mailbox::{self, AckState};
+use crate::mailbox::{self, AckState, Received};
 use crate::queue::{self, QueueError, QueueReceiver};
 use crate::reason::{ActorFailure, FailureReason, ReturnReason, StopReason};
 use crate::transport::{FramedRecv, FramedSend};
@@ -144,39 +144,43 @@ impl HostedProc {
                         break;
                     }
                     // Fast path: a whole frame is buffered, reading it cannot wait.
-                    let frame = if let Some(f) = carried.take() {
-                        f
+                    let received = if let Some(r) = carried.take() {
+                        r
                     } else if recv.frame_ready() {
-                        recv.next::<MailboxFrame>().await
+                        mailbox::read(&mut recv, &mut routes).await
                     } else {
                         acks.idle();
                         tokio::select! {
                             biased;
                             _ = reader_stop.stopped() => break,
-                            f = recv.next::<MailboxFrame>() => f,
+                            r = mailbox::read(&mut recv, &mut routes) => r,
                         }
                     };
-                    // A route definition is kept, nothing more to do.
-                    let Some(frame) = mailbox::resolve(&mut routes, frame) else {
-                        continue;
-                    };
-                    match frame {
-                        Ok(Some(MailboxFrame::Envelope(env))) => {
+                    match received {
+                        Ok(Some(Received::Envelope { env, route })) => {
                             // Envelopes already buffered for the same actor go
                             // to its mailbox as one item: one wake, one permit.
+                            // The same route means the same destination (a
+                            // new definition of it ends the comparison by
+                            // number); otherwise destinations are compared.
+                            let mut batch_route = route;
                             let mut batch = Vec::with_capacity(16);
                             batch.push(env);
                             while batch.len() < MAX_BATCH && recv.frame_ready() {
-                                let read = recv.next::<MailboxFrame>().await;
-                                match mailbox::resolve(&mut routes, read) {
-                                    Some(Ok(Some(MailboxFrame::Envelope(e))))
-                                        if e.to == batch[0].to =>
+                                match mailbox::read(&mut recv, &mut routes).await {
+                                    Ok(Some(Received::Envelope { env, route }))
+                                        if (route.is_some() && route == batch_route)
+                                            || env.to == batch[0].to =>
                                     {
-                                        batch.push(e)
+                                        batch.push(env)
                                     }
-                                    // A route definition: the batch goes on.
-                                    None => {}
-                                    Some(other) => {
+                                    // A definition: the batch goes on.
+                                    Ok(Some(Received::Defined(r))) => {
+                                        if batch_route == Some(r) {
+                                            batch_route = None;
+                                        }
+                                    }
+                                    other => {
                                         carried = Some(other);
                                         break;
                                     }
@@ -203,18 +207,25 @@ impl HostedProc {
                             next_seq += n;
                             acks.bump_by(n, carried.is_some() || recv.frame_ready());
                         }
-                        Ok(Some(MailboxFrame::Undeliverable(u))) => proc.returned(u),
-                        Ok(Some(MailboxFrame::Ack { .. })) => {}
-                        // `resolve` keeps definitions and rebuilds routed envelopes.
-                        Ok(Some(MailboxFrame::Route { .. } | MailboxFrame::Routed(_))) => {}
-                        Ok(Some(MailboxFrame::Refused { .. })) => {
-                            recv.stop(close::PROTOCOL);
-                            let reason = FailureReason::ProtocolViolation(
-                                "the allocator sent a refusal".to_string(),
-                            );
-                            let _ = events.send(WorkerToAllocator::ProcFailed { proc_id, reason });
-                            break;
-                        }
+                        Ok(Some(Received::Defined(_))) => {}
+                        Ok(Some(Received::Frame(frame))) => match *frame {
+                            MailboxFrame::Undeliverable(u) => proc.returned(u),
+                            MailboxFrame::Refused { .. } => {
+                                recv.stop(close::PROTOCOL);
+                                let reason = FailureReason::ProtocolViolation(
+                                    "the allocator sent a refusal".to_string(),
+                                );
+                                let _ =
+                                    events.send(WorkerToAllocator::ProcFailed { proc_id, reason });
+                                break;
+                            }
+                            // `read` keeps definitions and returns envelopes
+                            // as such; an ack needs nothing here.
+                            MailboxFrame::Ack { .. }
+                            | MailboxFrame::Route { .. }
+                            | MailboxFrame::Routed(_)
+                            | MailboxFrame::Envelope(_) => {}
+                        },
                         Ok(None) => break,
                         Err(e) => {
                             if e.is_protocol_violation() {
