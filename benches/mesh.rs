@@ -42,7 +42,7 @@
 //! exit by themselves when their stdin (a pipe from the controller) closes.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -1145,7 +1145,7 @@ enum RawMode {
 
 /// The raw peer: serves every bidi stream of every connection until stdin closes.
 fn raw_peer_main() -> anyhow::Result<()> {
-    exit_when_stdin_closes();
+    quicmesh::testkit::exit_when_stdin_closes();
     runtime()?.block_on(async {
         let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
         let link: LinkConfig = match std::env::var(ENV_RAW_LINK) {
@@ -1577,7 +1577,7 @@ async fn cast_64(certs: &CertPaths, sizes: &Sizes) -> anyhow::Result<(f64, f64)>
 
 /// The allocator child: launches 2 workers, prints their pids and "ready", waits.
 fn alloc_child_main() -> anyhow::Result<()> {
-    exit_when_stdin_closes();
+    quicmesh::testkit::exit_when_stdin_closes();
     runtime()?.block_on(async {
         let dir = PathBuf::from(std::env::var(ENV_CERT_DIR).context(ENV_CERT_DIR)?);
         let mut w = Watch::new(bind(&CertPaths::in_dir(&dir), "frozen").await?);
@@ -1673,20 +1673,6 @@ impl Drop for ChildGuard {
         let _ = self.child.start_kill();
         let _ = self.child.try_wait();
     }
-}
-
-/// Ends this (child) process when the controller closes our stdin, e.g. by dying.
-fn exit_when_stdin_closes() {
-    std::thread::spawn(|| {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => std::process::exit(0),
-                Ok(_) => {}
-            }
-        }
-    });
 }
 
 fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {

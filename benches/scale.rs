@@ -27,7 +27,7 @@
 //!
 //! The figures from /proc and getrusage are Linux's.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -528,16 +528,7 @@ async fn bare_idle_cpu(
 /// socket each), each with one connection exchanging heartbeats; says
 /// `ready` on stdout once all are connected, and exits when stdin closes.
 fn bare_clients_main() -> anyhow::Result<()> {
-    std::thread::spawn(|| {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => std::process::exit(0),
-                Ok(_) => {}
-            }
-        }
-    });
+    quicmesh::testkit::exit_when_stdin_closes();
     let var = |name: &str| std::env::var(name).with_context(|| format!("{name} not set"));
     let addr: std::net::SocketAddr = var(ENV_BARE_ADDR)?.parse()?;
     let n: u32 = var(ENV_BARE_N)?.parse()?;

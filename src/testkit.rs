@@ -51,3 +51,20 @@ pub async fn spawn_named(
 ) -> Result<crate::ActorId, crate::SpawnError> {
     client.spawn_named(proc_id, actor_type, name, params).await
 }
+
+/// Ends this process as soon as its stdin reaches its end: a benchmark's
+/// or test's child process, given a pipe it never writes to, so that the
+/// child goes when its parent does, even if the parent dies without
+/// killing it.
+pub fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
+}
