@@ -408,11 +408,17 @@ async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         tokio::pin!(hold);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));
         let show_live = metrics.is_some() && on_terminal && args.hold > 0;
+        // One listener for the whole hold: a `ctrl_c()` made anew at every
+        // turn of the loop is not listening between one turn and the next,
+        // and an interrupt that lands while an event is being handled (a
+        // worker lost, say) would be missed and the hold run to its end.
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
         loop {
             tokio::select! {
                 _ = &mut hold => break,
                 _ = status_tick.tick(), if show_live => print_status(&alloc),
-                _ = tokio::signal::ctrl_c() => { println!("interrupted, stopping"); break }
+                _ = &mut interrupted => { println!("interrupted, stopping"); break }
                 e = events.next() => match e {
                     Some(e) => tally.record(&e),
                     None => break,
