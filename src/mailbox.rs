@@ -146,8 +146,8 @@ pub enum Received {
 }
 
 /// The variant number of [`MailboxFrame::Routed`], read from an encoded
-/// sample (see [`codec::variant_index`]).
-fn routed_variant() -> u32 {
+/// sample (see [`codec::variant_index`]): what [`read`] decodes alone.
+pub fn routed_variant() -> u32 {
     static ROUTED: OnceLock<u32> = OnceLock::new();
     *ROUTED.get_or_init(|| {
         let sample = MailboxFrame::Routed(RoutedEnvelope {
@@ -198,7 +198,8 @@ pub async fn read(
             }
             MailboxFrame::Routed(r) => routed(routes, r)?,
             MailboxFrame::Envelope(env) => Received::Envelope { env, route: None },
-            other => Received::Frame(Box::new(other)),
+            // Nothing was moved out: the box goes on as it is.
+            _ => Received::Frame(frame),
         },
     }))
 }

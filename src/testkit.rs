@@ -18,6 +18,11 @@ pub mod wire {
     pub use crate::wire::*;
 }
 
+/// How a mailbox stream's readers decode its frames.
+pub mod mailbox {
+    pub use crate::mailbox::routed_variant;
+}
+
 /// QUIC endpoints and framed streams.
 pub mod transport {
     pub use crate::transport::*;

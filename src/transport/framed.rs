@@ -74,16 +74,18 @@ impl FramedRecv {
         self.decoder.has_frame()
     }
 
-    /// Reads the next frame body; `None` when the peer finished the stream cleanly.
+    /// Reads from the stream until `take` gets something out of the
+    /// decoder; `None` when the peer finished the stream cleanly.
     ///
-    /// Errors: [`StreamError::Codec`] for an oversized frame (detected from
-    /// its prefix alone), [`StreamError::Truncated`] if the stream ends
+    /// Errors: those of `take`, [`StreamError::Truncated`] if the stream ends
     /// mid-frame, [`StreamError::Read`] if the transport fails.
-    #[cfg(any(test, feature = "testkit"))]
-    pub async fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, StreamError> {
+    async fn read_until<R>(
+        &mut self,
+        mut take: impl FnMut(&mut FrameDecoder) -> Result<Option<R>, CodecError>,
+    ) -> Result<Option<R>, StreamError> {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
-                return Ok(Some(frame));
+            if let Some(got) = take(&mut self.decoder)? {
+                return Ok(Some(got));
             }
             match self.recv.read_chunk(64 * 1024, true).await? {
                 Some(chunk) => self.decoder.push(&chunk.bytes),
@@ -93,21 +95,22 @@ impl FramedRecv {
         }
     }
 
+    /// Reads the next frame body; `None` when the peer finished the stream cleanly.
+    ///
+    /// Errors: [`StreamError::Codec`] for an oversized frame (detected from
+    /// its prefix alone), [`StreamError::Truncated`] if the stream ends
+    /// mid-frame, [`StreamError::Read`] if the transport fails.
+    #[cfg(any(test, feature = "testkit"))]
+    pub async fn next_frame(&mut self) -> Result<Option<bytes::Bytes>, StreamError> {
+        self.read_until(FrameDecoder::next_frame).await
+    }
+
     /// Reads and decodes the next message; `None` at a clean end of stream.
     ///
     /// Errors: as [`FramedRecv::next_frame`], plus [`StreamError::Codec`] when
     /// the body is not a `T`.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
-        loop {
-            if let Some(msg) = self.decoder.decode_next()? {
-                return Ok(Some(msg));
-            }
-            match self.recv.read_chunk(64 * 1024, true).await? {
-                Some(chunk) => self.decoder.push(&chunk.bytes),
-                None if self.decoder.buffered() == 0 => return Ok(None),
-                None => return Err(StreamError::Truncated(self.decoder.buffered())),
-            }
-        }
+        self.read_until(FrameDecoder::decode_next).await
     }
 
     /// Reads and decodes the next frame of enum `T` as
@@ -119,16 +122,8 @@ impl FramedRecv {
         &mut self,
         hot: u32,
     ) -> Result<Option<codec::Variant<V, T>>, StreamError> {
-        loop {
-            if let Some(msg) = self.decoder.decode_next_variant(hot)? {
-                return Ok(Some(msg));
-            }
-            match self.recv.read_chunk(64 * 1024, true).await? {
-                Some(chunk) => self.decoder.push(&chunk.bytes),
-                None if self.decoder.buffered() == 0 => return Ok(None),
-                None => return Err(StreamError::Truncated(self.decoder.buffered())),
-            }
-        }
+        self.read_until(|decoder| decoder.decode_next_variant(hot))
+            .await
     }
 
     /// Stops the stream, telling the peer with `code` that no more will be read.

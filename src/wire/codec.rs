@@ -227,6 +227,16 @@ impl FrameDecoder {
     /// instead of being reallocated. Errors: as `next_frame`, and
     /// [`CodecError::Decode`] / [`CodecError::TrailingBytes`] as [`decode`].
     pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        self.decode_body(decode)
+    }
+
+    /// Hands the next complete frame's body, in place, to `decode` and
+    /// consumes the frame whatever `decode` says; `None` if more bytes are
+    /// needed. Errors: those of [`FrameDecoder::next_frame`] and of `decode`.
+    fn decode_body<R>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<R, CodecError>,
+    ) -> Result<Option<R>, CodecError> {
         let Some(len) = self.complete_len()? else {
             return Ok(None);
         };
@@ -241,12 +251,7 @@ impl FrameDecoder {
         &mut self,
         hot: u32,
     ) -> Result<Option<Variant<V, T>>, CodecError> {
-        let Some(len) = self.complete_len()? else {
-            return Ok(None);
-        };
-        let msg = decode_variant(&self.buf[PREFIX_LEN..PREFIX_LEN + len], hot);
-        self.buf.advance(PREFIX_LEN + len);
-        msg.map(Some)
+        self.decode_body(|body| decode_variant(body, hot))
     }
 
     /// Returns the next complete frame body, `None` if more bytes are needed.
