@@ -23,6 +23,11 @@
 //!   rate: for profiling the tell path, and for comparing two builds on more
 //!   samples than the full run's three (no baseline, so no ratio).
 //!
+//! The round trip is measured twice on quicmesh, against one worker of each
+//! layout: the default (connection on a thread of its own) and
+//! `QUICMESH_WORKER_RUNTIME=shared` with one thread, in alternating chunks
+//! with bare quinn's, so the table shows what the default's isolation costs.
+//!
 //! The proc-to-proc cases (`mesh/proc_paths.rs`) measure actors on two
 //! workers talking through the allocator, and 8 workers telling one actor,
 //! each against bare quinn forwarded through a middle process.
@@ -52,7 +57,7 @@ use futures::future::join_all;
 use quicmesh::actor::builtin::{self, Counter, CounterMsg, CounterReport, Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, Events, Launcher, ProcState};
 use quicmesh::config::LinkConfig;
-use quicmesh::config::{HeartbeatConfig, Limits};
+use quicmesh::config::{HeartbeatConfig, Limits, ENV_WORKER_RUNTIME, ENV_WORKER_THREADS};
 use quicmesh::testkit::relay::{Conditions, Relay};
 use quicmesh::testkit::transport::{self, FramedRecv, FramedSend};
 use quicmesh::tls::{self, CertPaths};
@@ -390,6 +395,7 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
         for name in [
             "rtt_p50_us",
             "rtt_p99_us",
+            "rtt_shared_p50_us",
             "quinn_rtt_p50_us",
             "tell_msgs_per_s",
             "quinn_msgs_per_s",
@@ -421,6 +427,16 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
             fmt(p99, 1, "us"),
             fmt(quinn_p99, 1, "us"),
             fmt(ratio(p99, quinn_p99), 2, ""),
+            "",
+        );
+        let shared = r.get("rtt_shared_p50_us");
+        let shared_ratio = ratio(shared, q50);
+        r.figure("rtt_shared_ratio", shared_ratio, 2);
+        r.row(
+            "ask rtt p50, 64 B, worker runtime shared, 1 thread",
+            fmt(shared, 1, "us"),
+            fmt(q50, 1, "us"),
+            fmt(shared_ratio, 2, ""),
             "",
         );
         let (tell, quinn_tell) = (r.get("tell_msgs_per_s"), r.get("quinn_msgs_per_s"));
@@ -590,6 +606,8 @@ async fn controller(sizes: Sizes) -> anyhow::Result<()> {
         "rtt_p99_us",
         "quinn_rtt_p50_us",
         "rtt_ratio",
+        "rtt_shared_p50_us",
+        "rtt_shared_ratio",
         "tell_msgs_per_s",
         "quinn_msgs_per_s",
         "tell_ratio",
@@ -793,25 +811,44 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
     let mut w = Watch::new(bind_with(certs, "tput", link).await?);
     let index = w.alloc.launch(&worker_launcher()?, 1, 1)?[0];
     w.running(1).await?;
+    // A second worker, launched after the first so its proc is rank 1, with
+    // the connection and actors on one runtime thread: what the two-runtime
+    // split costs a round trip, measured beside it. (With two shared threads
+    // the runtime's work stealing moves tasks between them and most of the
+    // gain is lost.)
+    let shared_launcher = worker_launcher()?
+        .env(ENV_WORKER_RUNTIME, "shared")
+        .env(ENV_WORKER_THREADS, "1");
+    w.alloc.launch(&shared_launcher, 1, 1)?;
+    w.running(2).await?;
     let worker_pid = w.alloc.worker_pid(index).context("worker pid")?;
-    let proc_id = w.alloc.procs()[0].clone();
+    let procs = w.alloc.procs();
+    let (proc_id, shared_proc) = (procs[0].clone(), procs[1].clone());
     let client = w.alloc.client().clone();
     let echo = client.spawn::<Echo>(&proc_id, "echo", &()).await?;
+    let shared_echo = client.spawn::<Echo>(&shared_proc, "echo", &()).await?;
 
-    // Round trips: a warm-up each, then alternating chunks, so that both
-    // paths see the same machine (a loaded 2-core box drifts within seconds).
+    // Round trips: a warm-up each, then alternating chunks, so that every
+    // path sees the same machine (a loaded 2-core box drifts within seconds).
     let mut raw_echo = raw.echo().await?;
     mesh_rtt(&client, &echo, sizes.rtt_warmup).await?;
+    mesh_rtt(&client, &shared_echo, sizes.rtt_warmup).await?;
     raw_echo.rtt(sizes.rtt_warmup).await?;
-    let (mut rtts, mut raw_rtts) = (Vec::new(), Vec::new());
+    let (mut rtts, mut shared_rtts, mut raw_rtts) = (Vec::new(), Vec::new(), Vec::new());
     while rtts.len() < sizes.rtt_samples {
         let n = RTT_CHUNK.min(sizes.rtt_samples - rtts.len());
         rtts.extend(mesh_rtt(&client, &echo, n).await?);
+        shared_rtts.extend(mesh_rtt(&client, &shared_echo, n).await?);
         raw_rtts.extend(raw_echo.rtt(n).await?);
     }
     raw_echo.tx.finish();
     r.figure("rtt_p50_us", Some(percentile_us(&mut rtts, 50)), 1);
     r.figure("rtt_p99_us", Some(percentile_us(&mut rtts, 99)), 1);
+    r.figure(
+        "rtt_shared_p50_us",
+        Some(percentile_us(&mut shared_rtts, 50)),
+        1,
+    );
     r.figure(
         "quinn_rtt_p50_us",
         Some(percentile_us(&mut raw_rtts, 50)),
@@ -851,7 +888,7 @@ async fn throughput(certs: &CertPaths, sizes: &Sizes, r: &mut Results) -> anyhow
         0,
     );
     raw.close();
-    w.stop_all(1).await?;
+    w.stop_all(2).await?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! per worker, the allocator's CPU time per second with every worker idle
 //! (heartbeats only, default settings) and the ask round trip to random
 //! workers; at N = 1,000 also the false failures during an idle hold (2
-//! minutes; 15 s with `--quick`, which says so), and the time to report a
+//! minutes; 8 s with `--quick`, which says so), and the time to report a
 //! SIGKILLed and a SIGSTOPped worker. Every figure with a limit is printed
 //! with its ratio to the limit; the round trip at N = 1,000 with its ratio
 //! to N = 1. Every figure comes from real worker processes (this
@@ -154,7 +154,7 @@ async fn run(quick: bool) -> anyhow::Result<()> {
 
 async fn cases(certs: &CertPaths, cert_dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
     let idle = Duration::from_secs(if quick { 3 } else { 5 });
-    let hold = Duration::from_secs(if quick { 15 } else { 120 });
+    let hold = Duration::from_secs(if quick { 8 } else { 120 });
     // Time for the start-up's (or the stand-in's) last packets to settle
     // before an idle figure is taken.
     let settle = Duration::from_secs(if quick { 1 } else { 2 });

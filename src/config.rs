@@ -30,6 +30,9 @@ pub const ENV_KEY: &str = "QUICMESH_KEY";
 pub const ENV_JOIN_TIMEOUT: &str = "QUICMESH_JOIN_TIMEOUT";
 /// Environment variable (optional): threads of a worker's tokio runtime.
 pub const ENV_WORKER_THREADS: &str = "QUICMESH_WORKER_THREADS";
+/// Environment variable (optional): how a worker lays out its threads,
+/// `split` (default) or `shared` (see `worker::WorkerRuntime`).
+pub const ENV_WORKER_RUNTIME: &str = "QUICMESH_WORKER_RUNTIME";
 /// Environment variable (optional): the link setting of this worker's
 /// connection, e.g. `wan` (see [`LinkConfig`]); default `lan`. The
 /// allocator sets it for the workers it launches and in its join tickets.

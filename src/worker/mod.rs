@@ -26,6 +26,7 @@ mod stop_budget;
 mod welcome;
 
 pub use exit::WorkerExit;
+pub use runtimes::WorkerRuntime;
 pub use secrets::{SecretsError, MAX_SECRETS_BYTES, MAX_SECRETS_LINES};
 pub use settings::{SettingsError, WorkerEnv, WorkerSettings};
 
@@ -140,12 +141,21 @@ pub(crate) fn finish(exit: WorkerExit) -> ! {
 /// The connection, heartbeats and session run on a transport thread of
 /// their own, the actors on `QUICMESH_WORKER_THREADS` other threads (see
 /// [`runtimes`]), so no actor, stuck or not, can delay a heartbeat or an
-/// exit. Returns as soon as the worker's run ends, without waiting for actor
+/// exit; with [`WorkerRuntime::Shared`] all of it runs on those threads
+/// (quicker round trips, without that isolation). Returns as soon as the worker's run ends, without waiting for actor
 /// tasks: the caller is expected to exit the process (as [`finish`] does).
 pub(crate) fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
     log_forward::own_process();
     let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
-    match runtimes::run_on_worker_runtimes(threads, move || run(env, registry)) {
+    let ran = match env.runtime {
+        WorkerRuntime::Split => {
+            runtimes::run_on_worker_runtimes(threads, move || run(env, registry))
+        }
+        WorkerRuntime::Shared => {
+            runtimes::run_on_shared_runtime(threads, move || run(env, registry))
+        }
+    };
+    match ran {
         Ok(exit) => exit,
         Err(e) => WorkerExit::new(exit_code::CONFIG, e),
     }

@@ -10,24 +10,91 @@
 //!
 //! - the **transport** runtime, one thread (`quicmesh-transport`) with a
 //!   current-thread scheduler: the endpoint and connection drivers, the
-//!   heartbeat task and the session (control stream, stops, exit). Nothing
-//!   of the user's runs there.
+//!   heartbeat task, the session (control stream, stops, exit) and the
+//!   tasks that move each proc's mailbox stream. Nothing of the user's runs
+//!   there.
 //! - the **actor** runtime, `QUICMESH_WORKER_THREADS` threads (default 2,
-//!   named `quicmesh-actor`; `QUICMESH_WORKER_THREADS` or `--worker-threads`): actors, and the tasks that move each proc's
-//!   mailbox stream, which also run user code (message and parameter
-//!   decoding, constructors of remotely spawned actors).
+//!   named `quicmesh-actor`; `QUICMESH_WORKER_THREADS` or
+//!   `--worker-threads`): actors, and each proc's system task, which runs
+//!   user code (parameter decoding, constructors of remotely spawned
+//!   actors).
+//!
+//! That isolation has a price on every round trip: a message arriving for
+//! an actor wakes a sleeping actor thread from the transport thread, and its
+//! answer wakes the transport thread again, two thread wake-ups that a
+//! program with one runtime does not have (about 40 us of an ask's round
+//! trip on a 2-core machine, where bare quinn's is about 120 us; see the
+//! README's Performance section). A worker whose actors never block their
+//! thread can have the round trip without them: [`WorkerRuntime::Shared`]
+//! (`QUICMESH_WORKER_RUNTIME=shared`) runs the connection, heartbeats and
+//! actors on one runtime of `QUICMESH_WORKER_THREADS` threads (with one
+//! thread there is no crossing at all; with two, the runtime's work
+//! stealing moves tasks between them and brings most of the wake-ups back).
+//! The cost is
+//! the isolation: a handler that blocks a thread delays whatever else that
+//! thread had queued (a connection driver, a heartbeat), and handlers that
+//! block every thread for longer than the heartbeat timeout get the worker
+//! declared lost and its procs failed, the stuck actor's neighbours with
+//! them. Other workers are unaffected either way.
 //!
 //! Neither runtime is dropped in the ordinary way at the end: that waits for
 //! every task, and a task stuck in a loop never ends. Both are shut down in
 //! the background, and the process exits right after.
 
+use std::fmt;
 use std::future::Future;
+use std::str::FromStr;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
 tokio::task_local! {
     /// The actor runtime of the worker whose session is polled in this task.
     static ACTORS: Handle;
+}
+
+/// How a worker lays out its threads (`QUICMESH_WORKER_RUNTIME`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WorkerRuntime {
+    /// The connection, heartbeats and session on a thread of their own, the
+    /// actors on the worker's runtime threads: no actor, blocked or not, can
+    /// delay a heartbeat or an exit. The default.
+    #[default]
+    Split,
+    /// Everything on one runtime of the worker's threads: two thread
+    /// wake-ups fewer per round trip, but a handler that blocks its thread
+    /// can delay the connection, and handlers blocking every thread for
+    /// longer than the heartbeat timeout get the whole worker declared lost.
+    /// For actors that never block.
+    Shared,
+}
+
+impl WorkerRuntime {
+    /// The name used in settings: `split` or `shared`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerRuntime::Split => "split",
+            WorkerRuntime::Shared => "shared",
+        }
+    }
+}
+
+impl fmt::Display for WorkerRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WorkerRuntime {
+    type Err = String;
+
+    /// `split` or `shared`; anything else is an error saying what is accepted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "split" => Ok(WorkerRuntime::Split),
+            "shared" => Ok(WorkerRuntime::Shared),
+            _ => Err("expected split or shared".to_string()),
+        }
+    }
 }
 
 /// The runtime on which the worker polled here runs actors and mailbox tasks.
@@ -78,6 +145,31 @@ where
         .map_err(|e| format!("cannot start the transport thread: {e}"))?
         .join()
         .map_err(|_| "the transport thread panicked".to_string())?
+}
+
+/// Runs the future made by `make` to its end on the calling thread, with
+/// everything it spawns (connection drivers, heartbeats, actors, mailbox
+/// tasks) on one new runtime of `threads` threads ([`WorkerRuntime::Shared`]).
+///
+/// Errors: the runtime could not be created (the text says so).
+pub(super) fn run_on_shared_runtime<F, T>(
+    threads: usize,
+    make: impl FnOnce() -> F,
+) -> Result<T, String>
+where
+    F: Future<Output = T>,
+{
+    let shared = Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("quicmesh-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the worker runtime: {e}"))?;
+    let shared = Background(Some(shared));
+    let Some(rt) = &shared.0 else {
+        return Err("worker runtime gone before use".to_string());
+    };
+    Ok(rt.block_on(make()))
 }
 
 /// A runtime shut down in the background when dropped, even while unwinding:

@@ -22,9 +22,11 @@ use crate::config::{
     DEFAULT_SERVER_NAME, ENV_ALLOCATOR_ADDR, ENV_CA, ENV_CERT, ENV_GROUP_SECRET,
     ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_TIMEOUT, ENV_INDEX, ENV_INDEX_FROM, ENV_INDEX_OFFSET,
     ENV_JOIN_TIMEOUT, ENV_KEY, ENV_LINK, ENV_SECRETS_STDIN, ENV_SERVER_NAME, ENV_TOKEN,
-    ENV_WORKER_THREADS,
+    ENV_WORKER_RUNTIME, ENV_WORKER_THREADS,
 };
 use crate::link::LinkConfig;
+
+use super::runtimes::WorkerRuntime;
 
 /// Threads of a worker's tokio runtime when nothing says otherwise: enough
 /// that a handler busy for a moment does not hold up the heartbeats.
@@ -117,6 +119,13 @@ pub struct WorkerSettings {
     #[arg(long, env = ENV_WORKER_THREADS, value_name = "N")]
     worker_threads: Option<OsString>,
 
+    /// `split` (default): the connection and heartbeats on a thread of their
+    /// own, out of reach of a blocked actor; `shared`: everything on the
+    /// worker's runtime threads, quicker round trips, but a handler that
+    /// blocks every thread silences the worker.
+    #[arg(long, env = ENV_WORKER_RUNTIME, value_name = "split|shared")]
+    worker_runtime: Option<OsString>,
+
     /// Link setting of the connection: `lan` (default), `wan`, or either
     /// with changes such as `wan,window=32MiB` (see the README).
     #[arg(long, env = ENV_LINK, value_name = "LINK")]
@@ -153,6 +162,7 @@ impl fmt::Debug for WorkerSettings {
             .field("key", &self.key)
             .field("join_timeout", &self.join_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("worker_runtime", &self.worker_runtime)
             .field("link", &self.link)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
@@ -186,6 +196,9 @@ pub struct WorkerEnv {
     pub join_timeout: Duration,
     /// Threads of the runtime that runs the worker's actors.
     pub worker_threads: usize,
+    /// Whether the connection has a thread of its own (the default) or
+    /// shares the actors' threads; see [`WorkerRuntime`].
+    pub runtime: WorkerRuntime,
     /// The heartbeat settings this worker expects, if it was given any
     /// (a missing one of the two takes its default).
     ///
@@ -216,6 +229,7 @@ impl fmt::Debug for WorkerEnv {
             .field("key", &self.key)
             .field("join_timeout", &self.join_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("runtime", &self.runtime)
             .field("heartbeat", &self.heartbeat)
             .field("link", &self.link)
             .finish()
@@ -322,6 +336,10 @@ const JOIN_TIMEOUT: Setting = Setting {
 const WORKER_THREADS: Setting = Setting {
     var: ENV_WORKER_THREADS,
     flag: "--worker-threads",
+};
+const WORKER_RUNTIME: Setting = Setting {
+    var: ENV_WORKER_RUNTIME,
+    flag: "--worker-runtime",
 };
 const LINK: Setting = Setting {
     var: ENV_LINK,
@@ -472,6 +490,7 @@ impl WorkerSettings {
                 ENV_KEY => &mut self.key,
                 ENV_JOIN_TIMEOUT => &mut self.join_timeout,
                 ENV_WORKER_THREADS => &mut self.worker_threads,
+                ENV_WORKER_RUNTIME => &mut self.worker_runtime,
                 ENV_LINK => &mut self.link,
                 ENV_HEARTBEAT_INTERVAL => &mut self.heartbeat_interval,
                 ENV_HEARTBEAT_TIMEOUT => &mut self.heartbeat_timeout,
@@ -583,6 +602,14 @@ impl WorkerSettings {
                 n
             }
         };
+        let runtime = match &self.worker_runtime {
+            None => WorkerRuntime::default(),
+            Some(value) => {
+                let text = WORKER_RUNTIME.text(value)?;
+                text.parse()
+                    .map_err(|problem| WORKER_RUNTIME.invalid(text, problem))?
+            }
+        };
         let link = match &self.link {
             None => LinkConfig::default(),
             Some(value) => {
@@ -602,6 +629,7 @@ impl WorkerSettings {
             key,
             join_timeout,
             worker_threads,
+            runtime,
             heartbeat,
             link,
         })
@@ -715,8 +743,11 @@ mod tests {
         assert_eq!(env.key, PathBuf::from("certs/worker.key"));
         assert_eq!(env.join_timeout, DEFAULT_JOIN_TIMEOUT);
         assert_eq!(env.worker_threads, DEFAULT_WORKER_THREADS);
+        assert_eq!(env.runtime, WorkerRuntime::Split);
 
         let env = validate(&full_with(&[
+            "--worker-runtime",
+            " shared ",
             "--server-name",
             "mesh.example",
             "--join-timeout",
@@ -730,6 +761,7 @@ mod tests {
         assert_eq!(env.server_name, "mesh.example");
         assert_eq!(env.join_timeout, Duration::from_millis(2500));
         assert_eq!(env.worker_threads, 4);
+        assert_eq!(env.runtime, WorkerRuntime::Shared);
         assert_eq!(env.allocator_addr, "[::1]:9", "blanks are trimmed");
     }
 
@@ -772,6 +804,8 @@ mod tests {
             ("--worker-threads", "0", ENV_WORKER_THREADS),
             ("--worker-threads", "1025", ENV_WORKER_THREADS),
             ("--worker-threads", "two", ENV_WORKER_THREADS),
+            ("--worker-runtime", "both", ENV_WORKER_RUNTIME),
+            ("--worker-runtime", "Shared", ENV_WORKER_RUNTIME),
         ] {
             let err = validate(&full_with(&[flag, value])).expect_err(value);
             assert!(
@@ -797,6 +831,7 @@ mod tests {
             (KEY, "--key"),
             (JOIN_TIMEOUT, "--join-timeout"),
             (WORKER_THREADS, "--worker-threads"),
+            (WORKER_RUNTIME, "--worker-runtime"),
         ] {
             for blank in ["", "   "] {
                 let err = validate(&full_with(&[flag, blank])).expect_err(flag);

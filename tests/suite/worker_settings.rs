@@ -6,12 +6,13 @@
 use crate::common;
 
 use common::{spawn_worker, with_var, without_var, ChildGuard, TestMesh, SOON};
+use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::allocator::{AllocEvent, ProcState};
 use quicmesh::config;
 use quicmesh::exit_code;
 
 /// Every variable a worker reads, with the flag that sets the same thing.
-const SETTINGS: [(&str, &str); 15] = [
+const SETTINGS: [(&str, &str); 16] = [
     (config::ENV_ALLOCATOR_ADDR, "--allocator"),
     (config::ENV_SERVER_NAME, "--server-name"),
     (config::ENV_INDEX, "--index"),
@@ -21,6 +22,7 @@ const SETTINGS: [(&str, &str); 15] = [
     (config::ENV_KEY, "--key"),
     (config::ENV_JOIN_TIMEOUT, "--join-timeout"),
     (config::ENV_WORKER_THREADS, "--worker-threads"),
+    (config::ENV_WORKER_RUNTIME, "--worker-runtime"),
     (config::ENV_LINK, "--link"),
     (config::ENV_HEARTBEAT_INTERVAL, "--heartbeat-interval"),
     (config::ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout"),
@@ -191,6 +193,7 @@ async fn invalid_value_of_each_variable_names_variable_and_flag() {
         (config::ENV_KEY, " "),
         (config::ENV_JOIN_TIMEOUT, "soon"),
         (config::ENV_WORKER_THREADS, "0"),
+        (config::ENV_WORKER_RUNTIME, "single"),
         (config::ENV_LINK, "satellite"),
         (config::ENV_HEARTBEAT_INTERVAL, "often"),
         (config::ENV_HEARTBEAT_TIMEOUT, "31s"),
@@ -329,5 +332,79 @@ async fn without_server_name_a_worker_expects_localhost() {
     let (status, stderr) = spawn_worker(&env).output(SOON).await;
     assert_eq!(status.code(), Some(exit_code::UNREACHABLE), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    mesh.finish().await;
+}
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the worker's tasks");
+    let mut names: Vec<String> = tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runtime_shared_puts_the_connection_on_the_actor_threads() {
+    let mut mesh = TestMesh::new("settings-runtime").await;
+    let split = mesh.launch(1, 1)[0];
+    mesh.wait_running(1).await;
+    let shared_launcher = TestMesh::launcher()
+        .env(config::ENV_WORKER_RUNTIME, "shared")
+        .env(config::ENV_WORKER_THREADS, "3");
+    let shared = mesh.launch_with(&shared_launcher, 1, 1)[0];
+    mesh.wait_running(2).await;
+
+    // The default keeps the connection on a thread of its own; shared has
+    // no such thread, only its runtime's (as many as asked for).
+    let split_threads = thread_names(mesh.pid(split));
+    assert!(
+        split_threads.iter().any(|n| n == "quicmesh-transp"),
+        "{split_threads:?}"
+    );
+    assert_eq!(
+        split_threads
+            .iter()
+            .filter(|n| *n == "quicmesh-actor")
+            .count(),
+        2,
+        "{split_threads:?}"
+    );
+    let shared_threads = thread_names(mesh.pid(shared));
+    assert!(
+        !shared_threads
+            .iter()
+            .any(|n| n.starts_with("quicmesh-transp") || n == "quicmesh-actor"),
+        "{shared_threads:?}"
+    );
+    assert_eq!(
+        shared_threads
+            .iter()
+            .filter(|n| *n == "quicmesh-worker")
+            .count(),
+        3,
+        "{shared_threads:?}"
+    );
+
+    // Both serve asks, and both leave in order.
+    let client = mesh.alloc.client().clone();
+    for proc_id in mesh.alloc.procs() {
+        let echo = client
+            .spawn::<Echo>(&proc_id, "echo", &())
+            .await
+            .unwrap_or_else(|e| panic!("spawn on {proc_id}: {e}"));
+        for i in 0..100u8 {
+            let back = echo
+                .ask_within(&client, SOON, |p| EchoMsg::Echo(vec![i; 16], p))
+                .await;
+            assert_eq!(back, Ok(vec![i; 16]), "{proc_id}");
+        }
+    }
+    mesh.assert_healthy(split);
+    mesh.assert_healthy(shared);
+    mesh.stop_all_and_check(0).await;
     mesh.finish().await;
 }

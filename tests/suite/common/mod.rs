@@ -144,9 +144,14 @@ impl TestMesh {
 
     /// Launches `n` workers with `procs` procs each.
     pub fn launch(&mut self, n: u32, procs: u32) -> Vec<u32> {
+        self.launch_with(&Self::launcher(), n, procs)
+    }
+
+    /// Launches `n` workers with `procs` procs each through `launcher`.
+    pub fn launch_with(&mut self, launcher: &Launcher, n: u32, procs: u32) -> Vec<u32> {
         let idx = self
             .alloc
-            .launch(&Self::launcher(), n, procs)
+            .launch(launcher, n, procs)
             .expect("launch workers");
         self.launched.extend(&idx);
         idx
