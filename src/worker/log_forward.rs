@@ -14,7 +14,7 @@
 //! exit) reaches the local stderr, and whoever launched it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use quinn::Connection;
 use tokio_util::task::AbortOnDropHandle;
@@ -39,6 +39,27 @@ const LINES_PER_SECOND: usize = 2000;
 /// Set when this process is a worker and nothing else (so its stdout and
 /// stderr are its own to capture).
 static OWNS_PROCESS: AtomicBool = AtomicBool::new(false);
+
+/// The process's own stderr while fd 2 is captured (`-1` when it is not).
+static LOCAL_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Writes `line` (and a newline) to the process's own stderr, even while
+/// stderr is captured for the allocator: for a last word that the
+/// forwarder cannot deliver (the watchdog's, when the runtime that would
+/// send it is blocked). Errors of the write are ignored: there is nowhere
+/// left to report them.
+pub(super) fn write_local_stderr(line: &str) {
+    use std::io::Write as _;
+    let fd = match LOCAL_STDERR.load(Ordering::Acquire) {
+        -1 => libc::STDERR_FILENO,
+        fd => fd,
+    };
+    // SAFETY: `fd` is open for the life of the process (the saved copy is
+    // only closed after LOCAL_STDERR is reset), and ManuallyDrop keeps the
+    // File from closing it.
+    let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let _ = out.write_all(format!("{line}\n").as_bytes());
+}
 
 /// Lets the forwarder capture stdout and stderr: only for a process that is
 /// a worker and nothing else (`run_and_exit`, `bootstrap_or_die`).
@@ -170,6 +191,9 @@ impl Captured {
             return Err(std::io::Error::last_os_error());
         }
         drop(write);
+        if fd == libc::STDERR_FILENO {
+            LOCAL_STDERR.store(saved.as_raw_fd(), Ordering::Release);
+        }
         std::thread::Builder::new()
             .name(format!("quicmesh-capture-{fd}"))
             .spawn(move || read_lines(std::fs::File::from(read), source))?;
@@ -179,6 +203,9 @@ impl Captured {
 
 impl Drop for Captured {
     fn drop(&mut self) {
+        if self.fd == libc::STDERR_FILENO {
+            LOCAL_STDERR.store(-1, Ordering::Release);
+        }
         // SAFETY: dup2 puts the saved descriptor back in place.
         unsafe { libc::dup2(self.saved.as_raw_fd(), self.fd) };
     }

@@ -23,6 +23,7 @@ mod secrets;
 mod session;
 mod settings;
 mod stop_budget;
+mod watchdog;
 mod welcome;
 
 pub use exit::WorkerExit;

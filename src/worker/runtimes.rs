@@ -35,7 +35,8 @@
 //! thread had queued (a connection driver, a heartbeat), and handlers that
 //! block every thread for longer than the heartbeat timeout get the worker
 //! declared lost and its procs failed, the stuck actor's neighbours with
-//! them. Other workers are unaffected either way.
+//! them. Other workers are unaffected either way, and the worker itself
+//! still ends, through its [`super::watchdog`].
 //!
 //! Neither runtime is dropped in the ordinary way at the end: that waits for
 //! every task, and a task stuck in a loop never ends. Both are shut down in
@@ -50,6 +51,14 @@ use tokio::runtime::{Builder, Handle, Runtime};
 tokio::task_local! {
     /// The actor runtime of the worker whose session is polled in this task.
     static ACTORS: Handle;
+    /// Set while the session of a [`WorkerRuntime::Shared`] worker is polled.
+    static SHARED: ();
+}
+
+/// Whether the worker polled here shares its runtime with its actors (and
+/// so needs the [`super::watchdog`]).
+pub(super) fn is_shared() -> bool {
+    SHARED.try_with(|_| ()).is_ok()
 }
 
 /// How a worker lays out its threads (`QUICMESH_WORKER_RUNTIME`).
@@ -169,7 +178,7 @@ where
     let Some(rt) = &shared.0 else {
         return Err("worker runtime gone before use".to_string());
     };
-    Ok(rt.block_on(make()))
+    Ok(rt.block_on(SHARED.scope((), make())))
 }
 
 /// A runtime shut down in the background when dropped, even while unwinding:

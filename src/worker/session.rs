@@ -27,6 +27,7 @@ use super::log_forward::LogForwarder;
 use super::procs::ProcTable;
 use super::runtimes;
 use super::stop_budget::{StopBudget, StopDeadlines};
+use super::watchdog::{self, Watchdog};
 use crate::actor::{ProcConfig, Registry};
 use crate::config::HeartbeatConfig;
 use crate::exit_code;
@@ -76,14 +77,28 @@ enum Ending {
 struct HeartbeatTask(JoinHandle<HeartbeatOutcome>);
 
 impl HeartbeatTask {
+    /// Spawns the heartbeat task; on a runtime shared with the actors, with
+    /// a [`Watchdog`] that ends the process if the task stops being run.
     fn spawn(conn: Connection, config: HeartbeatConfig) -> Self {
-        HeartbeatTask(tokio::spawn(heartbeat::run_measured(
+        let task = heartbeat::run_measured(
             conn,
             config,
             RttCell::new(),
             Default::default(),
             "allocator",
-        )))
+        );
+        if !runtimes::is_shared() {
+            return HeartbeatTask(tokio::spawn(task));
+        }
+        match Watchdog::start(config.interval, config.timeout) {
+            Ok(stamp) => HeartbeatTask(tokio::spawn(watchdog::stamp_polls(task, stamp))),
+            Err(e) => {
+                tracing::warn!(
+                    "{e}: handlers that block every runtime thread would leave this worker hanging"
+                );
+                HeartbeatTask(tokio::spawn(task))
+            }
+        }
     }
 }
 

@@ -8,10 +8,12 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{ChildGuard, TempDir, TestMesh, SOON};
+use common::{spawn_worker, with_var, ChildGuard, TempDir, TestMesh, SOON};
 use quicmesh::actor::builtin::{Echo, EchoMsg};
 use quicmesh::actor::{AskError, SpawnError};
 use quicmesh::allocator::{AllocEvent, Allocator, AllocatorConfig, ProcState};
+use quicmesh::config::{self, HeartbeatConfig};
+use quicmesh::exit_code;
 use quicmesh::testkit::actors::{
     Fragile, FragileMsg, FragileParams, Spinner, SpinnerMsg, StuckStop, Tripwire,
 };
@@ -416,4 +418,47 @@ async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
         .expect("allocator host is silent")
         .expect("read host output")
         .expect("allocator host ended early")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_runtime_worker_whose_only_thread_blocks_ends_itself() {
+    // Started by hand, so the allocator cannot kill it: only the worker's
+    // own watchdog can end it once its one runtime thread is blocked.
+    let mut mesh = mesh("shared-blocked").await;
+    let ticket = mesh.alloc.reserve(1);
+    let env = with_var(&ticket.env, config::ENV_WORKER_RUNTIME, "shared");
+    let env = with_var(&env, config::ENV_WORKER_THREADS, "1");
+    let worker = spawn_worker(&env);
+    mesh.ensure(SOON, "the shared worker's proc running", |e| {
+        matches!(e, AllocEvent::Proc { worker, state: ProcState::Running, .. } if *worker == ticket.index)
+    })
+    .await;
+    let proc_id = mesh.alloc.procs()[0].clone();
+    let client = mesh.alloc.client().clone();
+    let spinner = spawn::<Spinner>(&client, &proc_id, "blocker").await;
+    spinner
+        .ask_within(&client, SOON, SpinnerMsg::Ping)
+        .await
+        .expect("alive before blocking");
+
+    let told = Instant::now();
+    spinner
+        .tell(&client, SpinnerMsg::BlockThread(None))
+        .await
+        .expect("tell");
+    let timeout = HeartbeatConfig::default().timeout;
+    let reason = mesh.wait_failed(&proc_id, timeout + MARGIN).await;
+    assert!(reason.contains("heartbeat"), "{reason}");
+    let (status, stderr) = worker.output(timeout + MARGIN).await;
+    let took = told.elapsed();
+    assert_eq!(status.code(), Some(exit_code::HEARTBEAT_LOST), "{stderr}");
+    assert!(
+        stderr.contains("has not run its heartbeats"),
+        "the exit does not say why:\n{stderr}"
+    );
+    assert!(
+        took < timeout * 2 + MARGIN,
+        "ended {took:?} after the block"
+    );
+    mesh.finish().await;
 }
