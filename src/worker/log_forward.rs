@@ -14,7 +14,8 @@
 //! exit) reaches the local stderr, and whoever launched it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use quinn::Connection;
 use tokio_util::task::AbortOnDropHandle;
@@ -40,8 +41,9 @@ const LINES_PER_SECOND: usize = 2000;
 /// stderr are its own to capture).
 static OWNS_PROCESS: AtomicBool = AtomicBool::new(false);
 
-/// The process's own stderr while fd 2 is captured (`-1` when it is not).
-static LOCAL_STDERR: AtomicI32 = AtomicI32::new(-1);
+/// A copy of the process's own stderr, taken when fd 2 is first captured
+/// and never closed (so a late writer never hits a closed or reused fd).
+static LOCAL_STDERR: OnceLock<OwnedFd> = OnceLock::new();
 
 /// Writes `line` (and a newline) to the process's own stderr, even while
 /// stderr is captured for the allocator: for a last word that the
@@ -50,13 +52,12 @@ static LOCAL_STDERR: AtomicI32 = AtomicI32::new(-1);
 /// left to report them.
 pub(super) fn write_local_stderr(line: &str) {
     use std::io::Write as _;
-    let fd = match LOCAL_STDERR.load(Ordering::Acquire) {
-        -1 => libc::STDERR_FILENO,
-        fd => fd,
-    };
-    // SAFETY: `fd` is open for the life of the process (the saved copy is
-    // only closed after LOCAL_STDERR is reset), and ManuallyDrop keeps the
-    // File from closing it.
+    let fd = LOCAL_STDERR
+        .get()
+        .map_or(libc::STDERR_FILENO, |fd| fd.as_raw_fd());
+    // SAFETY: `fd` is open for the life of the process (the copy in
+    // LOCAL_STDERR is never closed), and ManuallyDrop keeps the File from
+    // closing it.
     let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let _ = out.write_all(format!("{line}\n").as_bytes());
 }
@@ -191,8 +192,13 @@ impl Captured {
             return Err(std::io::Error::last_os_error());
         }
         drop(write);
-        if fd == libc::STDERR_FILENO {
-            LOCAL_STDERR.store(saved.as_raw_fd(), Ordering::Release);
+        if fd == libc::STDERR_FILENO && LOCAL_STDERR.get().is_none() {
+            // SAFETY: fcntl duplicates a descriptor of this process.
+            let copy = unsafe { libc::fcntl(saved.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if copy >= 0 {
+                // SAFETY: `copy` is a fresh descriptor, owned from here on.
+                let _ = LOCAL_STDERR.set(unsafe { OwnedFd::from_raw_fd(copy) });
+            }
         }
         std::thread::Builder::new()
             .name(format!("quicmesh-capture-{fd}"))
@@ -203,9 +209,6 @@ impl Captured {
 
 impl Drop for Captured {
     fn drop(&mut self) {
-        if self.fd == libc::STDERR_FILENO {
-            LOCAL_STDERR.store(-1, Ordering::Release);
-        }
         // SAFETY: dup2 puts the saved descriptor back in place.
         unsafe { libc::dup2(self.saved.as_raw_fd(), self.fd) };
     }

@@ -28,8 +28,10 @@
 //! thread can have the round trip without them: [`WorkerRuntime::Shared`]
 //! (`QUICMESH_WORKER_RUNTIME=shared`) runs the connection, heartbeats and
 //! actors on one runtime of `QUICMESH_WORKER_THREADS` threads (with one
-//! thread there is no crossing at all; with two, the runtime's work
-//! stealing moves tasks between them and brings most of the wake-ups back).
+//! thread no message crosses threads; with two, the runtime's work
+//! stealing moves tasks between them and brings most of the wake-ups back;
+//! the session itself, control stream and signals, is polled on a thread of
+//! its own, `quicmesh-session`).
 //! The cost is
 //! the isolation: a handler that blocks a thread delays whatever else that
 //! thread had queued (a connection driver, a heartbeat), and handlers that
@@ -106,11 +108,11 @@ impl FromStr for WorkerRuntime {
     }
 }
 
-/// The runtime on which the worker polled here runs actors and mailbox tasks.
+/// The runtime on which the worker polled here runs actors and each proc's system task.
 ///
 /// That is the actor runtime when the worker was started by
-/// [`run_on_worker_runtimes`]; a worker run directly on a caller's runtime
-/// (through [`crate::worker::run`]) keeps everything on that runtime.
+/// [`run_on_worker_runtimes`]; a worker run on one runtime (shared, or a
+/// caller's through [`crate::worker::run`]) keeps everything on it.
 pub(super) fn actor_handle() -> Handle {
     ACTORS
         .try_with(Handle::clone)
@@ -156,17 +158,21 @@ where
         .map_err(|_| "the transport thread panicked".to_string())?
 }
 
-/// Runs the future made by `make` to its end on the calling thread, with
-/// everything it spawns (connection drivers, heartbeats, actors, mailbox
-/// tasks) on one new runtime of `threads` threads ([`WorkerRuntime::Shared`]).
+/// Runs the future made by `make` to its end on a thread of its own
+/// (`quicmesh-session`, so that a caller already inside a runtime is no
+/// obstacle), with everything it spawns (connection drivers, heartbeats,
+/// actors, mailbox tasks) on one new runtime of `threads` threads
+/// ([`WorkerRuntime::Shared`]).
 ///
-/// Errors: the runtime could not be created (the text says so).
+/// Errors: the runtime or the thread could not be created (the text says
+/// which), or the session thread panicked.
 pub(super) fn run_on_shared_runtime<F, T>(
     threads: usize,
-    make: impl FnOnce() -> F,
+    make: impl FnOnce() -> F + Send + 'static,
 ) -> Result<T, String>
 where
-    F: Future<Output = T>,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
 {
     let shared = Builder::new_multi_thread()
         .worker_threads(threads)
@@ -175,10 +181,18 @@ where
         .build()
         .map_err(|e| format!("cannot start the worker runtime: {e}"))?;
     let shared = Background(Some(shared));
-    let Some(rt) = &shared.0 else {
-        return Err("worker runtime gone before use".to_string());
+    let job = move || -> Result<T, String> {
+        let Some(rt) = &shared.0 else {
+            return Err("worker runtime gone before use".to_string());
+        };
+        Ok(rt.block_on(SHARED.scope((), make())))
     };
-    Ok(rt.block_on(SHARED.scope((), make())))
+    std::thread::Builder::new()
+        .name("quicmesh-session".into())
+        .spawn(job)
+        .map_err(|e| format!("cannot start the session thread: {e}"))?
+        .join()
+        .map_err(|_| "the session thread panicked".to_string())?
 }
 
 /// A runtime shut down in the background when dropped, even while unwinding:

@@ -14,16 +14,19 @@
 //! the heartbeat task was last polled ([`Stamp`]). The task is polled at
 //! least once an interval while its thread is free (its ticker), so a stamp
 //! older than the heartbeat timeout means the runtime has not run it for as
-//! long as the allocator waits before declaring the worker dead: the
+//! long as the allocator waits before declaring the worker dead (the
+//! allocator also counts the connection's acknowledgements, so its verdict
+//! may come up to about an interval later, or not at all while another
+//! thread still drives the connection): the
 //! watchdog says why on stderr (log lines would go to the allocator through
 //! the blocked runtime) and exits the process with
 //! [`exit_code::HEARTBEAT_LOST`], as the heartbeat task itself would have.
 //!
 //! Like the heartbeat judge, the watchdog gives no verdict right after a
 //! stall of its own (the whole process not scheduled, or stopped and
-//! continued): when it wakes later than [`heartbeat::LOCAL_STALL`] intervals
-//! past its last check it only looks again one interval later, so the
-//! runtime has a moment to catch up first. When the heartbeat task ends (the
+//! continued): when it wakes more than [`heartbeat::LOCAL_STALL`] intervals
+//! late, it gives the runtime that many intervals to catch up before it
+//! judges again. When the heartbeat task ends (the
 //! session is over, or it is aborted), its stamp is disarmed and the
 //! watchdog thread ends: a worker that is leaving is never cut short.
 //!
@@ -106,16 +109,19 @@ impl Watchdog {
 fn watch(stamp: &Stamp, interval: Duration, timeout: Duration) {
     let stall = interval * heartbeat::LOCAL_STALL;
     let mut checked = Instant::now();
+    let mut grace_until = checked;
     loop {
         std::thread::sleep(interval);
         let now = Instant::now();
-        let overslept = now.saturating_duration_since(checked) > interval + stall;
+        if now.saturating_duration_since(checked) > interval + stall {
+            // Not scheduled ourselves: let the runtime catch up first.
+            grace_until = now + stall;
+        }
         checked = now;
         let Some(silent) = stamp.silent_for(now) else {
             return;
         };
-        if overslept {
-            // Not scheduled ourselves: let the runtime catch up first.
+        if now < grace_until {
             continue;
         }
         if silent >= timeout {
@@ -182,11 +188,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_stamped_task_stamps_when_polled_and_disarms_when_dropped() {
-        let stamp = Stamp::new();
+        // A stamp last touched ten seconds ago...
+        let stamp = Stamp {
+            epoch: Instant::now() - Duration::from_secs(10),
+            last: Arc::new(AtomicU64::new(0)),
+        };
+        assert!(stamp.silent_for(Instant::now()).expect("armed") >= Duration::from_secs(9));
+        // ...is fresh once the task it wraps is polled.
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(stamp_polls(rx, stamp.clone()));
         tokio::task::yield_now().await;
-        assert!(stamp.silent_for(Instant::now()).is_some());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let silent = stamp.silent_for(Instant::now()).expect("armed");
+        assert!(silent < Duration::from_secs(5), "{silent:?}");
         tx.send(()).expect("task waits");
         task.await.expect("task ends").expect("value");
         assert_eq!(

@@ -408,6 +408,14 @@ async fn worker_runtime_shared_puts_the_connection_on_the_actor_threads() {
             assert_eq!(back, Ok(vec![i; 16]), "{proc_id}");
         }
     }
+    // A healthy shared worker outlives three heartbeat timeouts: its
+    // watchdog sees the heartbeats run.
+    mesh.collect_for(quicmesh::config::HeartbeatConfig::default().timeout * 3)
+        .await;
+    assert!(
+        !common::process_gone(mesh.pid(shared)),
+        "the shared worker is gone"
+    );
     mesh.assert_healthy(split);
     mesh.assert_healthy(shared);
     mesh.stop_all_and_check(0).await;
