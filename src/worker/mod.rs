@@ -148,15 +148,7 @@ pub(crate) fn finish(exit: WorkerExit) -> ! {
 pub(crate) fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
     log_forward::own_process();
     let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);
-    let ran = match env.runtime {
-        WorkerRuntime::Split => {
-            runtimes::run_on_worker_runtimes(threads, move || run(env, registry))
-        }
-        WorkerRuntime::Shared => {
-            runtimes::run_on_shared_runtime(threads, move || run(env, registry))
-        }
-    };
-    match ran {
+    match runtimes::run_on(env.runtime, threads, move || run(env, registry)) {
         Ok(exit) => exit,
         Err(e) => WorkerExit::new(exit_code::CONFIG, e),
     }

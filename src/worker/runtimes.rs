@@ -111,7 +111,7 @@ impl FromStr for WorkerRuntime {
 /// The runtime on which the worker polled here runs actors and each proc's system task.
 ///
 /// That is the actor runtime when the worker was started by
-/// [`run_on_worker_runtimes`]; a worker run on one runtime (shared, or a
+/// [`run_on`] with [`WorkerRuntime::Split`]; a worker run on one runtime (shared, or a
 /// caller's through [`crate::worker::run`]) keeps everything on it.
 pub(super) fn actor_handle() -> Handle {
     ACTORS
@@ -119,12 +119,22 @@ pub(super) fn actor_handle() -> Handle {
         .unwrap_or_else(|_| Handle::current())
 }
 
-/// Runs the future made by `make` on a new transport runtime, in a thread of
-/// its own, with actors on a new actor runtime of `threads` threads.
+/// Runs the future made by `make` to its end in the `layout` asked for, with
+/// `threads` runtime threads, and returns its output.
 ///
-/// Errors: a runtime or the thread could not be created (the text says
-/// which), or the transport thread panicked.
-pub(super) fn run_on_worker_runtimes<F, T>(
+/// - [`WorkerRuntime::Split`]: `make`'s future on a new transport runtime in
+///   a thread of its own (`quicmesh-transport`), actors on a new actor
+///   runtime of `threads` threads.
+/// - [`WorkerRuntime::Shared`]: `make`'s future on a thread of its own
+///   (`quicmesh-session`), everything it spawns (connection drivers,
+///   heartbeats, actors, mailbox tasks) on one new runtime of `threads`
+///   threads.
+///
+/// Either way a caller already inside a runtime is no obstacle. Errors: a
+/// runtime or the thread could not be created (the text says which), or
+/// that thread panicked.
+pub(super) fn run_on<F, T>(
+    layout: WorkerRuntime,
     threads: usize,
     make: impl FnOnce() -> F + Send + 'static,
 ) -> Result<T, String>
@@ -132,67 +142,58 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    let actors = Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("quicmesh-actor")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the actor runtime: {e}"))?;
-    let actors = Background(Some(actors));
-    let job = move || -> Result<T, String> {
-        let transport = Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the transport runtime: {e}"))?;
-        let transport = Background(Some(transport));
-        let (Some(t), Some(a)) = (&transport.0, &actors.0) else {
-            return Err("worker runtimes gone before use".to_string());
-        };
-        Ok(t.block_on(ACTORS.scope(a.handle().clone(), make())))
-    };
-    std::thread::Builder::new()
-        .name("quicmesh-transport".into())
-        .spawn(job)
-        .map_err(|e| format!("cannot start the transport thread: {e}"))?
-        .join()
-        .map_err(|_| "the transport thread panicked".to_string())?
+    match layout {
+        WorkerRuntime::Split => {
+            let actors = multi_thread(threads, "quicmesh-actor", "actor")?;
+            on_thread("quicmesh-transport", "transport", move || {
+                let transport = Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the transport runtime: {e}"))?;
+                let transport = Background(Some(transport));
+                let (Some(t), Some(a)) = (&transport.0, &actors.0) else {
+                    return Err("worker runtimes gone before use".to_string());
+                };
+                Ok(t.block_on(ACTORS.scope(a.handle().clone(), make())))
+            })
+        }
+        WorkerRuntime::Shared => {
+            let shared = multi_thread(threads, "quicmesh-worker", "worker")?;
+            on_thread("quicmesh-session", "session", move || {
+                let Some(rt) = &shared.0 else {
+                    return Err("worker runtime gone before use".to_string());
+                };
+                Ok(rt.block_on(SHARED.scope((), make())))
+            })
+        }
+    }
 }
 
-/// Runs the future made by `make` to its end on a thread of its own
-/// (`quicmesh-session`, so that a caller already inside a runtime is no
-/// obstacle), with everything it spawns (connection drivers, heartbeats,
-/// actors, mailbox tasks) on one new runtime of `threads` threads
-/// ([`WorkerRuntime::Shared`]).
-///
-/// Errors: the runtime or the thread could not be created (the text says
-/// which), or the session thread panicked.
-pub(super) fn run_on_shared_runtime<F, T>(
-    threads: usize,
-    make: impl FnOnce() -> F + Send + 'static,
-) -> Result<T, String>
-where
-    F: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    let shared = Builder::new_multi_thread()
+/// A multi-thread runtime of `threads` threads named `name`; errors say
+/// which (`what`) runtime could not be started.
+fn multi_thread(threads: usize, name: &str, what: &str) -> Result<Background, String> {
+    let rt = Builder::new_multi_thread()
         .worker_threads(threads)
-        .thread_name("quicmesh-worker")
+        .thread_name(name)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the worker runtime: {e}"))?;
-    let shared = Background(Some(shared));
-    let job = move || -> Result<T, String> {
-        let Some(rt) = &shared.0 else {
-            return Err("worker runtime gone before use".to_string());
-        };
-        Ok(rt.block_on(SHARED.scope((), make())))
-    };
+        .map_err(|e| format!("cannot start the {what} runtime: {e}"))?;
+    Ok(Background(Some(rt)))
+}
+
+/// Runs `job` on a new thread named `name` and waits for its result; errors
+/// say which (`what`) thread could not be started or panicked.
+fn on_thread<T: Send + 'static>(
+    name: &str,
+    what: &str,
+    job: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     std::thread::Builder::new()
-        .name("quicmesh-session".into())
+        .name(name.into())
         .spawn(job)
-        .map_err(|e| format!("cannot start the session thread: {e}"))?
+        .map_err(|e| format!("cannot start the {what} thread: {e}"))?
         .join()
-        .map_err(|_| "the session thread panicked".to_string())?
+        .map_err(|_| format!("the {what} thread panicked"))?
 }
 
 /// A runtime shut down in the background when dropped, even while unwinding:
