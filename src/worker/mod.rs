@@ -143,8 +143,9 @@ pub(crate) fn finish(exit: WorkerExit) -> ! {
 /// their own, the actors on `QUICMESH_WORKER_THREADS` other threads (see
 /// [`runtimes`]), so no actor, stuck or not, can delay a heartbeat or an
 /// exit; with [`WorkerRuntime::Shared`] all of it runs on those threads
-/// (quicker round trips, without that isolation). Returns as soon as the worker's run ends, without waiting for actor
-/// tasks: the caller is expected to exit the process (as [`finish`] does).
+/// (quicker round trips, without that isolation). Returns as soon as the
+/// worker's run ends, without waiting for actor tasks: the caller is
+/// expected to exit the process (as [`finish`] does).
 pub(crate) fn run_blocking(env: WorkerEnv, registry: Registry) -> WorkerExit {
     log_forward::own_process();
     let threads = env.worker_threads.clamp(1, settings::MAX_WORKER_THREADS);

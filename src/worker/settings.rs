@@ -197,7 +197,10 @@ pub struct WorkerEnv {
     /// Threads of the runtime that runs the worker's actors.
     pub worker_threads: usize,
     /// Whether the connection has a thread of its own (the default) or
-    /// shares the actors' threads; see [`WorkerRuntime`].
+    /// shares the actors' threads; see [`WorkerRuntime`]. Applies to a
+    /// worker that owns its process (`run_and_exit`, `bootstrap_or_die`,
+    /// `quicmesh worker`); [`run`](super::run) runs on the caller's runtime
+    /// and ignores it.
     pub runtime: WorkerRuntime,
     /// The heartbeat settings this worker expects, if it was given any
     /// (a missing one of the two takes its default).
