@@ -18,6 +18,7 @@
 //! sending one alone, so a request/reply exchange costs one packet each way
 //! rather than two.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -283,7 +284,6 @@ async fn write_batches(
         }
         // Read the count before draining: see the module docs.
         let ack_snapshot = acks.processed();
-        let mut drained = true;
         let mut out = Out {
             send: &mut *send,
             routes: &mut routes,
@@ -293,16 +293,18 @@ async fn write_batches(
         if let Some((item, permit)) = first {
             out.buffer(item, permit);
         }
-        loop {
-            if out.send.buffered() >= BATCH_BYTES && !stopping {
-                drained = false;
-                break;
-            }
-            match queue.try_recv() {
-                Some((item, permit)) => out.buffer(item, permit),
-                None => break,
-            }
-        }
+        // A batch ends at BATCH_BYTES, except when stopping (then the whole
+        // queue goes, so that the final ack covers everything).
+        let full = |out: &Out<'_>| out.send.buffered() >= BATCH_BYTES && !stopping;
+        let drained = !full(&out)
+            && !queue.try_recv_each(|item, permit| {
+                out.buffer(item, permit);
+                if full(&out) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
         if !sent.is_empty() {
             // Before the flush, so an ack can never find them missing.
             on_sent(&mut sent);
@@ -311,8 +313,6 @@ async fn write_batches(
         if drained {
             // Whatever was owed goes now; nothing is due any more.
             ack_due = None;
-        }
-        if drained {
             buffer_ack(send, ack_snapshot, &mut acked);
         }
         send.flush().await?;
@@ -347,13 +347,14 @@ impl Out<'_> {
     /// Encodes one outgoing item into the write buffer.
     fn buffer(&mut self, item: Outgoing, permit: Permit) {
         match item {
-            Outgoing::Envelope(env) => match self.envelope(env) {
-                Ok(env) => self.sent.push((env, permit)),
-                Err((env, CodecError::TooLarge { len, max })) => (self.on_too_large)(
+            Outgoing::Envelope(mut env) => match self.envelope(&mut env) {
+                // Encoded in place: the envelope (large, with its ids) moves once, into `sent`.
+                Ok(()) => self.sent.push((env, permit)),
+                Err(CodecError::TooLarge { len, max }) => (self.on_too_large)(
                     Undeliverable::not_delivered(env, ReturnReason::TooLarge { len, max }),
                     permit,
                 ),
-                Err((env, e)) => (self.on_too_large)(
+                Err(e) => (self.on_too_large)(
                     Undeliverable::not_delivered(env, ReturnReason::Unencodable(e.to_string())),
                     permit,
                 ),
@@ -368,8 +369,8 @@ impl Out<'_> {
     }
 
     /// Encodes an envelope on its route (defining the route first if need
-    /// be); hands the envelope back either way.
-    fn envelope(&mut self, mut env: Envelope) -> Result<Envelope, (Envelope, CodecError)> {
+    /// be); the envelope is left as it was either way.
+    fn envelope(&mut self, env: &mut Envelope) -> Result<(), CodecError> {
         let choice = self.routes.choose(&env.from, &env.to);
         if let RouteChoice::Define(route) = choice {
             let define = MailboxFrame::Route {
@@ -380,7 +381,7 @@ impl Out<'_> {
             if let Err(e) = self.send.buffer(&define) {
                 // Not sent: the peer must not see the number used for this pair.
                 self.routes.forget(route);
-                return Err((env, e));
+                return Err(e);
             }
         }
         let frame = MailboxFrame::Routed(RoutedEnvelope {
@@ -393,10 +394,7 @@ impl Out<'_> {
         if let MailboxFrame::Routed(routed) = frame {
             env.payload = routed.payload;
         }
-        match result {
-            Ok(()) => Ok(env),
-            Err(e) => Err((env, e)),
-        }
+        result
     }
 
     /// Encodes a return (without its payload if it is too large to frame).

@@ -16,6 +16,7 @@
 //! cross from one budget's accounting into another queue: memory stays
 //! bounded by the sum of the budgets whatever path an item takes.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -271,6 +272,30 @@ impl<T> QueueReceiver<T> {
         item
     }
 
+    /// Hands `take` every item queued now, in order, until the queue is
+    /// empty or `take` answers [`ControlFlow::Break`]; returns whether it did.
+    ///
+    /// The same as calling [`QueueReceiver::try_recv`] in a loop, minus a
+    /// move of each item through a return value and one atomic count per
+    /// item: a writer draining a queue of small envelopes does this for
+    /// every message, and an item (an envelope with its ids) is large.
+    #[inline]
+    pub fn try_recv_each(&mut self, mut take: impl FnMut(T, Permit) -> ControlFlow<()>) -> bool {
+        let mut taken = 0;
+        let mut stopped = false;
+        while let Ok((item, permit)) = self.rx.try_recv() {
+            taken += 1;
+            if take(item, permit).is_break() {
+                stopped = true;
+                break;
+            }
+        }
+        if taken > 0 {
+            self.queued.fetch_sub(taken, Ordering::Relaxed);
+        }
+        stopped
+    }
+
     /// Refuses further items; those already queued can still be received.
     pub fn close(&mut self) {
         self.rx.close();
@@ -344,5 +369,38 @@ mod tests {
         drop(rx);
         assert!(matches!(tx.send(7, 1).await, Err(QueueError::Closed(7))));
         assert!(matches!(tx.try_send(8, 1), Err(QueueError::Closed(8))));
+    }
+
+    #[test]
+    fn try_recv_each_takes_in_order_stops_when_told_and_counts_what_it_took() {
+        let (tx, mut rx) = bounded::<u32>(10_000);
+        for i in 0..5 {
+            tx.try_send(i, 10).unwrap();
+        }
+        let mut seen = Vec::new();
+        let stopped = rx.try_recv_each(|item, _permit| {
+            seen.push(item);
+            if item == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(stopped, "told to stop at 2");
+        assert_eq!(seen, vec![0, 1, 2]);
+        assert_eq!(tx.queued_items(), 2, "the two not taken are still queued");
+        // Dropped permits gave their bytes back; the two queued still hold theirs.
+        assert_eq!(tx.used_bytes(), 2 * (10 + ITEM_OVERHEAD) as u64);
+        let stopped = rx.try_recv_each(|item, _permit| {
+            seen.push(item);
+            ControlFlow::Continue(())
+        });
+        assert!(!stopped, "ran until the queue was empty");
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!((tx.queued_items(), tx.used_bytes()), (0, 0));
+        assert!(
+            !rx.try_recv_each(|_, _| ControlFlow::Break(())),
+            "nothing to take"
+        );
     }
 }
