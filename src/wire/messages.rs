@@ -269,7 +269,7 @@ pub struct Envelope {
     /// If this envelope is an `ask`, the sender's reply port, failed at once if the envelope comes back.
     pub return_port: Option<u64>,
     /// The message, encoded by [`crate::wire::codec`] (bytes in one piece, not element by element).
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::wire::codec::byte_buf")]
     pub payload: Vec<u8>,
 }
 
@@ -388,7 +388,7 @@ pub struct RoutedEnvelope {
     /// As [`Envelope::return_port`].
     pub return_port: Option<u64>,
     /// As [`Envelope::payload`].
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::wire::codec::byte_buf")]
     pub payload: Vec<u8>,
 }
 
@@ -402,7 +402,7 @@ pub enum SystemMsg {
         /// The new actor's name on the proc.
         name: String,
         /// The actor's parameters, encoded by the codec.
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::wire::codec::byte_buf")]
         params: Vec<u8>,
     },
     /// Stop an actor (its stop hook runs); the reply is `Result<(), String>`.
