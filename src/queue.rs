@@ -281,19 +281,29 @@ impl<T> QueueReceiver<T> {
     /// every message, and an item (an envelope with its ids) is large.
     #[inline]
     pub fn try_recv_each(&mut self, mut take: impl FnMut(T, Permit) -> ControlFlow<()>) -> bool {
-        let mut taken = 0;
-        let mut stopped = false;
-        while let Ok((item, permit)) = self.rx.try_recv() {
-            taken += 1;
-            if take(item, permit).is_break() {
-                stopped = true;
-                break;
+        /// Subtracts what was taken even if `take` panics part way.
+        struct Taken<'a> {
+            queued: &'a AtomicUsize,
+            n: usize,
+        }
+        impl Drop for Taken<'_> {
+            fn drop(&mut self) {
+                if self.n > 0 {
+                    self.queued.fetch_sub(self.n, Ordering::Relaxed);
+                }
             }
         }
-        if taken > 0 {
-            self.queued.fetch_sub(taken, Ordering::Relaxed);
+        let mut taken = Taken {
+            queued: &self.queued,
+            n: 0,
+        };
+        while let Ok((item, permit)) = self.rx.try_recv() {
+            taken.n += 1;
+            if take(item, permit).is_break() {
+                return true;
+            }
         }
-        stopped
+        false
     }
 
     /// Refuses further items; those already queued can still be received.
